@@ -1,0 +1,29 @@
+//! The Wharf wire format: the Effect-TS v3 `EventLogRemote` protocol plus the negotiated
+//! `wharf.v1` extension. Sans-io: bytes in, messages out; no sockets, no clock, no runtime.
+//!
+//! Module map:
+//! - [`message`]: [`ClientMsg`] (client → relay) and [`RelayMsg`] (relay → client), with
+//!   byte-exact encoders and lenient decoders (`encode`/`decode` on each enum).
+//! - [`chunk`]: splitting a large encoded message into `ChunkedMessage` frames exactly like the
+//!   reference client, and a bounded [`Reassembler`] for the other direction.
+//! - [`number`]: [`JsNumber`], a JavaScript number as msgpackr writes and reads it.
+//! - `msgpack` (private): the frame walker and the primitive writers.
+//!
+//! What real clients need from us is written down in `shared/protocol/effect-v3-wire.md`; the
+//! extension is documented in `docs/protocol.md` at the repository root.
+
+pub mod chunk;
+pub mod message;
+mod msgpack;
+pub mod number;
+
+pub use chunk::{split_into_chunks, ChunkError, Reassembler, ReassemblerLimits, CHUNK_SIZE};
+pub use message::{
+    Chunk, ClientMsg, DecodeError, EncryptedEntry, ErrorCode, RelayMsg, RemoteEntry, WriteEntries,
+};
+pub use number::JsNumber;
+
+/// The WebSocket subprotocol a client offers to opt in to the Wharf extension messages
+/// ([`RelayMsg::Error`], [`RelayMsg::CaughtUp`]). A plain v3 client offers none and never
+/// receives them.
+pub const EXTENSION_SUBPROTOCOL: &str = "wharf.v1";

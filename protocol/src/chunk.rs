@@ -208,7 +208,9 @@ mod tests {
         assert_eq!(parts[0].data.len(), CHUNK_SIZE);
         assert_eq!(parts[2].data.len(), 10);
         assert!(parts.iter().all(|p| p.total == 3));
-        assert!(split_into_chunks(JsNumber::from(0u32), &Bytes::from(vec![0; CHUNK_SIZE])).is_none());
+        assert!(
+            split_into_chunks(JsNumber::from(0u32), &Bytes::from(vec![0; CHUNK_SIZE])).is_none()
+        );
     }
 
     #[test]
@@ -216,8 +218,15 @@ mod tests {
         let mut r = Reassembler::new(ReassemblerLimits::default());
         assert_eq!(r.push(chunk(1, 2, 3, b"c"), 0), Ok(None));
         assert_eq!(r.push(chunk(1, 0, 3, b"a"), 0), Ok(None));
-        assert_eq!(r.push(chunk(1, 0, 3, b"X"), 0), Ok(None), "a repeated part is ignored");
-        assert_eq!(r.push(chunk(1, 1, 3, b"b"), 0), Ok(Some(Bytes::from_static(b"abc"))));
+        assert_eq!(
+            r.push(chunk(1, 0, 3, b"X"), 0),
+            Ok(None),
+            "a repeated part is ignored"
+        );
+        assert_eq!(
+            r.push(chunk(1, 1, 3, b"b"), 0),
+            Ok(Some(Bytes::from_static(b"abc")))
+        );
         assert_eq!(r.buffered_bytes(), 0);
         assert_eq!(r.open_messages(), 0);
     }
@@ -246,10 +255,16 @@ mod tests {
         assert_eq!(r.push(chunk(1, 0, 2, b"x"), 0), Ok(None));
         assert_eq!(
             r.push(chunk(1, 1, 3, b"x"), 0),
-            Err(ChunkError::TotalMismatch { expected: 2, got: 3 })
+            Err(ChunkError::TotalMismatch {
+                expected: 2,
+                got: 3
+            })
         );
         assert_eq!(r.push(chunk(2, 0, 2, b"x"), 0), Ok(None));
-        assert_eq!(r.push(chunk(3, 0, 2, b"x"), 0), Err(ChunkError::TooManyOpen { max: 2 }));
+        assert_eq!(
+            r.push(chunk(3, 0, 2, b"x"), 0),
+            Err(ChunkError::TooManyOpen { max: 2 })
+        );
         assert_eq!(
             r.push(chunk(2, 1, 2, b"0123456789"), 0),
             Err(ChunkError::TooLarge { max: 10 })

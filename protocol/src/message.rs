@@ -12,11 +12,11 @@ use bytes::Bytes;
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize as DeriveDeserialize;
 
+pub use crate::msgpack::WalkError as FrameError;
 use crate::msgpack::{
     frame_tag, write_array, write_bin, write_key, write_map, write_number, write_str, write_u64,
     Bin, Str,
 };
-pub use crate::msgpack::WalkError as FrameError;
 use crate::number::JsNumber;
 
 /// A message from a client to the relay (Effect's `ProtocolRequest`).

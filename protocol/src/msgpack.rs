@@ -324,10 +324,14 @@ impl<'de> Deserialize<'de> for JsNumber {
                 Ok(JsNumber(v))
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<JsNumber, E> {
-                Err(E::custom("uint64 is not a JS number (msgpackr reads it as a BigInt)"))
+                Err(E::custom(
+                    "uint64 is not a JS number (msgpackr reads it as a BigInt)",
+                ))
             }
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<JsNumber, E> {
-                Err(E::custom("int64 is not a JS number (msgpackr reads it as a BigInt)"))
+                Err(E::custom(
+                    "int64 is not a JS number (msgpackr reads it as a BigInt)",
+                ))
             }
         }
         d.deserialize_any(V)
@@ -381,12 +385,21 @@ mod tests {
         let mut trailing = ping.clone();
         trailing.push(0);
         assert_eq!(frame_tag(&trailing), Err(WalkError::TrailingBytes(1)));
-        assert_eq!(frame_tag(&ping[..ping.len() - 1]), Err(WalkError::Truncated));
+        assert_eq!(
+            frame_tag(&ping[..ping.len() - 1]),
+            Err(WalkError::Truncated)
+        );
         assert_eq!(frame_tag(&[]), Err(WalkError::Empty));
         assert_eq!(frame_tag(&[0xc1]), Err(WalkError::NotAMap));
-        assert_eq!(frame_tag(&[0x81, 0xc1, 0x00]), Err(WalkError::ReservedMarker));
+        assert_eq!(
+            frame_tag(&[0x81, 0xc1, 0x00]),
+            Err(WalkError::ReservedMarker)
+        );
         // A map that claims 2^32-1 entries in five bytes.
-        assert_eq!(frame_tag(&[0xdf, 0xff, 0xff, 0xff, 0xff]), Err(WalkError::Truncated));
+        assert_eq!(
+            frame_tag(&[0xdf, 0xff, 0xff, 0xff, 0xff]),
+            Err(WalkError::Truncated)
+        );
         // An array nested far too deep.
         let mut deep = vec![0x81, 0xa1, b'x'];
         deep.extend(std::iter::repeat_n(0x91, 100));

@@ -8,8 +8,12 @@ use wharf_protocol::{
 };
 
 fn golden() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/protocol/effect-v3-golden.json");
-    let text = std::fs::read_to_string(path).expect("shared/protocol/effect-v3-golden.json beside the repo");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/protocol/effect-v3-golden.json"
+    );
+    let text = std::fs::read_to_string(path)
+        .expect("shared/protocol/effect-v3-golden.json beside the repo");
     serde_json::from_str(&text).expect("golden json")
 }
 
@@ -22,7 +26,10 @@ fn golden_hex(g: &Value, name: &str) -> String {
 }
 
 fn public_key(g: &Value) -> String {
-    g["inputs"]["publicKey"].as_str().expect("publicKey").to_owned()
+    g["inputs"]["publicKey"]
+        .as_str()
+        .expect("publicKey")
+        .to_owned()
 }
 
 fn relay_messages(g: &Value) -> Vec<(&'static str, RelayMsg)> {
@@ -43,8 +50,19 @@ fn relay_messages(g: &Value) -> Vec<(&'static str, RelayMsg)> {
         ]
     };
     vec![
-        ("Hello", RelayMsg::Hello { remote_id: input(g, "remoteId") }),
-        ("Ack", RelayMsg::Ack { id: JsNumber::from(0u32), sequence_numbers: vec![0, 1] }),
+        (
+            "Hello",
+            RelayMsg::Hello {
+                remote_id: input(g, "remoteId"),
+            },
+        ),
+        (
+            "Ack",
+            RelayMsg::Ack {
+                id: JsNumber::from(0u32),
+                sequence_numbers: vec![0, 1],
+            },
+        ),
         (
             "Ack_big",
             RelayMsg::Ack {
@@ -52,9 +70,26 @@ fn relay_messages(g: &Value) -> Vec<(&'static str, RelayMsg)> {
                 sequence_numbers: vec![127, 128, 70000, 4294967295, 4294967296],
             },
         ),
-        ("Ack_empty", RelayMsg::Ack { id: JsNumber::from(7u32), sequence_numbers: vec![] }),
-        ("Changes", RelayMsg::Changes { public_key: public_key(g), entries: entries(g) }),
-        ("Pong", RelayMsg::Pong { id: JsNumber::from(1u32) }),
+        (
+            "Ack_empty",
+            RelayMsg::Ack {
+                id: JsNumber::from(7u32),
+                sequence_numbers: vec![],
+            },
+        ),
+        (
+            "Changes",
+            RelayMsg::Changes {
+                public_key: public_key(g),
+                entries: entries(g),
+            },
+        ),
+        (
+            "Pong",
+            RelayMsg::Pong {
+                id: JsNumber::from(1u32),
+            },
+        ),
         (
             "ChunkedMessage_response",
             RelayMsg::Chunked(Chunk {
@@ -76,16 +111,49 @@ fn client_messages(g: &Value) -> Vec<(&'static str, ClientMsg)> {
                 id: JsNumber::from(0u32),
                 iv: input(g, "iv"),
                 entries: vec![
-                    EncryptedEntry { entry_id: input(g, "entryId"), encrypted_entry: input(g, "encryptedEntry1") },
-                    EncryptedEntry { entry_id: input(g, "entryId2"), encrypted_entry: input(g, "encryptedEntry2") },
+                    EncryptedEntry {
+                        entry_id: input(g, "entryId"),
+                        encrypted_entry: input(g, "encryptedEntry1"),
+                    },
+                    EncryptedEntry {
+                        entry_id: input(g, "entryId2"),
+                        encrypted_entry: input(g, "encryptedEntry2"),
+                    },
                 ],
             }),
         ),
-        ("RequestChanges", ClientMsg::RequestChanges { public_key: public_key(g), start_sequence: 0 }),
-        ("RequestChanges_42", ClientMsg::RequestChanges { public_key: public_key(g), start_sequence: 42 }),
-        ("StopChanges", ClientMsg::StopChanges { public_key: public_key(g) }),
-        ("Ping", ClientMsg::Ping { id: JsNumber::from(1u32) }),
-        ("Ping_200", ClientMsg::Ping { id: JsNumber::from(200u32) }),
+        (
+            "RequestChanges",
+            ClientMsg::RequestChanges {
+                public_key: public_key(g),
+                start_sequence: 0,
+            },
+        ),
+        (
+            "RequestChanges_42",
+            ClientMsg::RequestChanges {
+                public_key: public_key(g),
+                start_sequence: 42,
+            },
+        ),
+        (
+            "StopChanges",
+            ClientMsg::StopChanges {
+                public_key: public_key(g),
+            },
+        ),
+        (
+            "Ping",
+            ClientMsg::Ping {
+                id: JsNumber::from(1u32),
+            },
+        ),
+        (
+            "Ping_200",
+            ClientMsg::Ping {
+                id: JsNumber::from(200u32),
+            },
+        ),
         (
             "ChunkedMessage_request",
             ClientMsg::Chunked(Chunk {
@@ -104,7 +172,12 @@ fn every_golden_vector_is_covered() {
     let mut ours: Vec<&str> = relay_messages(&g).iter().map(|(n, _)| *n).collect();
     ours.extend(client_messages(&g).iter().map(|(n, _)| *n));
     ours.sort_unstable();
-    let mut theirs: Vec<&str> = g["messages"].as_object().expect("messages").keys().map(String::as_str).collect();
+    let mut theirs: Vec<&str> = g["messages"]
+        .as_object()
+        .expect("messages")
+        .keys()
+        .map(String::as_str)
+        .collect();
     theirs.sort_unstable();
     assert_eq!(ours, theirs);
 }
@@ -116,7 +189,10 @@ fn relay_messages_encode_to_golden_bytes_and_decode_back() {
         assert_eq!(hex::encode(msg.encode()), golden_hex(&g, name), "{name}");
         let frame = Bytes::from(hex::decode(golden_hex(&g, name)).expect("hex"));
         assert_eq!(RelayMsg::decode(&frame).expect(name), msg, "{name}");
-        assert!(ClientMsg::decode(&frame).is_err() || name.starts_with("Chunked"), "{name} is relay-only");
+        assert!(
+            ClientMsg::decode(&frame).is_err() || name.starts_with("Chunked"),
+            "{name} is relay-only"
+        );
     }
 }
 
@@ -127,7 +203,10 @@ fn client_messages_encode_to_golden_bytes_and_decode_back() {
         assert_eq!(hex::encode(msg.encode()), golden_hex(&g, name), "{name}");
         let frame = Bytes::from(hex::decode(golden_hex(&g, name)).expect("hex"));
         assert_eq!(ClientMsg::decode(&frame).expect(name), msg, "{name}");
-        assert!(RelayMsg::decode(&frame).is_err() || name.starts_with("Chunked"), "{name} is client-only");
+        assert!(
+            RelayMsg::decode(&frame).is_err() || name.starts_with("Chunked"),
+            "{name} is client-only"
+        );
     }
 }
 
@@ -157,8 +236,20 @@ fn s(v: &str) -> Vec<u8> {
 #[test]
 fn decoder_accepts_any_map_header_key_order_and_extra_keys() {
     for header in ["fixmap", "map16", "map32"] {
-        let frame = map(&[("_tag", s("Ping")), ("extra", vec![0xc0]), ("id", vec![0x05])], header);
-        assert_eq!(ClientMsg::decode(&frame).expect(header), ClientMsg::Ping { id: JsNumber::from(5u32) });
+        let frame = map(
+            &[
+                ("_tag", s("Ping")),
+                ("extra", vec![0xc0]),
+                ("id", vec![0x05]),
+            ],
+            header,
+        );
+        assert_eq!(
+            ClientMsg::decode(&frame).expect(header),
+            ClientMsg::Ping {
+                id: JsNumber::from(5u32)
+            }
+        );
     }
 }
 
@@ -178,11 +269,22 @@ fn decoder_accepts_every_number_width_but_64_bit_ints() {
     ];
     for (bytes, want) in ok {
         let frame = map(&[("id", bytes.to_vec()), ("_tag", s("Ping"))], "map16");
-        assert_eq!(ClientMsg::decode(&frame).expect("number"), ClientMsg::Ping { id: JsNumber(*want) });
+        assert_eq!(
+            ClientMsg::decode(&frame).expect("number"),
+            ClientMsg::Ping {
+                id: JsNumber(*want)
+            }
+        );
     }
-    for bad in [vec![0xcf, 0, 0, 0, 0, 0, 0, 0, 1], vec![0xd3, 0, 0, 0, 0, 0, 0, 0, 1]] {
+    for bad in [
+        vec![0xcf, 0, 0, 0, 0, 0, 0, 0, 1],
+        vec![0xd3, 0, 0, 0, 0, 0, 0, 0, 1],
+    ] {
         let frame = map(&[("id", bad), ("_tag", s("Ping"))], "map16");
-        assert!(ClientMsg::decode(&frame).is_err(), "64-bit ints are BigInts to msgpackr");
+        assert!(
+            ClientMsg::decode(&frame).is_err(),
+            "64-bit ints are BigInts to msgpackr"
+        );
     }
 }
 
@@ -197,34 +299,92 @@ fn decoder_refuses_what_effect_refuses() {
         ("trailing bytes", Bytes::from([&ping[..], &[0x00]].concat())),
         ("two values", Bytes::from([&ping[..], &ping[..]].concat())),
         ("missing key", map(&[("_tag", s("Ping"))], "map16")),
-        ("nil value", map(&[("id", vec![0xc0]), ("_tag", s("Ping"))], "map16")),
-        ("str for number", map(&[("id", s("1")), ("_tag", s("Ping"))], "map16")),
-        ("unknown tag", map(&[("id", vec![1]), ("_tag", s("Pang"))], "map16")),
-        ("relay tag", map(&[("id", vec![1]), ("_tag", s("Pong"))], "map16")),
-        ("tag as bin", map(&[("id", vec![1]), ("_tag", vec![0xc4, 4, b'P', b'i', b'n', b'g'])], "map16")),
+        (
+            "nil value",
+            map(&[("id", vec![0xc0]), ("_tag", s("Ping"))], "map16"),
+        ),
+        (
+            "str for number",
+            map(&[("id", s("1")), ("_tag", s("Ping"))], "map16"),
+        ),
+        (
+            "unknown tag",
+            map(&[("id", vec![1]), ("_tag", s("Pang"))], "map16"),
+        ),
+        (
+            "relay tag",
+            map(&[("id", vec![1]), ("_tag", s("Pong"))], "map16"),
+        ),
+        (
+            "tag as bin",
+            map(
+                &[
+                    ("id", vec![1]),
+                    ("_tag", vec![0xc4, 4, b'P', b'i', b'n', b'g']),
+                ],
+                "map16",
+            ),
+        ),
         ("not a map", Bytes::from_static(&[0x92, 0x01, 0x02])),
         (
             "str for bytes",
-            map(&[("id", vec![1]), ("part", vec![0x92, 0, 1]), ("data", s("ab")), ("_tag", s("ChunkedMessage"))], "map16"),
+            map(
+                &[
+                    ("id", vec![1]),
+                    ("part", vec![0x92, 0, 1]),
+                    ("data", s("ab")),
+                    ("_tag", s("ChunkedMessage")),
+                ],
+                "map16",
+            ),
         ),
         (
             "array for bytes",
-            map(&[("id", vec![1]), ("part", vec![0x92, 0, 1]), ("data", vec![0x91, 1]), ("_tag", s("ChunkedMessage"))], "map16"),
+            map(
+                &[
+                    ("id", vec![1]),
+                    ("part", vec![0x92, 0, 1]),
+                    ("data", vec![0x91, 1]),
+                    ("_tag", s("ChunkedMessage")),
+                ],
+                "map16",
+            ),
         ),
         (
             "ext for bytes",
             map(
-                &[("id", vec![1]), ("part", vec![0x92, 0, 1]), ("data", vec![0xd6, 0xff, 0, 0, 0, 1]), ("_tag", s("ChunkedMessage"))],
+                &[
+                    ("id", vec![1]),
+                    ("part", vec![0x92, 0, 1]),
+                    ("data", vec![0xd6, 0xff, 0, 0, 0, 1]),
+                    ("_tag", s("ChunkedMessage")),
+                ],
                 "map16",
             ),
         ),
         (
             "part of three",
-            map(&[("id", vec![1]), ("part", vec![0x93, 0, 1, 2]), ("data", vec![0xc4, 0]), ("_tag", s("ChunkedMessage"))], "map16"),
+            map(
+                &[
+                    ("id", vec![1]),
+                    ("part", vec![0x93, 0, 1, 2]),
+                    ("data", vec![0xc4, 0]),
+                    ("_tag", s("ChunkedMessage")),
+                ],
+                "map16",
+            ),
         ),
         (
             "part of one",
-            map(&[("id", vec![1]), ("part", vec![0x91, 0]), ("data", vec![0xc4, 0]), ("_tag", s("ChunkedMessage"))], "map16"),
+            map(
+                &[
+                    ("id", vec![1]),
+                    ("part", vec![0x91, 0]),
+                    ("data", vec![0xc4, 0]),
+                    ("_tag", s("ChunkedMessage")),
+                ],
+                "map16",
+            ),
         ),
     ];
     for (what, frame) in cases {
@@ -249,11 +409,25 @@ fn decoded_bytes_share_the_frame() {
 
 #[test]
 fn start_sequence_is_read_like_the_reference() {
-    for (bytes, want) in [(vec![0x2a], 42u64), (vec![0xff], 0), (vec![0xcb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0], 2)] {
-        let frame = map(&[("publicKey", s("pk")), ("startSequence", bytes), ("_tag", s("RequestChanges"))], "fixmap");
+    for (bytes, want) in [
+        (vec![0x2a], 42u64),
+        (vec![0xff], 0),
+        (vec![0xcb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0], 2),
+    ] {
+        let frame = map(
+            &[
+                ("publicKey", s("pk")),
+                ("startSequence", bytes),
+                ("_tag", s("RequestChanges")),
+            ],
+            "fixmap",
+        );
         assert_eq!(
             ClientMsg::decode(&frame).expect("decode"),
-            ClientMsg::RequestChanges { public_key: "pk".into(), start_sequence: want }
+            ClientMsg::RequestChanges {
+                public_key: "pk".into(),
+                start_sequence: want
+            }
         );
     }
 }
@@ -261,11 +435,23 @@ fn start_sequence_is_read_like_the_reference() {
 #[test]
 fn extension_messages_round_trip() {
     for msg in [
-        RelayMsg::Error { code: wharf_protocol::ErrorCode::LimitExceeded, message: "too big".into() },
-        RelayMsg::Error { code: wharf_protocol::ErrorCode::Other("future_code".into()), message: String::new() },
-        RelayMsg::CaughtUp { public_key: "pk".into(), next_sequence: 5_000_000_000 },
+        RelayMsg::Error {
+            code: wharf_protocol::ErrorCode::LimitExceeded,
+            message: "too big".into(),
+        },
+        RelayMsg::Error {
+            code: wharf_protocol::ErrorCode::Other("future_code".into()),
+            message: String::new(),
+        },
+        RelayMsg::CaughtUp {
+            public_key: "pk".into(),
+            next_sequence: 5_000_000_000,
+        },
     ] {
         assert!(msg.is_extension());
-        assert_eq!(RelayMsg::decode(&Bytes::from(msg.encode())).expect("decode"), msg);
+        assert_eq!(
+            RelayMsg::decode(&Bytes::from(msg.encode())).expect("decode"),
+            msg
+        );
     }
 }

@@ -18,22 +18,49 @@ fn js_number() -> impl Strategy<Value = JsNumber> {
         any::<u32>().prop_map(JsNumber::from),
         any::<i32>().prop_map(|v| JsNumber(f64::from(v))),
         (0..MAX_SEQ).prop_map(JsNumber::from),
-        any::<f64>().prop_filter("NaN never equals itself", |v| !v.is_nan()).prop_map(JsNumber),
+        any::<f64>()
+            .prop_filter("NaN never equals itself", |v| !v.is_nan())
+            .prop_map(JsNumber),
     ]
 }
 
 fn chunk() -> impl Strategy<Value = Chunk> {
-    (js_number(), any::<u32>(), any::<u32>(), bytes(300))
-        .prop_map(|(id, index, total, data)| Chunk { id, index, total, data })
+    (js_number(), any::<u32>(), any::<u32>(), bytes(300)).prop_map(|(id, index, total, data)| {
+        Chunk {
+            id,
+            index,
+            total,
+            data,
+        }
+    })
 }
 
 fn client_msg() -> impl Strategy<Value = ClientMsg> {
-    let entry = (bytes(20), bytes(300)).prop_map(|(entry_id, encrypted_entry)| EncryptedEntry { entry_id, encrypted_entry });
+    let entry = (bytes(20), bytes(300)).prop_map(|(entry_id, encrypted_entry)| EncryptedEntry {
+        entry_id,
+        encrypted_entry,
+    });
     prop_oneof![
-        (".{0,80}", js_number(), bytes(24), prop::collection::vec(entry, 0..20)).prop_map(|(public_key, id, iv, entries)| {
-            ClientMsg::WriteEntries(WriteEntries { public_key, id, iv, entries })
+        (
+            ".{0,80}",
+            js_number(),
+            bytes(24),
+            prop::collection::vec(entry, 0..20)
+        )
+            .prop_map(|(public_key, id, iv, entries)| {
+                ClientMsg::WriteEntries(WriteEntries {
+                    public_key,
+                    id,
+                    iv,
+                    entries,
+                })
+            }),
+        (".{0,300}", 0..MAX_SEQ).prop_map(|(public_key, start_sequence)| {
+            ClientMsg::RequestChanges {
+                public_key,
+                start_sequence,
+            }
         }),
-        (".{0,300}", 0..MAX_SEQ).prop_map(|(public_key, start_sequence)| ClientMsg::RequestChanges { public_key, start_sequence }),
         ".{0,40}".prop_map(|public_key| ClientMsg::StopChanges { public_key }),
         chunk().prop_map(ClientMsg::Chunked),
         js_number().prop_map(|id| ClientMsg::Ping { id }),
@@ -41,24 +68,48 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
 }
 
 fn relay_msg() -> impl Strategy<Value = RelayMsg> {
-    let entry = (0..MAX_SEQ, bytes(24), bytes(20), bytes(300))
-        .prop_map(|(sequence, iv, entry_id, encrypted_entry)| RemoteEntry { sequence, iv, entry_id, encrypted_entry });
+    let entry = (0..MAX_SEQ, bytes(24), bytes(20), bytes(300)).prop_map(
+        |(sequence, iv, entry_id, encrypted_entry)| RemoteEntry {
+            sequence,
+            iv,
+            entry_id,
+            encrypted_entry,
+        },
+    );
     prop_oneof![
         bytes(20).prop_map(|remote_id| RelayMsg::Hello { remote_id }),
-        (js_number(), prop::collection::vec(0..MAX_SEQ, 0..40))
-            .prop_map(|(id, sequence_numbers)| RelayMsg::Ack { id, sequence_numbers }),
-        (".{0,80}", prop::collection::vec(entry, 0..20)).prop_map(|(public_key, entries)| RelayMsg::Changes { public_key, entries }),
+        (js_number(), prop::collection::vec(0..MAX_SEQ, 0..40)).prop_map(
+            |(id, sequence_numbers)| RelayMsg::Ack {
+                id,
+                sequence_numbers
+            }
+        ),
+        (".{0,80}", prop::collection::vec(entry, 0..20)).prop_map(|(public_key, entries)| {
+            RelayMsg::Changes {
+                public_key,
+                entries,
+            }
+        }),
         chunk().prop_map(RelayMsg::Chunked),
         js_number().prop_map(|id| RelayMsg::Pong { id }),
-        (".{0,20}", ".{0,100}").prop_map(|(code, message)| RelayMsg::Error { code: ErrorCode::Other(code), message }),
-        (".{0,80}", 0..MAX_SEQ).prop_map(|(public_key, next_sequence)| RelayMsg::CaughtUp { public_key, next_sequence }),
+        (".{0,20}", ".{0,100}").prop_map(|(code, message)| RelayMsg::Error {
+            code: ErrorCode::Other(code),
+            message
+        }),
+        (".{0,80}", 0..MAX_SEQ).prop_map(|(public_key, next_sequence)| RelayMsg::CaughtUp {
+            public_key,
+            next_sequence
+        }),
     ]
 }
 
 /// Codes decode to their named variant, so compare through the string.
 fn normalise(msg: RelayMsg) -> RelayMsg {
     match msg {
-        RelayMsg::Error { code, message } => RelayMsg::Error { code: ErrorCode::Other(code.as_str().to_owned()), message },
+        RelayMsg::Error { code, message } => RelayMsg::Error {
+            code: ErrorCode::Other(code.as_str().to_owned()),
+            message,
+        },
         other => other,
     }
 }

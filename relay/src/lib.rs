@@ -1,1 +1,23 @@
+//! The Wharf relay: a WebSocket relay for append-only, end-to-end-encrypted event logs that
+//! speaks the Effect v3 `EventLogRemote` protocol.
+//!
+//! Module map:
+//! - [`server`]: routes (`/t/{tenant}`, `/healthz`) and [`serve`], which takes a bound
+//!   listener and a shutdown future.
+//! - [`session`]: one WebSocket connection: decoding, writes, subscriptions, outbound queues.
+//! - [`registry`]: tenant id → running actor, created race-free on first use.
+//! - [`tenant`]: the actor that owns a tenant's database, assigns sequences and group-commits.
+//! - [`store`]: the SQLite schema and queries (sqlx).
+//! - [`config`]: every setting, from defaults, TOML, `WHARF_*` and flags.
+//!
+//! The relay stores and forwards ciphertext; no key material ever reaches it.
 
+pub mod config;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod tenant;
+
+pub use config::{Config, Durability, TenantId};
+pub use server::{serve, Relay, ServeError};

@@ -1,1 +1,407 @@
+//! Harness for the end-to-end suites: a real relay on `127.0.0.1:0` (in-process or as a child
+//! process) and a raw protocol client over real WebSockets.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wharf_protocol::{
+    ClientMsg, EncryptedEntry, JsNumber, Reassembler, ReassemblerLimits, RelayMsg, RemoteEntry,
+    WriteEntries,
+};
+use wharf_relay::{Config, Relay};
+
+/// How long any single wait in a test may take before the test fails (never a sync point).
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A relay served in this process on `127.0.0.1:0`.
+#[allow(missing_debug_implementations)]
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    pub relay: Arc<Relay>,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestRelay {
+    /// A relay with default settings and a fresh data directory.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config {
+            data: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let mut relay = Self::start_config(config).await;
+        relay._dir = Some(dir);
+        relay
+    }
+
+    /// A relay on an existing configuration (its data directory is the caller's).
+    pub async fn start_config(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let relay = Arc::new(Relay::new(config.clone()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let r = relay.clone();
+        let task = tokio::spawn(async move {
+            r.serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+        });
+        Self {
+            addr,
+            relay,
+            config,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    pub fn url(&self, tenant: &str) -> String {
+        format!("ws://{}/t/{tenant}", self.addr)
+    }
+
+    pub async fn client(&self, tenant: &str) -> Client {
+        Client::connect(&self.url(tenant)).await.expect("connect")
+    }
+
+    /// Graceful shutdown; returns once the relay has closed every database.
+    pub async fn shutdown(mut self) -> Option<tempfile::TempDir> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("relay task");
+        }
+        self._dir.take()
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A raw protocol client: frames in, messages out, chunked messages reassembled.
+#[allow(missing_debug_implementations)]
+pub struct Client {
+    pub ws: Ws,
+    pub remote_id: Bytes,
+    chunks: Reassembler,
+    next_write: u32,
+    next_ping: u32,
+}
+
+/// How a connection ended, as seen by the client.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed {
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+impl Client {
+    /// Connects and waits for the relay's Hello.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with_protocol(url, None).await
+    }
+
+    pub async fn connect_with_protocol(url: &str, protocol: Option<&str>) -> Result<Self> {
+        let mut request = url.into_client_request()?;
+        if let Some(p) = protocol {
+            request
+                .headers_mut()
+                .insert("sec-websocket-protocol", p.parse()?);
+        }
+        let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+            .await
+            .context("connect timed out")??;
+        let mut client = Client {
+            ws,
+            remote_id: Bytes::new(),
+            chunks: Reassembler::new(ReassemblerLimits::default()),
+            next_write: 0,
+            next_ping: 1,
+        };
+        match client.recv().await? {
+            RelayMsg::Hello { remote_id } => client.remote_id = remote_id,
+            other => bail!("expected Hello first, got {other:?}"),
+        }
+        Ok(client)
+    }
+
+    pub async fn send(&mut self, msg: &ClientMsg) -> Result<()> {
+        self.send_raw(Bytes::from(msg.encode())).await
+    }
+
+    pub async fn send_raw(&mut self, frame: Bytes) -> Result<()> {
+        self.ws.send(Message::Binary(frame)).await?;
+        Ok(())
+    }
+
+    /// The next message, reassembling chunks. Fails on close or after [`PATIENCE`].
+    pub async fn recv(&mut self) -> Result<RelayMsg> {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .context("no message in time")?
+                .ok_or_else(|| anyhow!("connection ended"))??;
+            let bytes = match frame {
+                Message::Binary(b) => b,
+                Message::Close(c) => bail!("closed: {c:?}"),
+                Message::Text(t) => bail!("the relay sent a text frame: {t}"),
+                _ => continue,
+            };
+            match RelayMsg::decode(&bytes)? {
+                RelayMsg::Chunked(chunk) => {
+                    if let Some(whole) = self.chunks.push(chunk, 0)? {
+                        return Ok(RelayMsg::decode(&whole)?);
+                    }
+                }
+                msg => return Ok(msg),
+            }
+        }
+    }
+
+    /// Reads until the relay closes; returns the close frame.
+    pub async fn closed(&mut self) -> Result<Closed> {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .context("not closed in time")?;
+            match frame {
+                Some(Ok(Message::Close(c))) => {
+                    return Ok(Closed {
+                        code: c.as_ref().map(|c| u16::from(c.code)),
+                        reason: c.map(|c| c.reason.to_string()).unwrap_or_default(),
+                    })
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("connection failed without a close frame: {e}"),
+                None => bail!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    /// Writes entries and returns the WriteEntries id used.
+    pub async fn write(
+        &mut self,
+        public_key: &str,
+        entries: Vec<EncryptedEntry>,
+    ) -> Result<JsNumber> {
+        let id = JsNumber::from(self.next_write);
+        self.next_write += 1;
+        let msg = ClientMsg::WriteEntries(WriteEntries {
+            public_key: public_key.to_owned(),
+            id,
+            iv: Bytes::from_static(&[7; 12]),
+            entries,
+        });
+        let encoded = Bytes::from(msg.encode());
+        match wharf_protocol::split_into_chunks(id, &encoded) {
+            None => self.send_raw(encoded).await?,
+            Some(chunks) => {
+                for c in chunks {
+                    self.send(&ClientMsg::Chunked(c)).await?;
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    /// Writes and waits for the matching Ack, skipping other messages.
+    pub async fn write_acked(
+        &mut self,
+        public_key: &str,
+        entries: Vec<EncryptedEntry>,
+    ) -> Result<Vec<u64>> {
+        let id = self.write(public_key, entries).await?;
+        loop {
+            if let RelayMsg::Ack {
+                id: got,
+                sequence_numbers,
+            } = self.recv().await?
+            {
+                if got == id {
+                    return Ok(sequence_numbers);
+                }
+            }
+        }
+    }
+
+    pub async fn ping(&mut self) -> Result<JsNumber> {
+        let id = JsNumber::from(self.next_ping);
+        self.next_ping += 1;
+        self.send(&ClientMsg::Ping { id }).await?;
+        Ok(id)
+    }
+
+    /// Pings and waits for the matching Pong, collecting whatever else arrives first.
+    pub async fn ping_pong(&mut self) -> Result<Vec<RelayMsg>> {
+        let id = self.ping().await?;
+        let mut before = Vec::new();
+        loop {
+            match self.recv().await? {
+                RelayMsg::Pong { id: got } if got == id => return Ok(before),
+                other => before.push(other),
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, public_key: &str, start_sequence: u64) -> Result<()> {
+        self.send(&ClientMsg::RequestChanges {
+            public_key: public_key.to_owned(),
+            start_sequence,
+        })
+        .await
+    }
+
+    /// Receives `Changes` for `public_key` until `count` entries have arrived.
+    pub async fn collect(&mut self, public_key: &str, count: usize) -> Result<Vec<RemoteEntry>> {
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            if let RelayMsg::Changes {
+                public_key: pk,
+                entries,
+            } = self.recv().await?
+            {
+                if pk != public_key {
+                    bail!("Changes for {pk}, which this client never asked for");
+                }
+                out.extend(entries);
+            }
+        }
+        if out.len() > count {
+            bail!("expected {count} entries, got {}", out.len());
+        }
+        Ok(out)
+    }
+}
+
+/// Entries with distinct ids and recognisable content.
+pub fn entries(prefix: u32, count: usize, size: usize) -> Vec<EncryptedEntry> {
+    (0..count)
+        .map(|i| EncryptedEntry {
+            entry_id: entry_id(prefix, i as u32),
+            encrypted_entry: Bytes::from(
+                (0..size)
+                    .map(|j| (j as u32 ^ i as u32 ^ prefix) as u8)
+                    .collect::<Vec<u8>>(),
+            ),
+        })
+        .collect()
+}
+
+/// A UUIDv7-shaped id unique per (prefix, index).
+pub fn entry_id(prefix: u32, index: u32) -> Bytes {
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&prefix.to_be_bytes());
+    id[6] = 0x70;
+    id[8] = 0x80;
+    id[12..].copy_from_slice(&index.to_be_bytes());
+    Bytes::copy_from_slice(&id)
+}
+
+/// Asserts sequences are exactly `from..from+n`.
+pub fn assert_dense(entries: &[RemoteEntry], from: u64) {
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(
+            e.sequence,
+            from + i as u64,
+            "sequence gap or duplicate at position {i}"
+        );
+    }
+}
+
+pub fn close_code(c: CloseCode) -> u16 {
+    u16::from(c)
+}
+
+/// The `wharf-relay` binary built next to the test executable.
+pub fn relay_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("WHARF_RELAY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/wharf-relay
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(format!("wharf-relay{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p wharf-relay` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A relay running as a child process on `127.0.0.1:0`.
+#[derive(Debug)]
+pub struct ChildRelay {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildRelay {
+    pub async fn start(data: &Path, extra_env: &[(&str, &str)]) -> Result<Self> {
+        let mut cmd = tokio::process::Command::new(relay_binary());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("WHARF_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("spawn wharf-relay")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .context("relay did not start in time")??
+            .context("relay exited before listening")?;
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .context("no address in the relay's first line")?
+            .parse()?;
+        Ok(Self { child, addr })
+    }
+
+    pub fn url(&self, tenant: &str) -> String {
+        format!("ws://{}/t/{tenant}", self.addr)
+    }
+
+    /// Resident memory of the relay process, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}

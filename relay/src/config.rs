@@ -1,0 +1,216 @@
+//! Every setting of the relay, with its default. Loaded from (lowest to highest precedence)
+//! built-in defaults, a TOML file, `WHARF_*` environment variables, and command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use wharf_protocol::ReassemblerLimits;
+
+/// How hard a commit waits for the disk before the relay acknowledges it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous=FULL`: every acknowledged entry survives a crash or a power loss.
+    Full,
+    /// `synchronous=NORMAL`: survives a relay crash, but a power loss may lose the last
+    /// acknowledged commits. Faster on slow disks.
+    Normal,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (`wharf-relay serve` only; tests pass a bound listener).
+    pub listen: SocketAddr,
+    /// Directory holding `tenants/{tenant}.sqlite`.
+    pub data: PathBuf,
+    pub durability: Durability,
+    /// An actor with no connections closes its database after this long.
+    #[serde(with = "humantime_serde")]
+    pub tenant_idle_timeout: Duration,
+    /// Largest WebSocket frame or message accepted (the v3 client's chunks are ~512 kB).
+    pub max_frame_bytes: usize,
+    /// Largest message reassembled from `ChunkedMessage` parts, and the most bytes one
+    /// connection may hold in incomplete chunked messages.
+    pub max_message_bytes: usize,
+    /// Chunked messages one connection may be sending at once.
+    pub max_open_chunked: usize,
+    /// An incomplete chunked message is dropped after this long.
+    #[serde(with = "humantime_serde")]
+    pub chunk_timeout: Duration,
+    /// Longest `publicKey` (log name) accepted, in bytes.
+    pub max_public_key_bytes: usize,
+    /// Longest `entryId` and `iv`, in bytes (Effect sends 16 and 12).
+    pub max_entry_id_bytes: usize,
+    /// Most entries in one `WriteEntries`.
+    pub max_entries_per_write: usize,
+    /// Most subscriptions (`RequestChanges` publicKeys) one connection may hold.
+    pub max_subscriptions_per_connection: usize,
+    /// Writes a connection may have waiting for their Ack before the relay stops reading it.
+    pub max_pending_writes_per_connection: usize,
+    /// Messages queued to one connection before its subscriptions fall back to storage.
+    pub outbound_queue_messages: usize,
+    /// Target size of one `Changes` message (an entry larger than this travels alone).
+    pub changes_max_bytes: usize,
+    /// Most entries in one `Changes` message.
+    pub changes_max_entries: usize,
+    /// Most entries committed in one transaction (group commit).
+    pub commit_max_entries: usize,
+    /// Committed batches kept for live subscribers; one that falls further behind reads storage.
+    pub live_buffer_batches: usize,
+    /// How often a tenant's WAL is checkpointed, off the write path.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// On shutdown, a connection keeps reading until it has been quiet this long, so writes
+    /// already sent are committed and acked before the close.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_read_grace: Duration,
+    /// How long shutdown waits for connections to flush before giving up on them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            data: PathBuf::from("./data"),
+            durability: Durability::Full,
+            tenant_idle_timeout: Duration::from_secs(60),
+            max_frame_bytes: 1024 * 1024,
+            max_message_bytes: 64 * 1024 * 1024,
+            max_open_chunked: 4,
+            chunk_timeout: Duration::from_secs(60),
+            max_public_key_bytes: 256,
+            max_entry_id_bytes: 64,
+            max_entries_per_write: 100_000,
+            max_subscriptions_per_connection: 64,
+            max_pending_writes_per_connection: 64,
+            outbound_queue_messages: 16,
+            changes_max_bytes: 256 * 1024,
+            changes_max_entries: 1_000,
+            commit_max_entries: 10_000,
+            live_buffer_batches: 256,
+            checkpoint_interval: Duration::from_secs(1),
+            shutdown_read_grace: Duration::from_millis(100),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then `WHARF_*` variables, then `overrides`
+    /// (a serialisable struct holding only the flags the user gave).
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::prefixed("WHARF_").ignore(&["config"]))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError(Box::new(e)))
+    }
+
+    pub(crate) fn reassembler_limits(&self) -> ReassemblerLimits {
+        ReassemblerLimits {
+            max_open: self.max_open_chunked,
+            max_parts: u32::try_from(self.max_message_bytes.div_ceil(wharf_protocol::CHUNK_SIZE))
+                .unwrap_or(u32::MAX)
+                .max(1),
+            max_bytes: self.max_message_bytes,
+            max_age_ms: u64::try_from(self.chunk_timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    pub(crate) fn tenant_path(&self, tenant: &TenantId) -> PathBuf {
+        self.data
+            .join("tenants")
+            .join(format!("{}.sqlite", tenant.as_str()))
+    }
+}
+
+/// A tenant name: `[a-z0-9][a-z0-9_-]{0,62}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TenantId(String);
+
+impl TenantId {
+    pub fn parse(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        let ok_first = b
+            .first()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let ok_rest = b[1.min(b.len())..]
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-');
+        (ok_first && ok_rest && b.len() <= 63).then(|| TenantId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids() {
+        for ok in ["a", "acme", "0", "a-b_c", &"a".repeat(63)] {
+            assert!(TenantId::parse(ok).is_some(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            "A",
+            "a.b",
+            "a/b",
+            "..",
+            "é",
+            &"a".repeat(64),
+        ] {
+            assert!(TenantId::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_env_and_flags_layer_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("wharf.toml");
+        std::fs::write(
+            &file,
+            "tenant_idle_timeout = \"5s\"\nmax_public_key_bytes = 100\ndurability = \"normal\"\n",
+        )
+        .expect("write");
+        #[derive(Serialize)]
+        struct Flags {
+            max_public_key_bytes: usize,
+        }
+        let c = Config::load(
+            Some(&file),
+            Flags {
+                max_public_key_bytes: 7,
+            },
+        )
+        .expect("load");
+        assert_eq!(c.tenant_idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.durability, Durability::Normal);
+        assert_eq!(c.max_public_key_bytes, 7, "flags win over the file");
+        std::fs::write(&file, "no_such_setting = 1\n").expect("write");
+        assert!(
+            Config::load(Some(&file), ()).is_err(),
+            "unknown settings are refused"
+        );
+    }
+}

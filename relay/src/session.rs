@@ -1,0 +1,681 @@
+//! One WebSocket connection: decodes what the client sends, hands writes to the tenant actor,
+//! runs one subscription task per subscribed log, and owns the socket's write side.
+//!
+//! Two outbound queues feed the socket: `control` (Hello, Ack, Pong, Error, Close) and `bulk`
+//! (Changes, CaughtUp). The writer always drains `control` first, also between the frames of a
+//! multi-frame `bulk` item, so a Pong never waits behind a large catch-up. Both queues are
+//! bounded: a subscriber that cannot keep up blocks only its own subscription task, whose live
+//! feed then lags and is replaced by reads from storage. Nothing is dropped, nothing blocks
+//! the tenant, and the connection is never closed for being slow.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::{FuturesOrdered, SplitSink, StreamExt};
+use futures_util::{FutureExt, SinkExt};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use wharf_protocol::message::encode_changes;
+use wharf_protocol::{
+    split_into_chunks, ClientMsg, ErrorCode, JsNumber, Reassembler, RelayMsg, RemoteEntry,
+    WriteEntries,
+};
+
+use crate::config::{Config, TenantId};
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::tenant::{ConnId, LiveBatch, Subscribed, TenantError, TenantHandle};
+
+/// WebSocket close codes the relay uses. Never 1000: a v3 client treats it as "done for good".
+pub mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub const INTERNAL_ERROR: u16 = 1011;
+}
+
+/// What every session shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    pub shutdown: CancellationToken,
+    /// Chunk ids for relay → client `ChunkedMessage`s; one counter for all connections (as
+    /// the reference relay does), so cached live frames can be shared between connections.
+    pub chunk_ids: AtomicU64,
+    pub conn_ids: AtomicU64,
+}
+
+enum Out {
+    Frame(Bytes),
+    Frames(Arc<[Bytes]>),
+    Close(u16, String),
+}
+
+/// Why a connection must end, as told to the client.
+#[derive(Debug)]
+struct Violation {
+    close: u16,
+    code: ErrorCode,
+    reason: String,
+}
+
+impl Violation {
+    fn new(close: u16, code: ErrorCode, reason: impl Into<String>) -> Self {
+        Self {
+            close,
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    fn limit(reason: impl Into<String>) -> Self {
+        Self::new(
+            close_code::POLICY_VIOLATION,
+            ErrorCode::LimitExceeded,
+            reason,
+        )
+    }
+
+    fn invalid(reason: impl Into<String>) -> Self {
+        Self::new(
+            close_code::PROTOCOL_ERROR,
+            ErrorCode::InvalidMessage,
+            reason,
+        )
+    }
+
+    fn internal(e: &TenantError) -> Self {
+        Self::new(
+            close_code::INTERNAL_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+    }
+}
+
+/// Aborts a subscription task when its entry leaves the map (StopChanges, replacement, end).
+struct SubscriptionTask(JoinHandle<()>);
+
+impl Drop for SubscriptionTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type PendingAck =
+    futures_util::future::BoxFuture<'static, (JsNumber, Result<Vec<u64>, TenantError>)>;
+
+struct Session {
+    shared: Arc<Shared>,
+    conn: ConnId,
+    extension: bool,
+    handle: TenantHandle,
+    store: Store,
+    control: mpsc::Sender<Out>,
+    bulk: mpsc::Sender<Out>,
+    subscriptions: HashMap<String, SubscriptionTask>,
+    pending: FuturesOrdered<PendingAck>,
+    chunks: Reassembler,
+    started: Instant,
+}
+
+/// Runs a connection to its end. `extension` says whether the client negotiated `wharf.v1`.
+pub async fn run(socket: WebSocket, tenant: TenantId, extension: bool, shared: Arc<Shared>) {
+    let conn = shared.conn_ids.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", tenant = tenant.as_str(), conn);
+    tracing::Instrument::instrument(run_inner(socket, tenant, conn, extension, shared), span).await;
+}
+
+async fn run_inner(
+    socket: WebSocket,
+    tenant: TenantId,
+    conn: ConnId,
+    extension: bool,
+    shared: Arc<Shared>,
+) {
+    let (sink, mut stream) = socket.split();
+    let (control, control_rx) = mpsc::channel(64);
+    let (bulk, bulk_rx) = mpsc::channel(shared.config.outbound_queue_messages.max(1));
+    let writer = tokio::spawn(write_loop(sink, control_rx, bulk_rx));
+    debug!(extension, "connected");
+
+    let (handle, attached) = match shared.registry.attach(&tenant).await {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(error = %e, "cannot open tenant");
+            let v = Violation::internal(&e);
+            if extension {
+                let _ = control.send(Out::Frame(error_frame(&v))).await;
+            }
+            let _ = control.send(Out::Close(v.close, v.reason)).await;
+            drop(control);
+            drop(bulk);
+            let _ = writer.await;
+            return;
+        }
+    };
+    let hello = RelayMsg::Hello {
+        remote_id: Bytes::copy_from_slice(attached.remote_id.as_bytes()),
+    };
+    let _lease = attached.lease;
+    let _ = control.send(Out::Frame(Bytes::from(hello.encode()))).await;
+
+    let mut session = Session {
+        chunks: Reassembler::new(shared.config.reassembler_limits()),
+        shared,
+        conn,
+        extension,
+        handle,
+        store: attached.store,
+        control,
+        bulk,
+        subscriptions: HashMap::new(),
+        pending: FuturesOrdered::new(),
+        started: Instant::now(),
+    };
+    let end = session.read_loop(&mut stream).await;
+    session.finish(end).await;
+    let timeout = session.shared.config.shutdown_timeout;
+    drop(session);
+    // The writer ends after sending Close (or when the peer is gone).
+    if tokio::time::timeout(timeout, writer).await.is_err() {
+        debug!("peer did not take the close frame in time");
+    }
+    debug!("disconnected");
+}
+
+/// How the read loop ended.
+enum End {
+    /// The client closed or vanished: nothing more to say.
+    PeerGone,
+    ShuttingDown,
+    Violation(Violation),
+}
+
+impl Session {
+    async fn read_loop(
+        &mut self,
+        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    ) -> End {
+        let max_pending = self.shared.config.max_pending_writes_per_connection.max(1);
+        let shutdown = self.shared.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    // Writes the client sent before the shutdown may still sit in the socket:
+                    // read until it has been quiet for a moment, so they are committed and
+                    // acked before the close rather than left for the client to resend.
+                    let grace = self.shared.config.shutdown_read_grace;
+                    while let Ok(Some(Ok(frame))) = tokio::time::timeout(grace, stream.next()).await {
+                        if let Message::Binary(frame) = frame {
+                            if let Err(v) = self.on_frame(frame).await {
+                                return End::Violation(v);
+                            }
+                        }
+                    }
+                    return End::ShuttingDown;
+                }
+                Some((id, result)) = self.pending.next(), if !self.pending.is_empty() => {
+                    if let Err(v) = self.send_ack(id, result).await {
+                        return End::Violation(v);
+                    }
+                }
+                frame = stream.next(), if self.pending.len() < max_pending => {
+                    let result = match frame {
+                        None | Some(Ok(Message::Close(_))) => return End::PeerGone,
+                        Some(Ok(Message::Binary(frame))) => self.on_frame(frame).await,
+                        Some(Ok(Message::Text(_))) => Err(Violation::new(
+                            close_code::UNSUPPORTED_DATA,
+                            ErrorCode::UnsupportedData,
+                            "text frames are not part of the protocol; send msgpack in binary frames",
+                        )),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                        Some(Err(e)) => match capacity_error(&e) {
+                            Some(reason) => Err(Violation::new(close_code::MESSAGE_TOO_BIG, ErrorCode::LimitExceeded, reason)),
+                            None => {
+                                debug!(error = %e, "read failed");
+                                return End::PeerGone;
+                            }
+                        },
+                    };
+                    if let Err(v) = result {
+                        return End::Violation(v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flushes the Acks of writes already handed to the actor, then closes.
+    async fn finish(&mut self, end: End) {
+        self.subscriptions.clear();
+        let (close, reason, error) = match end {
+            End::PeerGone => (None, String::new(), None),
+            End::ShuttingDown => (
+                Some(close_code::GOING_AWAY),
+                "relay shutting down".to_owned(),
+                Some(Violation::new(
+                    close_code::GOING_AWAY,
+                    ErrorCode::ShuttingDown,
+                    "relay shutting down",
+                )),
+            ),
+            End::Violation(v) => {
+                warn!(close = v.close, reason = %v.reason, "closing connection");
+                (Some(v.close), v.reason.clone(), Some(v))
+            }
+        };
+        while let Some((id, result)) = self.pending.next().await {
+            if self.send_ack(id, result).await.is_err() {
+                break;
+            }
+        }
+        if let Some(code) = close {
+            if let (true, Some(v)) = (self.extension, &error) {
+                let _ = self.control.send(Out::Frame(error_frame(v))).await;
+            }
+            let _ = self.control.send(Out::Close(code, reason)).await;
+        }
+    }
+
+    async fn send_ack(
+        &mut self,
+        id: JsNumber,
+        result: Result<Vec<u64>, TenantError>,
+    ) -> Result<(), Violation> {
+        match result {
+            Ok(sequence_numbers) => {
+                let ack = RelayMsg::Ack {
+                    id,
+                    sequence_numbers,
+                };
+                let _ = self
+                    .control
+                    .send(Out::Frame(Bytes::from(ack.encode())))
+                    .await;
+                Ok(())
+            }
+            Err(e) => Err(Violation::internal(&e)),
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Bytes) -> Result<(), Violation> {
+        let msg = ClientMsg::decode(&frame).map_err(|e| Violation::invalid(e.to_string()))?;
+        let msg = match msg {
+            ClientMsg::Chunked(chunk) => {
+                let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let Some(whole) = self
+                    .chunks
+                    .push(chunk, now)
+                    .map_err(|e| Violation::limit(e.to_string()))?
+                else {
+                    return Ok(());
+                };
+                match ClientMsg::decode(&whole).map_err(|e| Violation::invalid(e.to_string()))? {
+                    ClientMsg::Chunked(_) => {
+                        return Err(Violation::invalid(
+                            "a chunked message may not contain another",
+                        ))
+                    }
+                    msg => msg,
+                }
+            }
+            msg => msg,
+        };
+        self.on_message(msg).await
+    }
+
+    async fn on_message(&mut self, msg: ClientMsg) -> Result<(), Violation> {
+        match msg {
+            ClientMsg::Ping { id } => {
+                let pong = RelayMsg::Pong { id };
+                let _ = self
+                    .control
+                    .send(Out::Frame(Bytes::from(pong.encode())))
+                    .await;
+            }
+            ClientMsg::WriteEntries(w) => self.on_write(w).await?,
+            ClientMsg::RequestChanges {
+                public_key,
+                start_sequence,
+            } => {
+                self.check_public_key(&public_key)?;
+                if !self.subscriptions.contains_key(&public_key)
+                    && self.subscriptions.len()
+                        >= self.shared.config.max_subscriptions_per_connection
+                {
+                    return Err(Violation::limit(format!(
+                        "more than {} subscriptions on one connection",
+                        self.shared.config.max_subscriptions_per_connection
+                    )));
+                }
+                let feed = Feed {
+                    public_key: public_key.clone(),
+                    conn: self.conn,
+                    extension: self.extension,
+                    store: self.store.clone(),
+                    bulk: self.bulk.clone(),
+                    control: self.control.clone(),
+                    shared: self.shared.clone(),
+                };
+                let handle = self.handle.clone();
+                let task = tokio::spawn(tracing::Instrument::in_current_span(
+                    feed.run(handle, start_sequence),
+                ));
+                // Replacing an entry drops (and so aborts) the previous subscription.
+                self.subscriptions
+                    .insert(public_key, SubscriptionTask(task));
+            }
+            ClientMsg::StopChanges { public_key } => {
+                self.subscriptions.remove(&public_key);
+            }
+            ClientMsg::Chunked(_) => unreachable!("handled in on_frame"),
+        }
+        Ok(())
+    }
+
+    fn check_public_key(&self, public_key: &str) -> Result<(), Violation> {
+        let max = self.shared.config.max_public_key_bytes;
+        if public_key.len() > max {
+            return Err(Violation::limit(format!(
+                "publicKey is {} bytes; the limit is {max}",
+                public_key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn on_write(&mut self, w: WriteEntries) -> Result<(), Violation> {
+        let config = &self.shared.config;
+        self.check_public_key(&w.public_key)?;
+        if w.entries.len() > config.max_entries_per_write {
+            return Err(Violation::limit(format!(
+                "{} entries in one write; the limit is {}",
+                w.entries.len(),
+                config.max_entries_per_write
+            )));
+        }
+        let max_id = config.max_entry_id_bytes;
+        if w.iv.len() > max_id || w.entries.iter().any(|e| e.entry_id.len() > max_id) {
+            return Err(Violation::limit(format!(
+                "an iv or entryId is longer than {max_id} bytes"
+            )));
+        }
+        if w.entries.iter().any(|e| e.entry_id.is_empty()) {
+            return Err(Violation::invalid("an entryId is empty"));
+        }
+        let id = w.id;
+        if w.entries.is_empty() {
+            // Nothing to make durable; the Ack still waits its turn behind earlier writes.
+            self.pending
+                .push_back(async move { (id, Ok(Vec::new())) }.boxed());
+            return Ok(());
+        }
+        let reply = self
+            .handle
+            .write(w.public_key, w.iv, w.entries, self.conn)
+            .await
+            .map_err(|e| Violation::internal(&e))?;
+        self.pending.push_back(
+            async move {
+                let result = reply.await.unwrap_or(Err(TenantError::Closed));
+                (id, result)
+            }
+            .boxed(),
+        );
+        Ok(())
+    }
+}
+
+/// One subscription: the backlog from storage, then the live feed, with no gap and no
+/// duplicate across the handover.
+struct Feed {
+    public_key: String,
+    conn: ConnId,
+    extension: bool,
+    store: Store,
+    bulk: mpsc::Sender<Out>,
+    control: mpsc::Sender<Out>,
+    shared: Arc<Shared>,
+}
+
+impl Feed {
+    async fn run(self, handle: TenantHandle, start: u64) {
+        if let Err(e) = self.run_inner(handle, start).await {
+            if let Some(e) = e {
+                warn!(error = %e, public_key = %self.public_key, "subscription failed");
+                let v = Violation::internal(&e);
+                if self.extension {
+                    let _ = self.control.send(Out::Frame(error_frame(&v))).await;
+                }
+                let _ = self.control.send(Out::Close(v.close, v.reason)).await;
+            }
+        }
+    }
+
+    /// `Err(None)`: the connection went away; `Err(Some(e))`: storage failed.
+    async fn run_inner(&self, handle: TenantHandle, start: u64) -> Result<(), Option<TenantError>> {
+        let Subscribed {
+            mut live,
+            next_sequence,
+        } = handle
+            .subscribe(self.public_key.clone())
+            .await
+            .map_err(Some)?;
+        // Everything below `next_sequence` is in storage; everything from it on comes live.
+        let mut cursor = self.catch_up(start, next_sequence).await?;
+        if self.extension {
+            let msg = RelayMsg::CaughtUp {
+                public_key: self.public_key.clone(),
+                next_sequence: cursor.max(next_sequence),
+            };
+            self.send(Out::Frame(Bytes::from(msg.encode()))).await?;
+        }
+        loop {
+            match live.recv().await {
+                Ok(batch) => {
+                    if batch.end() <= cursor {
+                        continue;
+                    }
+                    if batch.first() > cursor {
+                        cursor = self.catch_up(cursor, batch.first()).await?;
+                    }
+                    self.send_live(&batch, cursor).await?;
+                    cursor = batch.end();
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    debug!(
+                        missed,
+                        cursor, "subscriber fell behind; reading from storage"
+                    );
+                    cursor = self.catch_up(cursor, u64::MAX).await?;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(None),
+            }
+        }
+    }
+
+    /// Sends stored entries with `from <= sequence < to` and returns where it stopped.
+    async fn catch_up(&self, mut from: u64, to: u64) -> Result<u64, Option<TenantError>> {
+        let page = self.shared.config.changes_max_entries.max(1) * 4;
+        while from < to {
+            let entries = self
+                .store
+                .read(&self.public_key, from, to, page)
+                .await
+                .map_err(|e| Some(TenantError::from(e)))?;
+            let Some(last) = entries.last() else { break };
+            let next = last.sequence + 1;
+            let full = entries.len() == page;
+            let frames = self.frames(&entries);
+            self.send(Out::Frames(frames)).await?;
+            from = next;
+            if !full {
+                break;
+            }
+        }
+        Ok(from)
+    }
+
+    async fn send_live(&self, batch: &LiveBatch, cursor: u64) -> Result<(), Option<TenantError>> {
+        let own = batch.origins.contains(&self.conn);
+        if batch.first() >= cursor && !own {
+            // The common case: every subscriber of the log gets the same frames, built once.
+            let frames = batch
+                .frames
+                .get_or_init(|| self.frames(&batch.entries))
+                .clone();
+            return self.send(Out::Frames(frames)).await;
+        }
+        // The writer gets its Ack instead of an echo of its own entries.
+        let entries: Vec<RemoteEntry> = batch
+            .entries
+            .iter()
+            .zip(&batch.origins)
+            .filter(|(e, origin)| e.sequence >= cursor && **origin != self.conn)
+            .map(|(e, _)| e.clone())
+            .collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let frames = self.frames(&entries);
+        self.send(Out::Frames(frames)).await
+    }
+
+    /// Encodes entries as `Changes` messages of bounded size, each chunked when it exceeds
+    /// the chunk size (an entry larger than the bound travels alone).
+    fn frames(&self, entries: &[RemoteEntry]) -> Arc<[Bytes]> {
+        let max_bytes = self.shared.config.changes_max_bytes;
+        let max_entries = self.shared.config.changes_max_entries.max(1);
+        let mut frames = Vec::new();
+        let mut start = 0;
+        while start < entries.len() {
+            let mut end = start;
+            let mut size = 0;
+            while end < entries.len() && end - start < max_entries {
+                let s = entries[end].encoded_len_bound();
+                if end > start && size + s > max_bytes {
+                    break;
+                }
+                size += s;
+                end += 1;
+            }
+            let encoded = Bytes::from(encode_changes(&self.public_key, &entries[start..end]));
+            let id = JsNumber::from(self.shared.chunk_ids.fetch_add(1, Ordering::Relaxed));
+            match split_into_chunks(id, &encoded) {
+                None => frames.push(encoded),
+                Some(chunks) => frames.extend(
+                    chunks
+                        .into_iter()
+                        .map(|c| Bytes::from(RelayMsg::Chunked(c).encode())),
+                ),
+            }
+            start = end;
+        }
+        frames.into()
+    }
+
+    async fn send(&self, out: Out) -> Result<(), Option<TenantError>> {
+        self.bulk.send(out).await.map_err(|_| None)
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut control: mpsc::Receiver<Out>,
+    mut bulk: mpsc::Receiver<Out>,
+) {
+    loop {
+        let out = tokio::select! {
+            biased;
+            Some(out) = control.recv() => out,
+            Some(out) = bulk.recv() => out,
+            else => break,
+        };
+        let frames: Arc<[Bytes]> = match out {
+            Out::Frame(f) => Arc::from([f]),
+            Out::Frames(f) => f,
+            Out::Close(code, reason) => {
+                close(&mut sink, code, reason).await;
+                return;
+            }
+        };
+        for frame in frames.iter() {
+            if sink.send(Message::Binary(frame.clone())).await.is_err() {
+                return;
+            }
+            // Control goes ahead of the rest of a multi-frame bulk item.
+            while let Ok(out) = control.try_recv() {
+                match out {
+                    Out::Close(code, reason) => {
+                        close(&mut sink, code, reason).await;
+                        return;
+                    }
+                    Out::Frame(f) => {
+                        if sink.send(Message::Binary(f)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Out::Frames(fs) => {
+                        for f in fs.iter() {
+                            if sink.send(Message::Binary(f.clone())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = sink.close().await;
+}
+
+async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: String) {
+    let frame = CloseFrame {
+        code,
+        reason: truncate_reason(reason).into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.close().await;
+    info!(code, "closed connection");
+}
+
+fn error_frame(v: &Violation) -> Bytes {
+    let msg = RelayMsg::Error {
+        code: v.code.clone(),
+        message: v.reason.clone(),
+    };
+    Bytes::from(msg.encode())
+}
+
+/// A close reason must fit in a control frame (123 bytes).
+fn truncate_reason(mut reason: String) -> String {
+    if reason.len() > 123 {
+        let mut cut = 120;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str("...");
+    }
+    reason
+}
+
+fn capacity_error(e: &axum::Error) -> Option<String> {
+    let text = e.to_string();
+    // axum wraps tungstenite's `Error::Capacity`; its message names the limit.
+    (text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Capacity"))
+    .then(|| format!("frame too large: {text}"))
+}

@@ -1,0 +1,284 @@
+//! One tenant's SQLite database: every log of the tenant, its entries and the relay's
+//! `remoteId`. Only the tenant's actor calls the write methods; sessions read concurrently
+//! through the reader pool (WAL lets readers run beside the writer).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use uuid::Uuid;
+use wharf_protocol::RemoteEntry;
+
+use crate::config::Durability;
+
+/// Bump with every schema change; `open` refuses a database from a newer relay.
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("cannot create {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the database was written by a newer relay (schema {found}, this relay knows {SCHEMA_VERSION})")]
+    NewerSchema { found: i64 },
+    #[error("corrupt database: {0}")]
+    Corrupt(String),
+}
+
+/// A tenant database. Cheap to clone (the pools are shared).
+#[derive(Clone, Debug)]
+pub struct Store {
+    writer: SqlitePool,
+    readers: SqlitePool,
+    maintenance: SqlitePool,
+    remote_id: Uuid,
+}
+
+/// A row about to be inserted.
+#[derive(Debug)]
+pub struct NewRow<'a> {
+    pub log_id: i64,
+    pub sequence: u64,
+    pub entry_id: &'a [u8],
+    pub iv: &'a [u8],
+    pub ciphertext: &'a [u8],
+}
+
+impl Store {
+    pub async fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|source| StoreError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+        }
+        let synchronous = match durability {
+            Durability::Full => SqliteSynchronous::Full,
+            Durability::Normal => SqliteSynchronous::Normal,
+        };
+        let base = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(false);
+        // Checkpoints run from the maintenance connection, off the write path: an automatic
+        // checkpoint inside a commit is what makes the commit-latency tail.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(
+                base.clone()
+                    .create_if_missing(true)
+                    .pragma("wal_autocheckpoint", "0"),
+            )
+            .await?;
+        let remote_id = {
+            let mut conn = writer.acquire().await?;
+            migrate(&mut conn).await?
+        };
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .idle_timeout(Duration::from_secs(30))
+            .connect_with(base.clone().read_only(true))
+            .await?;
+        let maintenance = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(Duration::from_secs(30))
+            .connect_with(base)
+            .await?;
+        Ok(Self {
+            writer,
+            readers,
+            maintenance,
+            remote_id,
+        })
+    }
+
+    /// The id the relay announces in `Hello`: created with the database, stable for its life.
+    pub fn remote_id(&self) -> Uuid {
+        self.remote_id
+    }
+
+    pub fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// The id of a log and the sequence its next entry gets.
+    pub async fn log_state(&self, public_key: &str) -> Result<Option<(i64, u64)>, StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        let Some(row) = sqlx::query("SELECT id FROM logs WHERE public_key = ?")
+            .bind(public_key)
+            .fetch_optional(&mut *conn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let id: i64 = row.try_get(0)?;
+        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM entries WHERE log_id = ?")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+        let next = match max {
+            Some(m) => {
+                u64::try_from(m)
+                    .map_err(|_| StoreError::Corrupt(format!("negative sequence {m}")))?
+                    + 1
+            }
+            None => 0,
+        };
+        Ok(Some((id, next)))
+    }
+
+    /// Creates a log row inside the caller's transaction.
+    pub async fn insert_log(
+        conn: &mut SqliteConnection,
+        public_key: &str,
+    ) -> Result<i64, StoreError> {
+        let id: i64 = sqlx::query_scalar("INSERT INTO logs (public_key) VALUES (?) RETURNING id")
+            .bind(public_key)
+            .fetch_one(conn)
+            .await?;
+        Ok(id)
+    }
+
+    /// Which of `entry_ids` a log already holds, and at what sequence.
+    pub async fn existing(
+        conn: &mut SqliteConnection,
+        log_id: i64,
+        entry_ids: &[&[u8]],
+    ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let mut found = Vec::new();
+        for ids in entry_ids.chunks(500) {
+            let mut q: QueryBuilder<'_, Sqlite> =
+                QueryBuilder::new("SELECT entry_id, seq FROM entries WHERE log_id = ");
+            q.push_bind(log_id).push(" AND entry_id IN (");
+            let mut sep = q.separated(", ");
+            for id in ids {
+                sep.push_bind(*id);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut *conn).await? {
+                let seq: i64 = row.try_get(1)?;
+                found.push((row.try_get(0)?, seq as u64));
+            }
+        }
+        Ok(found)
+    }
+
+    pub async fn insert_rows(
+        conn: &mut SqliteConnection,
+        rows: &[NewRow<'_>],
+    ) -> Result<(), StoreError> {
+        // 5 parameters a row; SQLite allows 32,766 per statement.
+        for rows in rows.chunks(1_000) {
+            let mut q: QueryBuilder<'_, Sqlite> =
+                QueryBuilder::new("INSERT INTO entries (log_id, seq, entry_id, iv, ciphertext) ");
+            q.push_values(rows, |mut b, r| {
+                b.push_bind(r.log_id)
+                    .push_bind(r.sequence as i64)
+                    .push_bind(r.entry_id)
+                    .push_bind(r.iv)
+                    .push_bind(r.ciphertext);
+            });
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Entries of a log with `from <= sequence < to`, in order, at most `limit` of them.
+    pub async fn read(
+        &self,
+        public_key: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<RemoteEntry>, StoreError> {
+        let to = i64::try_from(to).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT seq, entry_id, iv, ciphertext FROM entries \
+             WHERE log_id = (SELECT id FROM logs WHERE public_key = ?) AND seq >= ? AND seq < ? \
+             ORDER BY seq LIMIT ?",
+        )
+        .bind(public_key)
+        .bind(from as i64)
+        .bind(to)
+        .bind(limit as i64)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let seq: i64 = row.try_get(0)?;
+                Ok(RemoteEntry {
+                    sequence: seq as u64,
+                    entry_id: Bytes::from(row.try_get::<Vec<u8>, _>(1)?),
+                    iv: Bytes::from(row.try_get::<Vec<u8>, _>(2)?),
+                    encrypted_entry: Bytes::from(row.try_get::<Vec<u8>, _>(3)?),
+                })
+            })
+            .collect()
+    }
+
+    /// Moves committed pages from the WAL into the database file without blocking writers.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.maintenance)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        // A last checkpoint keeps the WAL small for the next open; failure is harmless.
+        let _ = self.checkpoint().await;
+        self.readers.close().await;
+        self.maintenance.close().await;
+        self.writer.close().await;
+    }
+}
+
+async fn migrate(conn: &mut SqliteConnection) -> Result<Uuid, StoreError> {
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema { found: version });
+    }
+    if version < 1 {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        for stmt in [
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+            "CREATE TABLE logs (id INTEGER PRIMARY KEY, public_key TEXT NOT NULL UNIQUE)",
+            "CREATE TABLE entries (log_id INTEGER NOT NULL, seq INTEGER NOT NULL, \
+             entry_id BLOB NOT NULL, iv BLOB NOT NULL, ciphertext BLOB NOT NULL)",
+            "CREATE UNIQUE INDEX entries_by_seq ON entries (log_id, seq)",
+            "CREATE UNIQUE INDEX entries_by_id ON entries (log_id, entry_id)",
+        ] {
+            sqlx::query(stmt).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('remote_id', ?)")
+            .bind(Uuid::new_v4().as_bytes().as_slice())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    let raw: Vec<u8> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'remote_id'")
+        .fetch_one(&mut *conn)
+        .await?;
+    Uuid::from_slice(&raw).map_err(|_| StoreError::Corrupt("remote_id is not 16 bytes".into()))
+}

@@ -60,8 +60,9 @@ pub struct Config {
     pub changes_max_entries: usize,
     /// Most entries committed in one transaction (group commit).
     pub commit_max_entries: usize,
-    /// Committed batches kept for live subscribers; one that falls further behind reads storage.
-    pub live_buffer_batches: usize,
+    /// Bytes of recent entries kept in memory per subscribed log; a subscriber that falls
+    /// further behind reads storage instead.
+    pub live_tail_bytes: usize,
     /// How often a tenant's WAL is checkpointed, off the write path.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
@@ -94,7 +95,7 @@ impl Default for Config {
             changes_max_bytes: 256 * 1024,
             changes_max_entries: 1_000,
             commit_max_entries: 10_000,
-            live_buffer_batches: 256,
+            live_tail_bytes: 4 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(1),
             shutdown_read_grace: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(10),

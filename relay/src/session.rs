@@ -17,7 +17,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, SplitSink, StreamExt};
 use futures_util::{FutureExt, SinkExt};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -30,7 +30,7 @@ use wharf_protocol::{
 use crate::config::{Config, TenantId};
 use crate::registry::Registry;
 use crate::store::Store;
-use crate::tenant::{ConnId, LiveBatch, Subscribed, TenantError, TenantHandle};
+use crate::tenant::{ConnId, LiveBatch, Subscribed, TailRead, TenantError, TenantHandle};
 
 /// WebSocket close codes the relay uses. Never 1000: a v3 client treats it as "done for good".
 pub mod close_code {
@@ -466,13 +466,14 @@ impl Feed {
     /// `Err(None)`: the connection went away; `Err(Some(e))`: storage failed.
     async fn run_inner(&self, handle: TenantHandle, start: u64) -> Result<(), Option<TenantError>> {
         let Subscribed {
-            mut live,
+            live,
+            mut changes,
             next_sequence,
         } = handle
             .subscribe(self.public_key.clone())
             .await
             .map_err(Some)?;
-        // Everything below `next_sequence` is in storage; everything from it on comes live.
+        // Everything below `next_sequence` is in storage; everything from it on is in the tail.
         let mut cursor = self.catch_up(start, next_sequence).await?;
         if self.extension {
             let msg = RelayMsg::CaughtUp {
@@ -482,25 +483,26 @@ impl Feed {
             self.send(Out::Frame(Bytes::from(msg.encode()))).await?;
         }
         loop {
-            match live.recv().await {
-                Ok(batch) => {
-                    if batch.end() <= cursor {
-                        continue;
-                    }
-                    if batch.first() > cursor {
-                        cursor = self.catch_up(cursor, batch.first()).await?;
-                    }
-                    self.send_live(&batch, cursor).await?;
-                    cursor = batch.end();
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
+            match live.read_from(cursor) {
+                TailRead::Behind { tail_start } => {
                     debug!(
-                        missed,
-                        cursor, "subscriber fell behind; reading from storage"
+                        cursor,
+                        tail_start, "subscriber fell behind; reading from storage"
                     );
-                    cursor = self.catch_up(cursor, u64::MAX).await?;
+                    cursor = self.catch_up(cursor, tail_start).await?;
+                    continue;
                 }
-                Err(broadcast::error::RecvError::Closed) => return Err(None),
+                TailRead::Batches(batches) => {
+                    for batch in batches {
+                        self.send_live(&batch, cursor).await?;
+                        cursor = batch.end();
+                    }
+                }
+            }
+            // Sleep until a commit moves the log past the cursor.
+            let reached = changes.wait_for(|next| *next > cursor).await;
+            if reached.is_err() {
+                return Err(None);
             }
         }
     }

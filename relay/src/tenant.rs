@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 use uuid::Uuid;
@@ -59,6 +59,86 @@ impl LiveBatch {
     }
 }
 
+/// The recent tail of one log, shared by the actor (which appends after each commit) and
+/// the log's subscribers (which read it). Bounded in bytes: a subscriber whose cursor falls
+/// out of the tail reads storage instead, so a stalled reader costs nothing here.
+#[derive(Debug)]
+pub struct LiveLog {
+    tail: std::sync::Mutex<Tail>,
+    /// The log's next sequence; changes after every commit that added entries.
+    next: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Tail {
+    batches: std::collections::VecDeque<Arc<LiveBatch>>,
+    bytes: usize,
+}
+
+/// What a subscriber finds in the tail from its cursor on.
+#[derive(Debug)]
+pub enum TailRead {
+    /// Batches holding every entry from the cursor to the present (possibly none).
+    Batches(Vec<Arc<LiveBatch>>),
+    /// The tail no longer reaches back to the cursor: read storage up to this sequence.
+    Behind { tail_start: u64 },
+}
+
+impl LiveLog {
+    fn new(next: u64) -> Self {
+        Self {
+            tail: std::sync::Mutex::new(Tail::default()),
+            next: watch::channel(next).0,
+        }
+    }
+
+    fn push(&self, batch: LiveBatch, max_bytes: usize) {
+        let end = batch.end();
+        let size: usize = batch
+            .entries
+            .iter()
+            .map(RemoteEntry::encoded_len_bound)
+            .sum();
+        {
+            let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            tail.batches.push_back(Arc::new(batch));
+            tail.bytes += size;
+            // Keep the newest batch whatever its size; drop the oldest beyond the budget.
+            while tail.bytes > max_bytes && tail.batches.len() > 1 {
+                if let Some(old) = tail.batches.pop_front() {
+                    tail.bytes -= old
+                        .entries
+                        .iter()
+                        .map(RemoteEntry::encoded_len_bound)
+                        .sum::<usize>();
+                }
+            }
+        }
+        self.next.send_replace(end);
+    }
+
+    /// Wakes up when the log's next sequence changes.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.next.subscribe()
+    }
+
+    pub fn read_from(&self, cursor: u64) -> TailRead {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        match tail.batches.front() {
+            Some(first) if first.first() > cursor => TailRead::Behind {
+                tail_start: first.first(),
+            },
+            _ => TailRead::Batches(
+                tail.batches
+                    .iter()
+                    .filter(|b| b.end() > cursor)
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// What a session gets when it joins a tenant.
 #[derive(Debug)]
 pub struct Attached {
@@ -71,8 +151,10 @@ pub struct Attached {
 /// A live feed of one log, and where the backlog ends.
 #[derive(Debug)]
 pub struct Subscribed {
-    pub live: broadcast::Receiver<Arc<LiveBatch>>,
-    /// Every entry below this is in storage; every entry from it on arrives on `live`.
+    pub live: Arc<LiveLog>,
+    /// Wakes on every commit to the log; ends when the actor stops.
+    pub changes: watch::Receiver<u64>,
+    /// Every entry below this is in storage; every entry from it on is pushed to `live`.
     pub next_sequence: u64,
 }
 
@@ -152,7 +234,8 @@ impl TenantHandle {
 struct LogState {
     id: Option<i64>,
     next: u64,
-    live: Option<broadcast::Sender<Arc<LiveBatch>>>,
+    /// Present while the log has subscribers.
+    live: Option<Arc<LiveLog>>,
 }
 
 pub(crate) struct TenantActor {
@@ -324,14 +407,16 @@ impl TenantActor {
         store: &Store,
         public_key: String,
     ) -> Result<Subscribed, TenantError> {
-        let capacity = self.config.live_buffer_batches.max(1);
         let log = self.log(store, &public_key).await?;
+        let next = log.next;
         let live = log
             .live
-            .get_or_insert_with(|| broadcast::channel(capacity).0);
+            .get_or_insert_with(|| Arc::new(LiveLog::new(next)))
+            .clone();
         Ok(Subscribed {
-            live: live.subscribe(),
-            next_sequence: log.next,
+            changes: live.watch(),
+            live,
+            next_sequence: next,
         })
     }
 
@@ -341,12 +426,15 @@ impl TenantActor {
                 for (w, seqs) in writes.into_iter().zip(acks) {
                     let _ = w.reply.send(Ok(seqs));
                 }
+                let max_bytes = self.config.live_tail_bytes;
                 for (public_key, batch) in batches {
                     if let Some(log) = self.logs.get_mut(&public_key) {
                         if let Some(live) = &log.live {
-                            if live.send(Arc::new(batch)).is_err() {
-                                // Nobody listens any more: drop the channel.
+                            if Arc::strong_count(live) == 1 {
+                                // Its last subscriber left: free the tail.
                                 log.live = None;
+                            } else {
+                                live.push(batch, max_bytes);
                             }
                         }
                     }

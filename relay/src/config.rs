@@ -116,7 +116,8 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment
-            .merge(Env::prefixed("WHARF_").ignore(&["config"]))
+            // WHARF_CONFIG names the file and WHARF_LOG the log filter: not settings.
+            .merge(Env::prefixed("WHARF_").ignore(&["config", "log"]))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| ConfigError(Box::new(e)))

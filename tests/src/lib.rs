@@ -338,7 +338,7 @@ pub fn close_code(c: CloseCode) -> u16 {
 
 /// The `wharf-relay` binary built next to the test executable.
 pub fn relay_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("WHARF_RELAY_BIN") {
+    if let Ok(p) = std::env::var("RELAY_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");

@@ -350,6 +350,7 @@ impl Session {
                 start_sequence,
             } => {
                 self.check_public_key(&public_key)?;
+                debug!(%public_key, start_sequence, "subscribe");
                 if !self.subscriptions.contains_key(&public_key)
                     && self.subscriptions.len()
                         >= self.shared.config.max_subscriptions_per_connection

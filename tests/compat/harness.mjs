@@ -1,0 +1,108 @@
+// Shared pieces of the compat suite: a real wharf-relay child process on 127.0.0.1:0, and
+// agents built exactly as an Effect v3 app builds them (EventLog + EventLogRemote.layerWebSocket).
+import { spawn } from "node:child_process"
+import { mkdtempSync, rmSync, existsSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join, dirname } from "node:path"
+import { fileURLToPath } from "node:url"
+import { createInterface } from "node:readline"
+import { EventGroup, EventJournal, EventLog, EventLogEncryption, EventLogRemote } from "@effect/experimental"
+import { NodeSocket } from "@effect/platform-node"
+import { Effect, Layer, ManagedRuntime, Schema } from "effect"
+
+const here = dirname(fileURLToPath(import.meta.url))
+
+function relayBinary() {
+  if (process.env.RELAY_BIN) return process.env.RELAY_BIN
+  const bin = join(here, "..", "..", "target", "debug", "wharf-relay")
+  if (!existsSync(bin)) throw new Error(`${bin} is missing: run \`cargo build -p wharf-relay\` first (scripts/test does)`)
+  return bin
+}
+
+/** Starts a relay on a free port with a fresh data directory. */
+export async function startRelay() {
+  const data = mkdtempSync(join(tmpdir(), "wharf-compat-"))
+  const child = spawn(relayBinary(), ["serve", "--listen", "127.0.0.1:0", "--data", data], {
+    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, WHARF_LOG: process.env.WHARF_LOG ?? "warn" }
+  })
+  const exited = new Promise((resolve) => child.once("exit", resolve))
+  const line = await new Promise((resolve, reject) => {
+    const rl = createInterface({ input: child.stdout })
+    rl.once("line", resolve)
+    child.once("exit", (code) => reject(new Error(`relay exited with ${code} before listening`)))
+  })
+  const addr = /http:\/\/(\S+)/.exec(line)?.[1]
+  if (!addr) throw new Error(`no address in ${JSON.stringify(line)}`)
+  return {
+    url: (tenant) => `ws://${addr}/t/${tenant}`,
+    async stop() {
+      child.kill("SIGTERM")
+      const code = await exited
+      rmSync(data, { recursive: true, force: true })
+      return code
+    }
+  }
+}
+
+export const Todos = EventGroup.empty.add({
+  tag: "TodoCreated",
+  primaryKey: (todo) => todo.id,
+  payload: Schema.Struct({ id: Schema.String, title: Schema.String })
+})
+export const schema = EventLog.schema(Todos)
+
+/**
+ * An Effect v3 EventLog app syncing through `url`. `seen` lists every payload its handler ran
+ * for, in order (own writes and remote ones).
+ */
+export function makeAgent({ url, identity, journal = EventJournal.layerMemory }) {
+  const seen = []
+  let wake = () => {}
+  const HandlersLive = EventLog.group(Todos, (handlers) =>
+    handlers.handle("TodoCreated", ({ payload }) =>
+      Effect.sync(() => {
+        seen.push(payload)
+        wake()
+      })))
+  const EventLogLive = EventLog.layer(schema).pipe(
+    Layer.provide(HandlersLive),
+    Layer.provideMerge(journal),
+    Layer.provide(Layer.succeed(EventLog.Identity, identity))
+  )
+  const RemoteLive = EventLogRemote.layerWebSocket(url).pipe(
+    Layer.provide(EventLogEncryption.layerSubtle),
+    Layer.provide(NodeSocket.layerWebSocketConstructor)
+  )
+  const runtime = ManagedRuntime.make(RemoteLive.pipe(Layer.provideMerge(EventLogLive)))
+  return {
+    seen,
+    start: () => runtime.runPromise(Effect.void),
+    write: (todo) =>
+      runtime.runPromise(Effect.gen(function*() {
+        const client = yield* EventLog.makeClient(schema)
+        yield* client("TodoCreated", todo)
+      })),
+    /** The entries in this agent's own journal (written after its handlers ran). */
+    journalEntries: () => runtime.runPromise(Effect.flatMap(EventJournal.EventJournal, (journal) => journal.entries)),
+    /** Resolves once `predicate(seen)` holds; fails after `ms`. */
+    waitFor(predicate, ms = 20_000) {
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`timed out; seen ${JSON.stringify(seen.map((t) => t.id))}`)), ms)
+        const check = () => {
+          if (predicate(seen)) {
+            clearTimeout(timer)
+            wake = () => {}
+            resolve(seen)
+          }
+        }
+        wake = check
+        check()
+      })
+    },
+    dispose: () => runtime.dispose()
+  }
+}
+
+export const ids = (seen) => seen.map((t) => t.id).sort()
+export const newIdentity = () => EventLog.Identity.makeRandom()

@@ -452,15 +452,13 @@ struct Feed {
 
 impl Feed {
     async fn run(self, handle: TenantHandle, start: u64) {
-        if let Err(e) = self.run_inner(handle, start).await {
-            if let Some(e) = e {
-                warn!(error = %e, public_key = %self.public_key, "subscription failed");
-                let v = Violation::internal(&e);
-                if self.extension {
-                    let _ = self.control.send(Out::Frame(error_frame(&v))).await;
-                }
-                let _ = self.control.send(Out::Close(v.close, v.reason)).await;
+        if let Err(Some(e)) = self.run_inner(handle, start).await {
+            warn!(error = %e, public_key = %self.public_key, "subscription failed");
+            let v = Violation::internal(&e);
+            if self.extension {
+                let _ = self.control.send(Out::Frame(error_frame(&v))).await;
             }
+            let _ = self.control.send(Out::Close(v.close, v.reason)).await;
         }
     }
 

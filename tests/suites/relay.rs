@@ -50,7 +50,7 @@ async fn two_writers_and_two_readers_converge() {
         r.subscribe(PK, 0).await.expect("subscribe");
         r.ping_pong().await.expect("subscription registered");
     }
-    let mut writers = vec![relay.client("acme").await, relay.client("acme").await];
+    let mut writers = [relay.client("acme").await, relay.client("acme").await];
     let writes = writers.iter_mut().enumerate().map(|(w, c)| async move {
         for batch in 0..20u32 {
             let es = entries(w as u32 * 1000 + batch, 5, 64);

@@ -75,9 +75,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 fn toml_string(config: &Config) -> anyhow::Result<String> {
-    let value = figment::Figment::from(figment::providers::Serialized::defaults(config))
-        .extract::<figment::value::Value>()?;
-    Ok(format!("{value:#?}\n"))
+    Ok(toml::to_string_pretty(config)?)
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -16,8 +16,15 @@ const PK: &str = "bench-log";
 #[tokio::main]
 async fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    let run_for = if quick { Duration::from_secs(2) } else { Duration::from_secs(5) };
-    println!("wharf-bench: relay in-process, synchronous=FULL, data in {}", std::env::temp_dir().display());
+    let run_for = if quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(5)
+    };
+    println!(
+        "wharf-bench: relay in-process, synchronous=FULL, data in {}",
+        std::env::temp_dir().display()
+    );
 
     let relay = TestRelay::start().await;
     let rate = concurrent_batch1(&relay, 64, run_for).await?;
@@ -50,7 +57,8 @@ async fn concurrent_batch1(relay: &TestRelay, writers: u32, run_for: Duration) -
             let mut c = Client::connect(&url).await?;
             let mut n = 0u32;
             while start.elapsed() < run_for {
-                c.write_acked(PK, entries(w * 10_000_000 + n, 1, 256)).await?;
+                c.write_acked(PK, entries(w * 10_000_000 + n, 1, 256))
+                    .await?;
                 n += 1;
             }
             anyhow::Ok(u64::from(n))
@@ -62,19 +70,29 @@ async fn concurrent_batch1(relay: &TestRelay, writers: u32, run_for: Duration) -
 }
 
 /// One connection keeping `in_flight` writes of `batch` entries outstanding.
-async fn pipelined(relay: &TestRelay, batch: usize, in_flight: usize, run_for: Duration) -> Result<f64> {
+async fn pipelined(
+    relay: &TestRelay,
+    batch: usize,
+    in_flight: usize,
+    run_for: Duration,
+) -> Result<f64> {
     let mut c = relay.client("bench-b100").await;
     let start = Instant::now();
     let (mut sent, mut acked) = (0u32, 0u64);
     loop {
-        while (sent as u64) * batch as u64 - acked < (in_flight * batch) as u64 && start.elapsed() < run_for {
+        while (sent as u64) * batch as u64 - acked < (in_flight * batch) as u64
+            && start.elapsed() < run_for
+        {
             c.write(PK, entries(sent, batch, 256)).await?;
             sent += 1;
         }
         if acked == sent as u64 * batch as u64 {
             break;
         }
-        if let RelayMsg::Ack { sequence_numbers, .. } = c.recv().await? {
+        if let RelayMsg::Ack {
+            sequence_numbers, ..
+        } = c.recv().await?
+        {
             acked += sequence_numbers.len() as u64;
         }
     }

@@ -606,10 +606,7 @@ async fn write_loop(
         let frames: Arc<[Bytes]> = match out {
             Out::Frame(f) => Arc::from([f]),
             Out::Frames(f) => f,
-            Out::Close(code, reason) => {
-                close(&mut sink, code, reason).await;
-                return;
-            }
+            Out::Close(code, reason) => return close(&mut sink, code, reason).await,
         };
         for frame in frames.iter() {
             if sink.send(Message::Binary(frame.clone())).await.is_err() {
@@ -617,28 +614,31 @@ async fn write_loop(
             }
             // Control goes ahead of the rest of a multi-frame bulk item.
             while let Ok(out) = control.try_recv() {
-                match out {
-                    Out::Close(code, reason) => {
-                        close(&mut sink, code, reason).await;
-                        return;
-                    }
-                    Out::Frame(f) => {
-                        if sink.send(Message::Binary(f)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Out::Frames(fs) => {
-                        for f in fs.iter() {
-                            if sink.send(Message::Binary(f.clone())).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
+                if !send_control(&mut sink, out).await {
+                    return;
                 }
             }
         }
     }
     let _ = sink.close().await;
+}
+
+/// Sends one control item; `false` once the socket is closed or gone.
+async fn send_control(sink: &mut SplitSink<WebSocket, Message>, out: Out) -> bool {
+    let frames: Arc<[Bytes]> = match out {
+        Out::Frame(f) => Arc::from([f]),
+        Out::Frames(f) => f,
+        Out::Close(code, reason) => {
+            close(sink, code, reason).await;
+            return false;
+        }
+    };
+    for f in frames.iter() {
+        if sink.send(Message::Binary(f.clone())).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: String) {

@@ -492,9 +492,11 @@ impl TenantActor {
             } else {
                 Vec::new()
             };
+            // Key the map by the writes' own slices (O(n), no copies of the ids).
+            let by_value: HashSet<&[u8]> = ids.iter().copied().collect();
             let mut map: HashMap<&[u8], u64> = HashMap::with_capacity(ids.len());
             for (entry_id, seq) in known {
-                if let Some(id) = ids.iter().find(|i| **i == entry_id.as_slice()) {
+                if let Some(id) = by_value.get(entry_id.as_slice()) {
                     map.insert(id, seq);
                 }
             }

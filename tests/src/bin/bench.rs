@@ -113,8 +113,7 @@ async fn ack_latency(relay: &TestRelay, writes: u32) -> Result<Histogram<u64>> {
 
 async fn catch_up(relay: &TestRelay, count: usize, size: usize) -> Result<(Duration, Duration)> {
     let mut w = relay.client("bench-catchup").await;
-    for (i, chunk) in entries(1, count, size).chunks(1_000).enumerate() {
-        let _ = i;
+    for chunk in entries(1, count, size).chunks(1_000) {
         w.write_acked(PK, chunk.to_vec()).await?;
     }
     let mut r = relay.client("bench-catchup").await;

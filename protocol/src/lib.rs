@@ -6,6 +6,8 @@
 //!   byte-exact encoders and lenient decoders (`encode`/`decode` on each enum).
 //! - [`chunk`]: splitting a large encoded message into `ChunkedMessage` frames exactly like the
 //!   reference client, and a bounded [`Reassembler`] for the other direction.
+//! - [`entry`]: [`Entry`], the plaintext of one event, encoded exactly as Effect encodes it.
+//! - [`crypto`]: identities (native and Effect), the two entry suites, and key grants.
 //! - [`number`]: [`JsNumber`], a JavaScript number as msgpackr writes and reads it.
 //! - `msgpack` (private): the frame walker and the primitive writers.
 //!
@@ -13,11 +15,18 @@
 //! extension is documented in `docs/protocol.md` at the repository root.
 
 pub mod chunk;
+pub mod crypto;
+pub mod entry;
 pub mod message;
 mod msgpack;
 pub mod number;
 
 pub use chunk::{split_into_chunks, ChunkError, Reassembler, ReassemblerLimits, CHUNK_SIZE};
+pub use crypto::{
+    CryptoError, EffectIdentity, EntryKey, Grant, GrantKeyPair, Identity, NativeIdentity, ReadKey,
+    Suite,
+};
+pub use entry::{Entry, EntryError};
 pub use message::{
     Chunk, ClientMsg, DecodeError, EncryptedEntry, ErrorCode, RelayMsg, RemoteEntry, WriteEntries,
 };

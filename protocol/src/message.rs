@@ -93,6 +93,12 @@ pub enum RelayMsg {
         public_key: String,
         next_sequence: u64,
     },
+    /// Extension: sent first for each `RequestChanges`: the log's next sequence when the
+    /// subscription started, so a client can say how far behind it is while it catches up.
+    Head {
+        public_key: String,
+        next_sequence: u64,
+    },
 }
 
 /// A stored entry as the relay returns it.
@@ -285,14 +291,11 @@ impl RelayMsg {
             RelayMsg::CaughtUp {
                 public_key,
                 next_sequence,
-            } => {
-                write_map(&mut b, 3);
-                write_key(&mut b, "publicKey");
-                write_str(&mut b, public_key);
-                write_key(&mut b, "nextSequence");
-                write_u64(&mut b, *next_sequence);
-                write_tag(&mut b, "CaughtUp");
-            }
+            } => write_position(&mut b, public_key, *next_sequence, "CaughtUp"),
+            RelayMsg::Head {
+                public_key,
+                next_sequence,
+            } => write_position(&mut b, public_key, *next_sequence, "Head"),
         }
         b
     }
@@ -300,8 +303,20 @@ impl RelayMsg {
     /// Whether this message exists only in the `wharf.v1` extension (a plain v3 client must
     /// never receive it).
     pub fn is_extension(&self) -> bool {
-        matches!(self, RelayMsg::Error { .. } | RelayMsg::CaughtUp { .. })
+        matches!(
+            self,
+            RelayMsg::Error { .. } | RelayMsg::CaughtUp { .. } | RelayMsg::Head { .. }
+        )
     }
+}
+
+fn write_position(b: &mut Vec<u8>, public_key: &str, next_sequence: u64, tag: &str) {
+    write_map(b, 3);
+    write_key(b, "publicKey");
+    write_str(b, public_key);
+    write_key(b, "nextSequence");
+    write_u64(b, next_sequence);
+    write_tag(b, tag);
 }
 
 /// Encodes a `Changes` without building a [`RelayMsg`] (the relay's hot path).
@@ -461,7 +476,7 @@ struct WireError<'a> {
 }
 
 #[derive(DeriveDeserialize)]
-struct WireCaughtUp<'a> {
+struct WirePosition<'a> {
     #[serde(rename = "publicKey", borrow)]
     public_key: Str<'a>,
     #[serde(rename = "nextSequence")]
@@ -637,10 +652,17 @@ impl RelayMsg {
                 }
             }
             "CaughtUp" => {
-                let w: WireCaughtUp<'_> = parse("CaughtUp", frame)?;
+                let w: WirePosition<'_> = parse("CaughtUp", frame)?;
                 RelayMsg::CaughtUp {
                     public_key: w.public_key.0.to_owned(),
                     next_sequence: sequence("CaughtUp", w.next_sequence)?,
+                }
+            }
+            "Head" => {
+                let w: WirePosition<'_> = parse("Head", frame)?;
+                RelayMsg::Head {
+                    public_key: w.public_key.0.to_owned(),
+                    next_sequence: sequence("Head", w.next_sequence)?,
                 }
             }
             other => return Err(DecodeError::UnknownTag(other.to_owned())),

@@ -59,6 +59,18 @@ pub fn frame_tag(frame: &[u8]) -> Result<&str, WalkError> {
 }
 
 /// The string held by an encoded msgpack str value, if `value` is exactly one.
+/// Checks that `bytes` holds exactly one well-formed msgpack value (of any type).
+pub fn single_value(bytes: &[u8]) -> Result<(), WalkError> {
+    if bytes.is_empty() {
+        return Err(WalkError::Empty);
+    }
+    let end = skip(bytes, 0, 0)?;
+    if end != bytes.len() {
+        return Err(WalkError::TrailingBytes(bytes.len() - end));
+    }
+    Ok(())
+}
+
 fn as_str(value: &[u8]) -> Option<&str> {
     let header = match *value.first()? {
         0xa0..=0xbf => 1,

@@ -447,6 +447,10 @@ fn extension_messages_round_trip() {
             public_key: "pk".into(),
             next_sequence: 5_000_000_000,
         },
+        RelayMsg::Head {
+            public_key: "pk".into(),
+            next_sequence: 7,
+        },
     ] {
         assert!(msg.is_extension());
         assert_eq!(

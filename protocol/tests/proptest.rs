@@ -100,6 +100,10 @@ fn relay_msg() -> impl Strategy<Value = RelayMsg> {
             public_key,
             next_sequence
         }),
+        (".{0,80}", 0..MAX_SEQ).prop_map(|(public_key, next_sequence)| RelayMsg::Head {
+            public_key,
+            next_sequence
+        }),
     ]
 }
 

@@ -472,6 +472,13 @@ impl Feed {
             .subscribe(self.public_key.clone())
             .await
             .map_err(Some)?;
+        if self.extension {
+            let msg = RelayMsg::Head {
+                public_key: self.public_key.clone(),
+                next_sequence,
+            };
+            self.send(Out::Frame(Bytes::from(msg.encode()))).await?;
+        }
         // Everything below `next_sequence` is in storage; everything from it on is in the tail.
         let mut cursor = self.catch_up(start, next_sequence).await?;
         if self.extension {

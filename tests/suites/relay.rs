@@ -345,7 +345,7 @@ async fn an_idle_tenant_is_closed_and_reopened_transparently() {
 }
 
 #[tokio::test]
-async fn extension_clients_get_caught_up_markers() {
+async fn extension_clients_get_head_and_caught_up_markers() {
     let relay = TestRelay::start().await;
     let mut w = relay.client("acme").await;
     w.write_acked(PK, entries(1, 10, 8)).await.expect("ack");
@@ -353,6 +353,14 @@ async fn extension_clients_get_caught_up_markers() {
         .await
         .expect("connect");
     e.subscribe(PK, 4).await.expect("subscribe");
+    assert_eq!(
+        e.recv().await.expect("head"),
+        RelayMsg::Head {
+            public_key: PK.into(),
+            next_sequence: 10
+        },
+        "the head comes first"
+    );
     let got = e.collect(PK, 6).await.expect("backlog");
     assert_dense(&got, 4);
     assert_eq!(

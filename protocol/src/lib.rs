@@ -8,6 +8,7 @@
 //!   reference client, and a bounded [`Reassembler`] for the other direction.
 //! - [`entry`]: [`Entry`], the plaintext of one event, encoded exactly as Effect encodes it.
 //! - [`crypto`]: identities (native and Effect), the two entry suites, and key grants.
+//! - [`payload`]: an event payload (msgpack) to and from JSON, for tools and the viewer.
 //! - [`number`]: [`JsNumber`], a JavaScript number as msgpackr writes and reads it.
 //! - `msgpack` (private): the frame walker and the primitive writers.
 //!
@@ -20,6 +21,7 @@ pub mod entry;
 pub mod message;
 mod msgpack;
 pub mod number;
+pub mod payload;
 
 pub use chunk::{split_into_chunks, ChunkError, Reassembler, ReassemblerLimits, CHUNK_SIZE};
 pub use crypto::{

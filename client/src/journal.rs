@@ -1,0 +1,790 @@
+//! The durable local journal: one SQLite file per client (sqlx, WAL).
+//!
+//! Tables:
+//! - `entries`: every decrypted entry this client knows, its own and received ones, in local
+//!   order (`local_seq`). Unique per (log, entryId).
+//! - `remote_entries`: where an entry sits on a relay: (remoteId, log, sequence, entryId), from
+//!   Acks and from Changes. The **outbox** of a relay is every entry of a writable log with no
+//!   row here for that relay's remoteId, so a relay with a new remoteId (wiped or replaced) is
+//!   owed everything, and refilled.
+//! - `cursors`: per (remoteId, log), the next relay sequence to apply; every sequence below it
+//!   is applied.
+//! - `applied`: the delivery order. An entry is applied once, when every sequence before it on
+//!   its log is known; `applied.idx` is the order every stream reads.
+//! - `undecryptable`: entries that did not open with the log's key, kept with their ciphertext.
+//!
+//! One writer task owns the write connection and group-commits what is queued: appends are
+//! committed with `synchronous=FULL` (an append is durable before it returns); acks and
+//! received entries with `NORMAL`, since the relay holds them and a power loss that drops them
+//! only means fetching them again (WAL commits in order, so a later FULL commit makes the
+//! earlier NORMAL ones durable too).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use tokio::sync::{mpsc, oneshot, watch};
+use wharf_protocol::Entry;
+
+use crate::error::Error;
+
+const SCHEMA_VERSION: i64 = 1;
+/// Rows per multi-VALUES statement (SQLite allows 32,766 bound parameters).
+const ROWS_PER_STATEMENT: usize = 500;
+/// How many queued commands one transaction takes at most.
+const MAX_GROUP: usize = 1024;
+
+/// A 16-byte relay identity (`Hello.remoteId`).
+pub type RemoteId = Vec<u8>;
+
+/// An entry as the journal stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub local_seq: i64,
+    pub log: String,
+    pub entry: Entry,
+    /// Appended by this journal (rather than received).
+    pub own: bool,
+}
+
+/// An applied entry, in delivery order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedEntry {
+    /// Position in this journal's delivery order (starts at 1).
+    pub index: i64,
+    pub log: String,
+    /// The entry's sequence on the relay it was applied from.
+    pub sequence: u64,
+    pub entry: Entry,
+    pub own: bool,
+}
+
+/// An entry received from a relay, opened or not.
+#[derive(Debug)]
+pub struct Received {
+    pub sequence: u64,
+    pub entry_id: Vec<u8>,
+    pub content: Result<Entry, Undecryptable>,
+}
+
+#[derive(Debug)]
+pub struct Undecryptable {
+    pub iv: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub error: String,
+}
+
+/// Counts for `wharf status` and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LogStats {
+    pub log: String,
+    pub entries: u64,
+    pub own: u64,
+    pub applied: u64,
+    pub undecryptable: u64,
+}
+
+enum Command {
+    Append {
+        log: String,
+        entries: Vec<Entry>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Acked {
+        remote: RemoteId,
+        log: String,
+        placed: Vec<(Vec<u8>, u64)>,
+    },
+    Received {
+        remote: RemoteId,
+        log: String,
+        entries: Vec<Received>,
+    },
+    Barrier(oneshot::Sender<()>),
+}
+
+/// What the writer has committed, for waiters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Highest `entries.local_seq` committed.
+    pub appended: i64,
+    /// Highest `applied.idx` committed.
+    pub applied: i64,
+    /// Bumped after every commit that recorded acks.
+    pub acks: u64,
+}
+
+/// The journal. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Journal {
+    readers: SqlitePool,
+    commands: mpsc::Sender<Command>,
+    progress: watch::Receiver<Progress>,
+    failed: watch::Receiver<Option<String>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Append { .. } => "Append",
+            Command::Acked { .. } => "Acked",
+            Command::Received { .. } => "Received",
+            Command::Barrier(_) => "Barrier",
+        })
+    }
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal at `path`.
+    pub async fn open(path: &Path) -> Result<Journal, Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let base = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(base.clone())
+            .await?;
+        let mut conn = writer.acquire().await?;
+        migrate(&mut conn).await?;
+        let progress = Progress {
+            appended: sqlx::query_scalar("SELECT COALESCE(MAX(local_seq), 0) FROM entries")
+                .fetch_one(&mut *conn)
+                .await?,
+            applied: sqlx::query_scalar("SELECT COALESCE(MAX(idx), 0) FROM applied")
+                .fetch_one(&mut *conn)
+                .await?,
+            acks: 0,
+        };
+        drop(conn);
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(base.read_only(true))
+            .await?;
+        let (tx, rx) = mpsc::channel(256);
+        let (progress_tx, progress_rx) = watch::channel(progress);
+        let (failed_tx, failed_rx) = watch::channel(None);
+        tokio::spawn(run_writer(writer, rx, progress_tx, failed_tx));
+        Ok(Journal {
+            readers,
+            commands: tx,
+            progress: progress_rx,
+            failed: failed_rx,
+        })
+    }
+
+    /// Appends entries to `log` in one durable transaction.
+    pub async fn append(&self, log: &str, entries: Vec<Entry>) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Append {
+            log: log.to_owned(),
+            entries,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Records where the relay `remote` put entries this client uploaded.
+    pub async fn acked(
+        &self,
+        remote: &[u8],
+        log: &str,
+        placed: Vec<(Vec<u8>, u64)>,
+    ) -> Result<(), Error> {
+        self.send(Command::Acked {
+            remote: remote.to_vec(),
+            log: log.to_owned(),
+            placed,
+        })
+        .await
+    }
+
+    /// Stores entries received from `remote` and applies what has become contiguous.
+    pub async fn received(
+        &self,
+        remote: &[u8],
+        log: &str,
+        entries: Vec<Received>,
+    ) -> Result<(), Error> {
+        self.send(Command::Received {
+            remote: remote.to_vec(),
+            log: log.to_owned(),
+            entries,
+        })
+        .await
+    }
+
+    /// Waits until everything queued before it is committed.
+    pub async fn barrier(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Barrier(tx)).await?;
+        rx.await.map_err(|_| self.closed())
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), Error> {
+        self.commands.send(cmd).await.map_err(|_| self.closed())
+    }
+
+    fn closed(&self) -> Error {
+        match self.failed.borrow().clone() {
+            Some(why) => Error::JournalFailed(why),
+            None => Error::Closed,
+        }
+    }
+
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
+    /// The next relay sequence to request for `log` from `remote`.
+    pub async fn cursor(&self, remote: &[u8], log: &str) -> Result<u64, Error> {
+        let next: Option<i64> =
+            sqlx::query_scalar("SELECT next_sequence FROM cursors WHERE remote_id = ? AND log = ?")
+                .bind(remote)
+                .bind(log)
+                .fetch_optional(&self.readers)
+                .await?;
+        Ok(next.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Up to `limit` entries of `log` after `after_local_seq` that `remote` has not placed yet,
+    /// in local order.
+    pub async fn outbox(
+        &self,
+        remote: &[u8],
+        log: &str,
+        after_local_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>, Error> {
+        let rows = sqlx::query(
+            "SELECT local_seq, log, entry_id, event, primary_key, payload, own FROM entries e
+             WHERE e.log = ?1 AND e.local_seq > ?2
+               AND NOT EXISTS (SELECT 1 FROM remote_entries r
+                               WHERE r.remote_id = ?3 AND r.log = e.log AND r.entry_id = e.entry_id)
+             ORDER BY e.local_seq LIMIT ?4",
+        )
+        .bind(log)
+        .bind(after_local_seq)
+        .bind(remote)
+        .bind(limit as i64)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(stored_entry).collect()
+    }
+
+    /// How many entries of `log` `remote` has not placed yet.
+    pub async fn outbox_len(&self, remote: &[u8], log: &str) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM entries e WHERE e.log = ?1
+               AND NOT EXISTS (SELECT 1 FROM remote_entries r
+                               WHERE r.remote_id = ?2 AND r.log = e.log AND r.entry_id = e.entry_id)",
+        )
+        .bind(log)
+        .bind(remote)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(n as u64)
+    }
+
+    /// Applied entries after `after_index`, in delivery order.
+    pub async fn applied_after(
+        &self,
+        after_index: i64,
+        limit: usize,
+    ) -> Result<Vec<AppliedEntry>, Error> {
+        let rows = sqlx::query(
+            "SELECT a.idx, a.log, a.sequence, e.entry_id, e.event, e.primary_key, e.payload, e.own
+             FROM applied a JOIN entries e ON e.log = a.log AND e.entry_id = a.entry_id
+             WHERE a.idx > ? ORDER BY a.idx LIMIT ?",
+        )
+        .bind(after_index)
+        .bind(limit as i64)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AppliedEntry {
+                    index: r.try_get("idx")?,
+                    log: r.try_get("log")?,
+                    sequence: r.try_get::<i64, _>("sequence")?.max(0) as u64,
+                    entry: entry_of(r)?,
+                    own: r.try_get("own")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The last-writer-wins view: for every (event, primaryKey), the entry with the greatest
+    /// entryId (UUIDv7: the writer's clock, then random bits) across `logs` (all logs if empty).
+    /// It depends only on the set of entries, never on the order they arrived in, so every
+    /// replica that holds the same entries holds the same view.
+    pub async fn latest(&self, logs: &[String]) -> Result<Vec<StoredEntry>, Error> {
+        // SQLite takes bare columns from the row that holds the MAX().
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT local_seq, log, MAX(entry_id) AS entry_id, event, primary_key, payload, own
+             FROM entries",
+        );
+        if !logs.is_empty() {
+            q.push(" WHERE log IN (");
+            let mut sep = q.separated(", ");
+            for l in logs {
+                sep.push_bind(l);
+            }
+            q.push(")");
+        }
+        q.push(" GROUP BY event, primary_key ORDER BY event, primary_key");
+        let rows = q.build().fetch_all(&self.readers).await?;
+        rows.iter().map(stored_entry).collect()
+    }
+
+    /// Every entry of `log` in local order (own and received), `limit` at a time.
+    pub async fn entries(
+        &self,
+        log: &str,
+        after_local_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>, Error> {
+        let rows = sqlx::query(
+            "SELECT local_seq, log, entry_id, event, primary_key, payload, own FROM entries
+             WHERE log = ? AND local_seq > ? ORDER BY local_seq LIMIT ?",
+        )
+        .bind(log)
+        .bind(after_local_seq)
+        .bind(limit as i64)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(stored_entry).collect()
+    }
+
+    pub async fn stats(&self, log: &str) -> Result<LogStats, Error> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM entries WHERE log = ?1) AS entries,
+                    (SELECT COUNT(*) FROM entries WHERE log = ?1 AND own = 1) AS own,
+                    (SELECT COUNT(*) FROM applied WHERE log = ?1) AS applied,
+                    (SELECT COUNT(*) FROM undecryptable WHERE log = ?1) AS undecryptable",
+        )
+        .bind(log)
+        .fetch_one(&self.readers)
+        .await?;
+        let n = |c: &str| row.try_get::<i64, _>(c).map(|v| v.max(0) as u64);
+        Ok(LogStats {
+            log: log.to_owned(),
+            entries: n("entries")?,
+            own: n("own")?,
+            applied: n("applied")?,
+            undecryptable: n("undecryptable")?,
+        })
+    }
+
+    /// Every (remoteId, log, next sequence) this journal has synced with.
+    pub async fn remotes(&self) -> Result<Vec<(RemoteId, String, u64)>, Error> {
+        let rows = sqlx::query("SELECT remote_id, log, next_sequence FROM cursors ORDER BY log")
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("remote_id")?,
+                    r.try_get("log")?,
+                    r.try_get::<i64, _>("next_sequence")?.max(0) as u64,
+                ))
+            })
+            .collect()
+    }
+}
+
+fn entry_of(r: &SqliteRow) -> Result<Entry, Error> {
+    let id: Vec<u8> = r.try_get("entry_id")?;
+    Ok(Entry {
+        id: id
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Corrupt(format!("an entry id of {} bytes", id.len())))?,
+        event: r.try_get("event")?,
+        primary_key: r.try_get("primary_key")?,
+        payload: r.try_get("payload")?,
+    })
+}
+
+fn stored_entry(r: &SqliteRow) -> Result<StoredEntry, Error> {
+    Ok(StoredEntry {
+        local_seq: r.try_get("local_seq")?,
+        log: r.try_get("log")?,
+        entry: entry_of(r)?,
+        own: r.try_get("own")?,
+    })
+}
+
+async fn migrate(conn: &mut SqliteConnection) -> Result<(), Error> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        .execute(&mut *conn)
+        .await?;
+    let version: Option<i64> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema'")
+        .fetch_optional(&mut *conn)
+        .await?;
+    match version {
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(Error::Corrupt(format!(
+                "the journal was written by a newer wharf (schema {v}; this one knows {SCHEMA_VERSION})"
+            )))
+        }
+        Some(_) => return Ok(()),
+        None => {}
+    }
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    for stmt in [
+        "CREATE TABLE entries (
+            local_seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            log TEXT NOT NULL,
+            entry_id BLOB NOT NULL,
+            event TEXT NOT NULL,
+            primary_key TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            own INTEGER NOT NULL,
+            UNIQUE (log, entry_id))",
+        "CREATE INDEX entries_by_key ON entries (event, primary_key, entry_id)",
+        "CREATE TABLE remote_entries (
+            remote_id BLOB NOT NULL,
+            log TEXT NOT NULL,
+            entry_id BLOB NOT NULL,
+            sequence INTEGER NOT NULL,
+            PRIMARY KEY (remote_id, log, entry_id)) WITHOUT ROWID",
+        "CREATE UNIQUE INDEX remote_entries_by_sequence ON remote_entries (remote_id, log, sequence)",
+        "CREATE TABLE cursors (
+            remote_id BLOB NOT NULL,
+            log TEXT NOT NULL,
+            next_sequence INTEGER NOT NULL,
+            PRIMARY KEY (remote_id, log)) WITHOUT ROWID",
+        "CREATE TABLE applied (
+            idx INTEGER PRIMARY KEY AUTOINCREMENT,
+            log TEXT NOT NULL,
+            entry_id BLOB NOT NULL,
+            remote_id BLOB NOT NULL,
+            sequence INTEGER NOT NULL,
+            UNIQUE (log, entry_id))",
+        "CREATE TABLE undecryptable (
+            remote_id BLOB NOT NULL,
+            log TEXT NOT NULL,
+            sequence INTEGER NOT NULL,
+            entry_id BLOB NOT NULL,
+            iv BLOB NOT NULL,
+            ciphertext BLOB NOT NULL,
+            error TEXT NOT NULL,
+            PRIMARY KEY (remote_id, log, sequence)) WITHOUT ROWID",
+    ] {
+        sqlx::query(stmt).execute(&mut *tx).await?;
+    }
+    sqlx::query("INSERT INTO meta (key, value) VALUES ('schema', ?)")
+        .bind(SCHEMA_VERSION)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn run_writer(
+    pool: SqlitePool,
+    mut commands: mpsc::Receiver<Command>,
+    progress: watch::Sender<Progress>,
+    failed: watch::Sender<Option<String>>,
+) {
+    let mut conn = match pool.acquire().await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = failed.send(Some(e.to_string()));
+            return;
+        }
+    };
+    let mut full = true; // the connection's current `synchronous`
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while commands.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let needs_full = group.iter().any(|c| matches!(c, Command::Append { .. }));
+        let result = async {
+            if needs_full != full {
+                let mode = if needs_full { "FULL" } else { "NORMAL" };
+                sqlx::query(&format!("PRAGMA synchronous = {mode}"))
+                    .execute(&mut *conn)
+                    .await?;
+                full = needs_full;
+            }
+            commit_group(&mut conn, &mut group).await
+        }
+        .await;
+        match result {
+            Ok(outcome) => {
+                for cmd in group.drain(..) {
+                    match cmd {
+                        Command::Append { reply, .. } => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        Command::Barrier(reply) => {
+                            let _ = reply.send(());
+                        }
+                        Command::Acked { .. } | Command::Received { .. } => {}
+                    }
+                }
+                progress.send_modify(|p| {
+                    p.appended = p.appended.max(outcome.appended);
+                    p.applied = p.applied.max(outcome.applied);
+                    if outcome.acked {
+                        p.acks += 1;
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journal write failed");
+                let why = e.to_string();
+                for cmd in group.drain(..) {
+                    if let Command::Append { reply, .. } = cmd {
+                        let _ = reply.send(Err(Error::JournalFailed(why.clone())));
+                    }
+                }
+                // A failed commit of received entries or acks would leave a hole in the
+                // delivery order if later ones went on; stop, and let the client report it.
+                let _ = failed.send(Some(why));
+                return;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Outcome {
+    appended: i64,
+    applied: i64,
+    acked: bool,
+}
+
+async fn commit_group(
+    conn: &mut SqliteConnection,
+    group: &mut [Command],
+) -> Result<Outcome, Error> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut outcome = Outcome::default();
+    // (remote, log) pairs whose cursor may move.
+    let mut touched: Vec<(RemoteId, String)> = Vec::new();
+    for cmd in group.iter() {
+        match cmd {
+            Command::Append { log, entries, .. } => {
+                for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = QueryBuilder::<Sqlite>::new(
+                        "INSERT INTO entries (log, entry_id, event, primary_key, payload, own) ",
+                    );
+                    q.push_values(chunk, |mut b, e| {
+                        b.push_bind(log)
+                            .push_bind(e.id.as_slice())
+                            .push_bind(&e.event)
+                            .push_bind(&e.primary_key)
+                            .push_bind(&e.payload)
+                            .push_bind(true);
+                    });
+                    q.push(" ON CONFLICT (log, entry_id) DO NOTHING");
+                    q.build().execute(&mut *tx).await?;
+                }
+            }
+            Command::Acked {
+                remote,
+                log,
+                placed,
+            } => {
+                for chunk in placed.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = QueryBuilder::<Sqlite>::new(
+                        "INSERT OR IGNORE INTO remote_entries (remote_id, log, entry_id, sequence) ",
+                    );
+                    q.push_values(chunk, |mut b, (id, seq)| {
+                        b.push_bind(remote.as_slice())
+                            .push_bind(log)
+                            .push_bind(id.as_slice())
+                            .push_bind(*seq as i64);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                outcome.acked = true;
+                note(&mut touched, remote, log);
+            }
+            Command::Received {
+                remote,
+                log,
+                entries,
+            } => {
+                let opened: Vec<(&Received, &Entry)> = entries
+                    .iter()
+                    .filter_map(|r| r.content.as_ref().ok().map(|e| (r, e)))
+                    .collect();
+                for chunk in opened.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = QueryBuilder::<Sqlite>::new(
+                        "INSERT INTO entries (log, entry_id, event, primary_key, payload, own) ",
+                    );
+                    q.push_values(chunk, |mut b, (_, e)| {
+                        b.push_bind(log)
+                            .push_bind(e.id.as_slice())
+                            .push_bind(&e.event)
+                            .push_bind(&e.primary_key)
+                            .push_bind(&e.payload)
+                            .push_bind(false);
+                    });
+                    q.push(" ON CONFLICT (log, entry_id) DO NOTHING");
+                    q.build().execute(&mut *tx).await?;
+                }
+                for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = QueryBuilder::<Sqlite>::new(
+                        "INSERT OR IGNORE INTO remote_entries (remote_id, log, entry_id, sequence) ",
+                    );
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(remote.as_slice())
+                            .push_bind(log)
+                            .push_bind(r.entry_id.as_slice())
+                            .push_bind(r.sequence as i64);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                for r in entries {
+                    if let Err(u) = &r.content {
+                        sqlx::query(
+                            "INSERT OR IGNORE INTO undecryptable
+                             (remote_id, log, sequence, entry_id, iv, ciphertext, error)
+                             VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        )
+                        .bind(remote.as_slice())
+                        .bind(log)
+                        .bind(r.sequence as i64)
+                        .bind(r.entry_id.as_slice())
+                        .bind(u.iv.as_slice())
+                        .bind(u.ciphertext.as_slice())
+                        .bind(&u.error)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                note(&mut touched, remote, log);
+            }
+            Command::Barrier(_) => {}
+        }
+    }
+    for (remote, log) in &touched {
+        advance(&mut tx, remote, log).await?;
+    }
+    outcome.appended = sqlx::query_scalar("SELECT COALESCE(MAX(local_seq), 0) FROM entries")
+        .fetch_one(&mut *tx)
+        .await?;
+    outcome.applied = sqlx::query_scalar("SELECT COALESCE(MAX(idx), 0) FROM applied")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+fn note(touched: &mut Vec<(RemoteId, String)>, remote: &RemoteId, log: &str) {
+    if !touched.iter().any(|(r, l)| r == remote && l == log) {
+        touched.push((remote.clone(), log.to_owned()));
+    }
+}
+
+/// Moves the (remote, log) cursor over every sequence now known, applying the entries in
+/// sequence order.
+async fn advance(conn: &mut SqliteConnection, remote: &[u8], log: &str) -> Result<(), Error> {
+    let mut next: i64 =
+        sqlx::query_scalar("SELECT next_sequence FROM cursors WHERE remote_id = ? AND log = ?")
+            .bind(remote)
+            .bind(log)
+            .fetch_optional(&mut *conn)
+            .await?
+            .unwrap_or(0);
+    let start = next;
+    loop {
+        let rows = sqlx::query(
+            "SELECT sequence, entry_id FROM remote_entries
+             WHERE remote_id = ? AND log = ? AND sequence >= ? ORDER BY sequence LIMIT 2000",
+        )
+        .bind(remote)
+        .bind(log)
+        .bind(next)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut run: Vec<(i64, Vec<u8>)> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let seq: i64 = r.try_get("sequence")?;
+            if seq != next {
+                break;
+            }
+            run.push((seq, r.try_get("entry_id")?));
+            next += 1;
+        }
+        if run.is_empty() {
+            break;
+        }
+        // Entries that did not decrypt have no `entries` row; the SELECT skips them, while the
+        // cursor still moves past them.
+        for chunk in run.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT OR IGNORE INTO applied (log, entry_id, remote_id, sequence)
+                 SELECT v.log, v.entry_id, v.remote_id, v.sequence FROM (",
+            );
+            let mut first = true;
+            for (seq, id) in chunk {
+                if !first {
+                    q.push(" UNION ALL ");
+                }
+                first = false;
+                q.push("SELECT ")
+                    .push_bind(log)
+                    .push(" AS log, ")
+                    .push_bind(id.as_slice())
+                    .push(" AS entry_id, ")
+                    .push_bind(remote)
+                    .push(" AS remote_id, ")
+                    .push_bind(*seq)
+                    .push(" AS sequence");
+            }
+            q.push(
+                ") v WHERE EXISTS (SELECT 1 FROM entries e WHERE e.log = v.log AND e.entry_id = v.entry_id)
+                 ORDER BY v.sequence",
+            );
+            q.build().execute(&mut *conn).await?;
+        }
+        if rows.len() < 2000 || run.len() < rows.len() {
+            break;
+        }
+    }
+    if next != start || start == 0 {
+        sqlx::query(
+            "INSERT INTO cursors (remote_id, log, next_sequence) VALUES (?, ?, ?)
+             ON CONFLICT (remote_id, log) DO UPDATE SET next_sequence = excluded.next_sequence",
+        )
+        .bind(remote)
+        .bind(log)
+        .bind(next)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Per-log counts of a journal, for status output.
+pub async fn all_logs(journal: &Journal) -> Result<HashMap<String, LogStats>, Error> {
+    let logs: Vec<String> = sqlx::query_scalar("SELECT DISTINCT log FROM entries")
+        .fetch_all(&journal.readers)
+        .await?;
+    let mut out = HashMap::new();
+    for log in logs {
+        out.insert(log.clone(), journal.stats(&log).await?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,355 @@
+//! The background sync task: connect, subscribe every log from its cursor, upload the outbox,
+//! apply what arrives, keep the connection alive, and reconnect with backoff when it drops.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::{Rng, RngCore};
+use tokio_util::sync::CancellationToken;
+use wharf_protocol::{ClientMsg, EncryptedEntry, JsNumber, RelayMsg, Suite, WriteEntries};
+
+use crate::client::{LogKey, Shared, Status};
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::journal::{Received, Undecryptable};
+
+/// Full-jitter exponential backoff: a uniform delay in `[0, min(max, base·2^attempt)]`.
+pub(crate) fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let ceiling = base
+        .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+        .min(max);
+    let ms = ceiling.as_millis().min(u128::from(u64::MAX)) as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(0..=ms))
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut attempt: u32 = 0;
+    loop {
+        shared.set_status(Status::Connecting { attempt });
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = session(&shared, &cancel) => r,
+        };
+        let healthy = started.elapsed() >= shared.config.healthy_after;
+        attempt = if healthy {
+            1
+        } else {
+            attempt.saturating_add(1)
+        };
+        let error = match result {
+            Ok(()) => break, // cancelled from inside
+            Err(e) => e,
+        };
+        if let Error::JournalFailed(_) | Error::Closed = error {
+            shared.set_status(Status::Error {
+                message: error.to_string(),
+                retry_in: None,
+            });
+            tracing::error!(error = %error, "sync stopped");
+            return;
+        }
+        let delay = backoff(
+            shared.config.backoff_base,
+            shared.config.backoff_max,
+            attempt,
+        );
+        let refused = matches!(
+            error,
+            Error::Relay { .. }
+                | Error::RelayClosed {
+                    code: 1002 | 1003 | 1008 | 1009,
+                    ..
+                }
+                | Error::Protocol(_)
+        );
+        tracing::warn!(error = %error, retry_in = ?delay, "relay connection lost");
+        shared.set_status(if refused {
+            Status::Error {
+                message: error.to_string(),
+                retry_in: Some(delay),
+            }
+        } else {
+            Status::Offline {
+                reason: error.to_string(),
+                retry_in: delay,
+            }
+        });
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    shared.set_status(Status::Closed);
+}
+
+struct LogState {
+    key: LogKey,
+    /// Next relay sequence expected on this connection.
+    cursor: u64,
+    head: Option<u64>,
+    caught_up: bool,
+    /// Highest local_seq handed to the relay on this connection.
+    sent_upto: i64,
+}
+
+struct InFlight {
+    id: u32,
+    log: String,
+    ids: Vec<Vec<u8>>,
+}
+
+async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Error> {
+    let cfg = &shared.config;
+    let journal = &shared.journal;
+    let mut conn = Connection::open(&cfg.connect).await?;
+    let remote = conn.remote_id().to_vec();
+    shared.remote.send_replace(Some(remote.clone()));
+    tracing::info!(remote_id = %hex(&remote), "connected");
+
+    let mut logs: HashMap<String, LogState> = HashMap::new();
+    for (name, key) in &shared.logs {
+        let cursor = journal.cursor(&remote, name).await?;
+        conn.feed(&ClientMsg::RequestChanges {
+            public_key: name.clone(),
+            start_sequence: cursor,
+        })
+        .await?;
+        logs.insert(
+            name.clone(),
+            LogState {
+                key: key.clone(),
+                cursor,
+                head: None,
+                caught_up: !conn.extension(),
+                sent_upto: 0,
+            },
+        );
+    }
+    conn.flush().await?;
+    report_progress(shared, &logs);
+
+    let mut progress = journal.progress();
+    let mut seen_appended = -1i64;
+    let mut fill = true; // something may be waiting for room in the pipeline
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut next_id: u32 = 0;
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + cfg.ping_interval,
+        cfg.ping_interval,
+    );
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping_id: u32 = 0;
+    let mut awaiting_pong: Option<Instant> = None;
+
+    loop {
+        // Upload while there is room in the pipeline and something to send.
+        let appended = progress.borrow_and_update().appended;
+        if appended != seen_appended {
+            seen_appended = appended;
+            fill = true;
+        }
+        if fill {
+            fill = false;
+            let mut sent_any = false;
+            'fill: for (name, state) in logs.iter_mut() {
+                let LogKey::Writer(identity) = &state.key else {
+                    continue;
+                };
+                let per_write = match identity.suite() {
+                    Suite::XChaCha20Poly1305 => cfg.max_batch_entries,
+                    // One entry per write: Effect's suite reuses its iv across a batch.
+                    Suite::Aes256Gcm => 1,
+                };
+                let window = match identity.suite() {
+                    Suite::XChaCha20Poly1305 => cfg.max_in_flight,
+                    Suite::Aes256Gcm => cfg.max_in_flight * 16,
+                };
+                while in_flight.len() < window {
+                    let page = journal
+                        .outbox(&remote, name, state.sent_upto, per_write)
+                        .await?;
+                    let Some(last) = page.last() else { break };
+                    state.sent_upto = last.local_seq;
+                    let iv_len = identity.suite().iv_len();
+                    let mut iv = vec![0u8; iv_len];
+                    rand::thread_rng().fill_bytes(&mut iv);
+                    let rk = identity.read_key();
+                    let mut entries = Vec::with_capacity(page.len());
+                    let mut ids = Vec::with_capacity(page.len());
+                    for e in &page {
+                        let sealed =
+                            rk.seal(identity.suite(), &iv, &e.entry.id, &e.entry.encode())?;
+                        ids.push(e.entry.id.to_vec());
+                        entries.push(EncryptedEntry {
+                            entry_id: Bytes::copy_from_slice(&e.entry.id),
+                            encrypted_entry: Bytes::from(sealed),
+                        });
+                    }
+                    let id = next_id;
+                    next_id = next_id.wrapping_add(1) % (1 << 31);
+                    conn.feed(&ClientMsg::WriteEntries(WriteEntries {
+                        public_key: name.clone(),
+                        id: JsNumber(f64::from(id)),
+                        iv: Bytes::from(iv),
+                        entries,
+                    }))
+                    .await?;
+                    sent_any = true;
+                    in_flight.push_back(InFlight {
+                        id,
+                        log: name.clone(),
+                        ids,
+                    });
+                    if in_flight.len() >= window {
+                        break 'fill;
+                    }
+                }
+            }
+            if sent_any {
+                conn.flush().await?;
+            }
+        }
+
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                for name in logs.keys() {
+                    let _ = conn.feed(&ClientMsg::StopChanges { public_key: name.clone() }).await;
+                }
+                let _ = conn.flush().await;
+                conn.close().await;
+                return Ok(());
+            }
+            msg = conn.recv() => {
+                match msg? {
+                    RelayMsg::Ack { id, sequence_numbers } => {
+                        let pos = in_flight.iter().position(|w| f64::from(w.id) == id.0);
+                        let Some(pos) = pos else {
+                            tracing::debug!(id = id.0, "Ack for no write in flight; ignored");
+                            continue;
+                        };
+                        let Some(write) = in_flight.remove(pos) else { continue };
+                        if write.ids.len() != sequence_numbers.len() {
+                            return Err(Error::Protocol(format!(
+                                "Ack {} has {} sequence numbers for {} entries",
+                                write.id,
+                                sequence_numbers.len(),
+                                write.ids.len()
+                            )));
+                        }
+                        let placed = write.ids.into_iter().zip(sequence_numbers).collect();
+                        journal.acked(&remote, &write.log, placed).await?;
+                        fill = true; // room in the pipeline again
+                    }
+                    RelayMsg::Changes { public_key, entries } => {
+                        let Some(state) = logs.get_mut(&public_key) else {
+                            return Err(Error::Protocol(format!("Changes for {public_key:?}, which this client never asked for")));
+                        };
+                        let rk = state.key.read_key();
+                        let mut received = Vec::with_capacity(entries.len());
+                        for e in entries {
+                            if e.sequence < state.cursor {
+                                continue; // already applied
+                            }
+                            if e.sequence != state.cursor {
+                                return Err(Error::Protocol(format!(
+                                    "{public_key}: expected sequence {}, got {}",
+                                    state.cursor, e.sequence
+                                )));
+                            }
+                            state.cursor = e.sequence + 1;
+                            let content = rk.open(&e.iv, &e.entry_id, &e.encrypted_entry).map_err(|err| {
+                                tracing::warn!(log = %public_key, sequence = e.sequence, error = %err, "entry does not decrypt; kept aside");
+                                Undecryptable {
+                                    iv: e.iv.to_vec(),
+                                    ciphertext: e.encrypted_entry.to_vec(),
+                                    error: err.to_string(),
+                                }
+                            });
+                            received.push(Received { sequence: e.sequence, entry_id: e.entry_id.to_vec(), content });
+                        }
+                        if !received.is_empty() {
+                            journal.received(&remote, &public_key, received).await?;
+                        }
+                        report_progress(shared, &logs);
+                    }
+                    RelayMsg::Head { public_key, next_sequence } => {
+                        if let Some(state) = logs.get_mut(&public_key) {
+                            state.head = Some(next_sequence);
+                        }
+                        report_progress(shared, &logs);
+                    }
+                    RelayMsg::CaughtUp { public_key, .. } => {
+                        if let Some(state) = logs.get_mut(&public_key) {
+                            state.caught_up = true;
+                        }
+                        report_progress(shared, &logs);
+                    }
+                    RelayMsg::Pong { id } => {
+                        if f64::from(ping_id) != id.0 {
+                            return Err(Error::Protocol(format!("Pong {} for Ping {ping_id}", id.0)));
+                        }
+                        awaiting_pong = None;
+                    }
+                    RelayMsg::Hello { .. } | RelayMsg::Chunked(_) | RelayMsg::Error { .. } => {}
+                }
+            }
+            _ = ping.tick() => {
+                if let Some(since) = awaiting_pong {
+                    if since.elapsed() >= cfg.ping_timeout {
+                        return Err(Error::Timeout(format!("no Pong in {:?}", cfg.ping_timeout)));
+                    }
+                } else {
+                    ping_id = ping_id.wrapping_add(1) % (1 << 31);
+                    conn.send(&ClientMsg::Ping { id: JsNumber(f64::from(ping_id)) }).await?;
+                    awaiting_pong = Some(Instant::now());
+                }
+            }
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    return Err(Error::Closed);
+                }
+            }
+        }
+    }
+}
+
+fn report_progress(shared: &Shared, logs: &HashMap<String, LogState>) {
+    if logs.values().all(|s| s.caught_up) {
+        shared.set_status(Status::Live);
+        return;
+    }
+    let behind = logs
+        .values()
+        .filter(|s| !s.caught_up)
+        .map(|s| s.head.map_or(0, |h| h.saturating_sub(s.cursor)))
+        .sum();
+    shared.set_status(Status::CatchingUp { behind });
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_and_grows() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        for attempt in 0..64 {
+            let d = backoff(base, max, attempt);
+            let ceiling = (base * 2u32.saturating_pow(attempt.min(20))).min(max);
+            assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
+        }
+        // Full jitter: over many draws at a high attempt, some land near zero and some near max.
+        let draws: Vec<Duration> = (0..200).map(|_| backoff(base, max, 10)).collect();
+        assert!(draws.iter().any(|d| *d < Duration::from_secs(1)));
+        assert!(draws.iter().any(|d| *d > Duration::from_secs(4)));
+    }
+}

@@ -533,6 +533,13 @@ impl View {
             .map(|((_, k), r)| (k.as_str(), r))
     }
 
+    /// Every record, ordered by (event, primaryKey).
+    pub fn iter(&self) -> impl Iterator<Item = ((&str, &str), &Record)> + '_ {
+        self.records
+            .iter()
+            .map(|((e, k), r)| ((e.as_str(), k.as_str()), r))
+    }
+
     pub fn len(&self) -> usize {
         self.records.len()
     }

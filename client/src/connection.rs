@@ -179,19 +179,15 @@ impl Connection {
                 extension,
                 started: Instant::now(),
             };
-            loop {
-                match conn.recv().await? {
-                    RelayMsg::Hello { remote_id } => {
-                        conn.remote_id = remote_id.to_vec();
-                        return Ok(conn);
-                    }
-                    other => {
-                        return Err(Error::Protocol(format!(
-                            "expected Hello first, got {}",
-                            tag(&other)
-                        )))
-                    }
+            match conn.recv().await? {
+                RelayMsg::Hello { remote_id } => {
+                    conn.remote_id = remote_id.to_vec();
+                    Ok(conn)
                 }
+                other => Err(Error::Protocol(format!(
+                    "expected Hello first, got {}",
+                    tag(&other)
+                ))),
             }
         };
         tokio::time::timeout(opts.connect_timeout, handshake)

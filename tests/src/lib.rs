@@ -58,7 +58,12 @@ impl TestRelay {
 
     /// A relay on an existing configuration (its data directory is the caller's).
     pub async fn start_config(config: Config) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_at(config, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// A relay on a given address: how a test restarts a relay where its clients expect it.
+    pub async fn start_at(config: Config, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let relay = Arc::new(Relay::new(config.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
@@ -348,6 +353,22 @@ pub fn relay_binary() -> PathBuf {
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build -p wharf-relay` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The `wharf` CLI binary built next to the test executable.
+pub fn wharf_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("WHARF_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(format!("wharf{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p wharf-client` first (scripts/test does)",
         bin.display()
     );
     bin

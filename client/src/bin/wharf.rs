@@ -10,12 +10,18 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use wharf_client::connection::ConnectOptions;
-use wharf_client::{Client, Connection, EffectIdentity, Grant, Identity, NewEvent, ReadKey, Status};
+use wharf_client::{
+    Client, Connection, EffectIdentity, Grant, Identity, NewEvent, ReadKey, Status,
+};
 use wharf_protocol::crypto::parse_public_key;
 use wharf_protocol::{payload, ClientMsg, Entry, RelayMsg};
 
 #[derive(Parser, Debug)]
-#[command(name = "wharf", version, about = "Keys, push and tail for Wharf's end-to-end-encrypted event logs")]
+#[command(
+    name = "wharf",
+    version,
+    about = "Keys, push and tail for Wharf's end-to-end-encrypted event logs"
+)]
 struct Cli {
     /// Machine-readable output: one JSON object per line.
     #[arg(long, global = true)]
@@ -175,11 +181,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG").unwrap_or_else(|_| "error".into()),
+            tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
+                .unwrap_or_else(|_| "error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -202,7 +212,11 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let out = Output { json: cli.json };
     match cli.command {
-        Command::Keygen { effect, out: file, force } => {
+        Command::Keygen {
+            effect,
+            out: file,
+            force,
+        } => {
             let identity = if effect {
                 Identity::Effect(EffectIdentity::generate(&mut rand::rngs::OsRng))
             } else {
@@ -223,7 +237,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }) => {
             let identity = match (effect_string, public_key, key) {
                 (Some(s), _, _) => Identity::Effect(EffectIdentity::parse(&s)?),
-                (None, Some(pk), Some(key)) => Identity::Effect(EffectIdentity::new(pk, parse_key(&key)?)),
+                (None, Some(pk), Some(key)) => {
+                    Identity::Effect(EffectIdentity::new(pk, parse_key(&key)?))
+                }
                 _ => bail!("give --effect-string, or --public-key with --key"),
             };
             emit_identity(&out, &identity, file.as_deref(), force)?;
@@ -235,13 +251,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             identity,
             journal,
         } => return status(&out, &relay, &identity, &journal).await,
-        Command::Grant { identity, to, viewer } => {
+        Command::Grant {
+            identity,
+            to,
+            viewer,
+        } => {
             let identity = load_identity(&identity)?;
             let recipient = parse_public_key(&to)?;
-            let grant = Grant::seal(identity.read_key(), &recipient, &mut rand::rngs::OsRng)?.to_string();
+            let grant =
+                Grant::seal(identity.read_key(), &recipient, &mut rand::rngs::OsRng)?.to_string();
             let link = viewer.map(|v| format!("{}#grant={grant}", v.trim_end_matches('#')));
             if out.json {
-                println!("{}", json!({"log": identity.log(), "grant": grant, "viewer": link}));
+                println!(
+                    "{}",
+                    json!({"log": identity.log(), "grant": grant, "viewer": link})
+                );
             } else {
                 println!("{grant}");
                 if let Some(link) = link {
@@ -300,7 +324,9 @@ fn parse_key(s: &str) -> Result<[u8; 32]> {
     } else {
         base64::engine::general_purpose::STANDARD
             .decode(s)
-            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')))
+            .or_else(|_| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('='))
+            })
             .context("--key is neither hex nor base64")?
     };
     bytes
@@ -308,7 +334,12 @@ fn parse_key(s: &str) -> Result<[u8; 32]> {
         .map_err(|b: Vec<u8>| anyhow!("--key is {} bytes; Effect's default key is 32", b.len()))
 }
 
-fn emit_identity(out: &Output, identity: &Identity, file: Option<&Path>, force: bool) -> Result<()> {
+fn emit_identity(
+    out: &Output,
+    identity: &Identity,
+    file: Option<&Path>,
+    force: bool,
+) -> Result<()> {
     match file {
         Some(path) => {
             write_secret(path, &format!("{identity}\n"), force)?;
@@ -386,12 +417,20 @@ fn journal_path(args: &JournalArgs, relay: &RelayArgs, identity: &Identity) -> R
         .ok_or_else(|| anyhow!("no HOME or XDG_DATA_HOME; pass --journal"))?;
     let safe = |s: &str| -> String {
         s.chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect()
     };
-    Ok(base
-        .join("wharf")
-        .join(format!("{}-{}.db", safe(&relay.tenant), safe(identity.log()))))
+    Ok(base.join("wharf").join(format!(
+        "{}-{}.db",
+        safe(&relay.tenant),
+        safe(identity.log())
+    )))
 }
 
 fn progress_bar(len: u64, what: &str) -> ProgressBar {
@@ -417,11 +456,15 @@ async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
         .journal(&journal);
     let connect = connect_options(&args.relay);
     builder = builder.configure(|c| c.connect = connect);
-    let client = builder.open().await.with_context(|| format!("opening journal {}", journal.display()))?;
+    let client = builder
+        .open()
+        .await
+        .with_context(|| format!("opening journal {}", journal.display()))?;
 
     let mut appended = 0u64;
     if let Some(event) = &args.event {
-        let payload: Value = serde_json::from_str(&args.payload).context("--payload is not JSON")?;
+        let payload: Value =
+            serde_json::from_str(&args.payload).context("--payload is not JSON")?;
         let ev = NewEvent {
             event: event.clone(),
             primary_key: args.primary_key.clone().unwrap_or_default(),
@@ -455,7 +498,10 @@ async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
                 }
                 batch.push(parse_event(&line).with_context(|| format!("stdin line {n}"))?);
             }
-            if batch.len() >= 1000 || (done && !batch.is_empty()) || (rx.is_empty() && !batch.is_empty()) {
+            if batch.len() >= 1000
+                || (done && !batch.is_empty())
+                || (rx.is_empty() && !batch.is_empty())
+            {
                 let n = batch.len() as u64;
                 client.append_many(&log, std::mem::take(&mut batch)).await?;
                 appended += n;
@@ -499,7 +545,10 @@ async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
                 let left = client.pending().await.unwrap_or(pending);
                 client.close().await?;
                 if out.json {
-                    println!("{}", json!({"log": log, "appended": appended, "acked": false, "pending": left, "status": format!("{status:?}")}));
+                    println!(
+                        "{}",
+                        json!({"log": log, "appended": appended, "acked": false, "pending": left, "status": format!("{status:?}")})
+                    );
                 }
                 bail!(
                     "{left} entries not acknowledged after {:?} ({}); they are safe in {} and go out on the next push",
@@ -512,11 +561,18 @@ async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
     }
     client.close().await?;
     if out.json {
-        println!("{}", json!({"log": log, "appended": appended, "acked": acked, "uploaded": pending}));
+        println!(
+            "{}",
+            json!({"log": log, "appended": appended, "acked": acked, "uploaded": pending})
+        );
     } else {
         eprintln!(
             "appended {appended}; {} to {}",
-            if args.no_wait { "not waiting for the upload".to_owned() } else { format!("{pending} acknowledged by the relay") },
+            if args.no_wait {
+                "not waiting for the upload".to_owned()
+            } else {
+                format!("{pending} acknowledged by the relay")
+            },
             args.relay.relay
         );
     }
@@ -534,7 +590,10 @@ fn parse_event(line: &str) -> Result<NewEvent> {
         Some(Value::String(s)) => s,
         Some(_) => bail!("\"primaryKey\" must be a string"),
     };
-    let payload = v.get("payload").cloned().unwrap_or(Value::Object(Default::default()));
+    let payload = v
+        .get("payload")
+        .cloned()
+        .unwrap_or(Value::Object(Default::default()));
     Ok(NewEvent {
         event: event.to_owned(),
         primary_key: primary_key.to_owned(),
@@ -547,14 +606,17 @@ fn describe(status: &Status) -> String {
         Status::Connecting { attempt } => format!("connecting, attempt {}", attempt + 1),
         Status::CatchingUp { behind } => format!("catching up, {behind} behind"),
         Status::Live => "live".into(),
-        Status::Offline { reason, retry_in } => format!("offline: {reason}; retrying in {retry_in:?}"),
+        Status::Offline { reason, retry_in } => {
+            format!("offline: {reason}; retrying in {retry_in:?}")
+        }
         Status::Error { message, .. } => format!("error: {message}"),
         Status::Closed => "closed".into(),
     }
 }
 
 fn entry_json(log: &str, sequence: u64, entry: &Entry) -> Value {
-    let payload = payload::to_json(&entry.payload).unwrap_or_else(|e| json!({"$error": e.to_string()}));
+    let payload =
+        payload::to_json(&entry.payload).unwrap_or_else(|e| json!({"$error": e.to_string()}));
     json!({
         "log": log,
         "sequence": sequence,
@@ -574,9 +636,9 @@ async fn tail(out: &Output, args: TailArgs) -> Result<ExitCode> {
     let identity = load_identity(&args.identity)?;
     let key: ReadKey = match &args.grant {
         Some(g) => {
-            let keys = identity
-                .grant_keys()
-                .ok_or_else(|| anyhow!("an Effect identity has no x25519 key to open grants with"))?;
+            let keys = identity.grant_keys().ok_or_else(|| {
+                anyhow!("an Effect identity has no x25519 key to open grants with")
+            })?;
             keys.open(&Grant::parse(g)?).context("opening the grant")?
         }
         None => identity.read_key().clone(),
@@ -607,7 +669,10 @@ fn is_transient(e: &anyhow::Error) -> bool {
             wharf_client::Error::Connect(_)
                 | wharf_client::Error::Disconnected(_)
                 | wharf_client::Error::Timeout(_)
-                | wharf_client::Error::RelayClosed { code: 1001 | 1006 | 1011 | 1012 | 1013, .. }
+                | wharf_client::Error::RelayClosed {
+                    code: 1001 | 1006 | 1011 | 1012 | 1013,
+                    ..
+                }
                 | wharf_client::Error::Relay { .. }
         )
     )
@@ -677,7 +742,11 @@ async fn tail_once(
                             if out.json {
                                 json!({"log": key.log(), "sequence": e.sequence, "locked": true, "error": err.to_string(), "size": e.encrypted_entry.len()}).to_string()
                             } else {
-                                format!("#{:<6} <locked: {err}> ({} bytes)", e.sequence, e.encrypted_entry.len())
+                                format!(
+                                    "#{:<6} <locked: {err}> ({} bytes)",
+                                    e.sequence,
+                                    e.encrypted_entry.len()
+                                )
                             }
                         }
                     };
@@ -697,7 +766,12 @@ async fn tail_once(
     }
 }
 
-async fn status(out: &Output, relay: &RelayArgs, identity: &IdentityArgs, journal: &JournalArgs) -> Result<ExitCode> {
+async fn status(
+    out: &Output,
+    relay: &RelayArgs,
+    identity: &IdentityArgs,
+    journal: &JournalArgs,
+) -> Result<ExitCode> {
     let identity = load_identity(identity)?;
     let log = identity.log().to_owned();
     let path = journal_path(journal, relay, &identity)?;
@@ -723,14 +797,15 @@ async fn status(out: &Output, relay: &RelayArgs, identity: &IdentityArgs, journa
         if conn.extension() {
             while head.is_none() {
                 match conn.recv().await? {
-                    RelayMsg::Head { next_sequence, .. } | RelayMsg::CaughtUp { next_sequence, .. } => {
-                        head = Some(next_sequence)
-                    }
+                    RelayMsg::Head { next_sequence, .. }
+                    | RelayMsg::CaughtUp { next_sequence, .. } => head = Some(next_sequence),
                     _ => {}
                 }
             }
         }
-        let remote_id = uuid::Uuid::from_slice(conn.remote_id()).map(|u| u.to_string()).unwrap_or_default();
+        let remote_id = uuid::Uuid::from_slice(conn.remote_id())
+            .map(|u| u.to_string())
+            .unwrap_or_default();
         conn.close().await;
         Ok::<_, wharf_client::Error>((remote_id, rtt, head))
     };
@@ -739,8 +814,13 @@ async fn status(out: &Output, relay: &RelayArgs, identity: &IdentityArgs, journa
         .unwrap_or_else(|_| Err(wharf_client::Error::Timeout("status".into())));
     let (pending, cursor) = match (&local, &remote) {
         (Some((j, _, _)), Ok((rid, _, _))) => {
-            let rid = uuid::Uuid::parse_str(rid).map(|u| u.as_bytes().to_vec()).unwrap_or_default();
-            (Some(j.outbox_len(&rid, &log).await?), Some(j.cursor(&rid, &log).await?))
+            let rid = uuid::Uuid::parse_str(rid)
+                .map(|u| u.as_bytes().to_vec())
+                .unwrap_or_default();
+            (
+                Some(j.outbox_len(&rid, &log).await?),
+                Some(j.cursor(&rid, &log).await?),
+            )
         }
         _ => (None, None),
     };
@@ -772,22 +852,42 @@ async fn status(out: &Output, relay: &RelayArgs, identity: &IdentityArgs, journa
                 s.entries,
                 s.own,
                 s.applied,
-                if s.undecryptable > 0 { format!(", {} undecryptable", s.undecryptable) } else { String::new() }
+                if s.undecryptable > 0 {
+                    format!(", {} undecryptable", s.undecryptable)
+                } else {
+                    String::new()
+                }
             ),
             None => println!("journal   {} (none yet)", path.display()),
         }
         match &remote {
             Ok((rid, rtt, head)) => {
-                println!("relay     {} tenant {} remoteId {rid}, round trip {:.2} ms", relay.relay, relay.tenant, rtt.as_secs_f64() * 1000.0);
+                println!(
+                    "relay     {} tenant {} remoteId {rid}, round trip {:.2} ms",
+                    relay.relay,
+                    relay.tenant,
+                    rtt.as_secs_f64() * 1000.0
+                );
                 if let Some(h) = head {
                     println!("on relay  {h} entries");
                 }
                 if let (Some(p), Some(c)) = (pending, cursor) {
-                    println!("sync      {p} to upload, {} to download", head.map_or(0, |h| h.saturating_sub(c)));
+                    println!(
+                        "sync      {p} to upload, {} to download",
+                        head.map_or(0, |h| h.saturating_sub(c))
+                    );
                 }
             }
-            Err(e) => println!("relay     {} unreachable after {:?}: {e}", relay.relay, started.elapsed()),
+            Err(e) => println!(
+                "relay     {} unreachable after {:?}: {e}",
+                relay.relay,
+                started.elapsed()
+            ),
         }
     }
-    Ok(if remote.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if remote.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -596,7 +596,10 @@ async fn commit_group(
                             .push_bind(true);
                     });
                     q.push(" ON CONFLICT (log, entry_id) DO NOTHING");
-                    q.build().execute(&mut *tx).await?;
+                    let r = q.build().execute(&mut *tx).await?;
+                    if r.rows_affected() > 0 {
+                        outcome.appended = outcome.appended.max(r.last_insert_rowid());
+                    }
                 }
             }
             Command::Acked {
@@ -641,7 +644,10 @@ async fn commit_group(
                             .push_bind(false);
                     });
                     q.push(" ON CONFLICT (log, entry_id) DO NOTHING");
-                    q.build().execute(&mut *tx).await?;
+                    let r = q.build().execute(&mut *tx).await?;
+                    if r.rows_affected() > 0 {
+                        outcome.appended = outcome.appended.max(r.last_insert_rowid());
+                    }
                 }
                 for chunk in entries.chunks(ROWS_PER_STATEMENT) {
                     let mut q = QueryBuilder::<Sqlite>::new(
@@ -679,14 +685,8 @@ async fn commit_group(
         }
     }
     for (remote, log) in &touched {
-        advance(&mut tx, remote, log).await?;
+        outcome.applied = outcome.applied.max(advance(&mut tx, remote, log).await?);
     }
-    outcome.appended = sqlx::query_scalar("SELECT COALESCE(MAX(local_seq), 0) FROM entries")
-        .fetch_one(&mut *tx)
-        .await?;
-    outcome.applied = sqlx::query_scalar("SELECT COALESCE(MAX(idx), 0) FROM applied")
-        .fetch_one(&mut *tx)
-        .await?;
     tx.commit().await?;
     Ok(outcome)
 }
@@ -698,8 +698,9 @@ fn note(touched: &mut Vec<(RemoteId, String)>, remote: &RemoteId, log: &str) {
 }
 
 /// Moves the (remote, log) cursor over every sequence now known, applying the entries in
-/// sequence order.
-async fn advance(conn: &mut SqliteConnection, remote: &[u8], log: &str) -> Result<(), Error> {
+/// sequence order. Returns the highest `applied.idx` it wrote (0 for none).
+async fn advance(conn: &mut SqliteConnection, remote: &[u8], log: &str) -> Result<i64, Error> {
+    let mut applied = 0;
     let mut next: i64 =
         sqlx::query_scalar("SELECT next_sequence FROM cursors WHERE remote_id = ? AND log = ?")
             .bind(remote)
@@ -757,7 +758,10 @@ async fn advance(conn: &mut SqliteConnection, remote: &[u8], log: &str) -> Resul
                 ") v WHERE EXISTS (SELECT 1 FROM entries e WHERE e.log = v.log AND e.entry_id = v.entry_id)
                  ORDER BY v.sequence",
             );
-            q.build().execute(&mut *conn).await?;
+            let r = q.build().execute(&mut *conn).await?;
+            if r.rows_affected() > 0 {
+                applied = applied.max(r.last_insert_rowid());
+            }
         }
         if rows.len() < 2000 || run.len() < rows.len() {
             break;
@@ -774,7 +778,7 @@ async fn advance(conn: &mut SqliteConnection, remote: &[u8], log: &str) -> Resul
         .execute(&mut *conn)
         .await?;
     }
-    Ok(())
+    Ok(applied)
 }
 
 /// Per-log counts of a journal, for status output.

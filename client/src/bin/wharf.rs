@@ -108,7 +108,7 @@ struct IdentityArgs {
 #[derive(Args, Debug, Clone)]
 struct RelayArgs {
     /// Relay address: ws://host:port or wss://host.
-    #[arg(long, env = "WHARF_RELAY", default_value = "ws://127.0.0.1:8080")]
+    #[arg(long, env = "WHARF_RELAY", default_value = "ws://127.0.0.1:8787")]
     relay: String,
     #[arg(long, env = "WHARF_TENANT", default_value = "default")]
     tenant: String,

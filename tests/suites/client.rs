@@ -671,3 +671,89 @@ async fn cli_round_trip_and_clear_errors() {
     assert_eq!(code, 1);
     assert!(err.contains("safe in"), "{err}");
 }
+
+/// A TLS terminator in front of the relay, with a certificate from a private CA: the client
+/// trusts it only through `ca_file`.
+async fn tls_front(relay: SocketAddr, dir: &Path) -> (SocketAddr, std::path::PathBuf) {
+    use std::sync::Arc;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, cert.pem()).expect("write ca");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
+    )
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(relay).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+            });
+        }
+    });
+    (addr, ca)
+}
+
+#[tokio::test]
+async fn wss_with_an_extra_ca_file() {
+    let relay = TestRelay::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (front, ca) = tls_front(relay.addr, dir.path()).await;
+    let url = format!("wss://localhost:{}", front.port());
+    let id = identity();
+    let client = Client::builder(&url, "tls")
+        .identity(id.clone())
+        .journal(dir.path().join("a.db"))
+        .ca_file(&ca)
+        .token("secret-token")
+        .open()
+        .await
+        .expect("open");
+    facts(&client, "tls", 5).await;
+    flush(&client).await;
+    assert_eq!(take(&client, 5).await.len(), 5);
+    assert_exactly_once(&on_relay(&relay.url("tls"), id.log(), 5).await);
+
+    // Without the CA the certificate is refused, and the status says so.
+    let untrusting = Client::builder(&url, "tls")
+        .identity(id)
+        .journal(dir.path().join("b.db"))
+        .open()
+        .await
+        .expect("open");
+    let mut status = untrusting.status();
+    let refused = tokio::time::timeout(
+        PATIENCE,
+        status.wait_for(|s| matches!(s, Status::Offline { .. })),
+    )
+    .await
+    .expect("status in time")
+    .expect("status")
+    .clone();
+    let Status::Offline { reason, .. } = refused else {
+        unreachable!()
+    };
+    assert!(reason.to_lowercase().contains("certificate"), "{reason}");
+}

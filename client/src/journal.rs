@@ -154,11 +154,17 @@ impl Journal {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30));
+        // Checkpoints run from their own connection, off the write path: an automatic
+        // checkpoint inside a commit is what makes the commit-latency tail.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .connect_with(base.clone().pragma("wal_autocheckpoint", "0"))
+            .await?;
+        let maintenance = SqlitePoolOptions::new()
+            .max_connections(1)
             .connect_with(base.clone())
             .await?;
         let mut conn = writer.acquire().await?;
@@ -180,6 +186,7 @@ impl Journal {
         let (tx, rx) = mpsc::channel(256);
         let (progress_tx, progress_rx) = watch::channel(progress);
         let (failed_tx, failed_rx) = watch::channel(None);
+        tokio::spawn(checkpoints(maintenance, progress_rx.clone()));
         tokio::spawn(run_writer(writer, rx, progress_tx, failed_tx));
         Ok(Journal {
             readers,
@@ -499,6 +506,24 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), Error> {
     Ok(())
 }
 
+/// Copies committed WAL frames into the database after commits, at most four times a second.
+/// Ends with the writer (when the progress sender goes away).
+async fn checkpoints(pool: SqlitePool, mut progress: watch::Receiver<Progress>) {
+    while progress.changed().await.is_ok() {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(error = %e, "journal checkpoint failed; the next one retries");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&pool)
+        .await;
+    pool.close().await;
+}
+
 async fn run_writer(
     pool: SqlitePool,
     mut commands: mpsc::Receiver<Command>,
@@ -513,6 +538,7 @@ async fn run_writer(
         }
     };
     let mut full = true; // the connection's current `synchronous`
+    let mut cursors = CursorCache::new();
     let mut group = Vec::with_capacity(MAX_GROUP);
     while commands.recv_many(&mut group, MAX_GROUP).await > 0 {
         let needs_full = group.iter().any(|c| matches!(c, Command::Append { .. }));
@@ -524,7 +550,7 @@ async fn run_writer(
                     .await?;
                 full = needs_full;
             }
-            commit_group(&mut conn, &mut group).await
+            commit_group(&mut conn, &mut cursors, &mut group).await
         }
         .await;
         match result {
@@ -574,6 +600,7 @@ struct Outcome {
 
 async fn commit_group(
     conn: &mut SqliteConnection,
+    cursors: &mut CursorCache,
     group: &mut [Command],
 ) -> Result<Outcome, Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -685,7 +712,9 @@ async fn commit_group(
         }
     }
     for (remote, log) in &touched {
-        outcome.applied = outcome.applied.max(advance(&mut tx, remote, log).await?);
+        outcome.applied = outcome
+            .applied
+            .max(advance(&mut tx, cursors, remote, log).await?);
     }
     tx.commit().await?;
     Ok(outcome)
@@ -697,77 +726,79 @@ fn note(touched: &mut Vec<(RemoteId, String)>, remote: &RemoteId, log: &str) {
     }
 }
 
+/// The writer's copy of `cursors`, so the hot path skips reading it back.
+type CursorCache = HashMap<(RemoteId, String), i64>;
+
 /// Moves the (remote, log) cursor over every sequence now known, applying the entries in
 /// sequence order. Returns the highest `applied.idx` it wrote (0 for none).
-async fn advance(conn: &mut SqliteConnection, remote: &[u8], log: &str) -> Result<i64, Error> {
-    let mut applied = 0;
-    let mut next: i64 =
-        sqlx::query_scalar("SELECT next_sequence FROM cursors WHERE remote_id = ? AND log = ?")
+async fn advance(
+    conn: &mut SqliteConnection,
+    cursors: &mut CursorCache,
+    remote: &[u8],
+    log: &str,
+) -> Result<i64, Error> {
+    const PAGE: usize = 4096;
+    let key = (remote.to_vec(), log.to_owned());
+    let (start, stored) = match cursors.get(&key) {
+        Some(next) => (*next, true),
+        None => {
+            let next: Option<i64> = sqlx::query_scalar(
+                "SELECT next_sequence FROM cursors WHERE remote_id = ? AND log = ?",
+            )
             .bind(remote)
             .bind(log)
             .fetch_optional(&mut *conn)
-            .await?
-            .unwrap_or(0);
-    let start = next;
+            .await?;
+            (next.unwrap_or(0), next.is_some())
+        }
+    };
+    let mut next = start;
+    let mut applied = 0;
     loop {
-        let rows = sqlx::query(
-            "SELECT sequence, entry_id FROM remote_entries
-             WHERE remote_id = ? AND log = ? AND sequence >= ? ORDER BY sequence LIMIT 2000",
+        let known: Vec<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM remote_entries
+             WHERE remote_id = ? AND log = ? AND sequence >= ? ORDER BY sequence LIMIT ?",
         )
         .bind(remote)
         .bind(log)
         .bind(next)
+        .bind(PAGE as i64)
         .fetch_all(&mut *conn)
         .await?;
-        let mut run: Vec<(i64, Vec<u8>)> = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let seq: i64 = r.try_get("sequence")?;
-            if seq != next {
-                break;
-            }
-            run.push((seq, r.try_get("entry_id")?));
-            next += 1;
-        }
-        if run.is_empty() {
+        let end = known
+            .iter()
+            .zip(next..)
+            .take_while(|(seq, want)| **seq == *want)
+            .count() as i64
+            + next;
+        if end == next {
             break;
         }
-        // Entries that did not decrypt have no `entries` row; the SELECT skips them, while the
+        // Entries that did not decrypt have no `entries` row; they are skipped here while the
         // cursor still moves past them.
-        for chunk in run.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT OR IGNORE INTO applied (log, entry_id, remote_id, sequence)
-                 SELECT v.log, v.entry_id, v.remote_id, v.sequence FROM (",
-            );
-            let mut first = true;
-            for (seq, id) in chunk {
-                if !first {
-                    q.push(" UNION ALL ");
-                }
-                first = false;
-                q.push("SELECT ")
-                    .push_bind(log)
-                    .push(" AS log, ")
-                    .push_bind(id.as_slice())
-                    .push(" AS entry_id, ")
-                    .push_bind(remote)
-                    .push(" AS remote_id, ")
-                    .push_bind(*seq)
-                    .push(" AS sequence");
-            }
-            q.push(
-                ") v WHERE EXISTS (SELECT 1 FROM entries e WHERE e.log = v.log AND e.entry_id = v.entry_id)
-                 ORDER BY v.sequence",
-            );
-            let r = q.build().execute(&mut *conn).await?;
-            if r.rows_affected() > 0 {
-                applied = applied.max(r.last_insert_rowid());
-            }
+        let r = sqlx::query(
+            "INSERT OR IGNORE INTO applied (log, entry_id, remote_id, sequence)
+             SELECT r.log, r.entry_id, r.remote_id, r.sequence FROM remote_entries r
+             WHERE r.remote_id = ?1 AND r.log = ?2 AND r.sequence >= ?3 AND r.sequence < ?4
+               AND EXISTS (SELECT 1 FROM entries e WHERE e.log = r.log AND e.entry_id = r.entry_id)
+             ORDER BY r.sequence",
+        )
+        .bind(remote)
+        .bind(log)
+        .bind(next)
+        .bind(end)
+        .execute(&mut *conn)
+        .await?;
+        if r.rows_affected() > 0 {
+            applied = r.last_insert_rowid();
         }
-        if rows.len() < 2000 || run.len() < rows.len() {
+        let whole_page = known.len() == PAGE && (end - next) as usize == PAGE;
+        next = end;
+        if !whole_page {
             break;
         }
     }
-    if next != start || start == 0 {
+    if next != start || !stored {
         sqlx::query(
             "INSERT INTO cursors (remote_id, log, next_sequence) VALUES (?, ?, ?)
              ON CONFLICT (remote_id, log) DO UPDATE SET next_sequence = excluded.next_sequence",
@@ -778,6 +809,7 @@ async fn advance(conn: &mut SqliteConnection, remote: &[u8], log: &str) -> Resul
         .execute(&mut *conn)
         .await?;
     }
+    cursors.insert(key, next);
     Ok(applied)
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{broadcast, watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use wharf_protocol::{Entry, Identity, ReadKey};
@@ -330,6 +330,7 @@ impl Client {
     /// ([`Delivered::index`]), for consumers that keep their own position.
     pub fn entries_after(&self, index: i64) -> EntryStream {
         EntryStream {
+            applied: self.inner.journal.subscribe_applied(),
             journal: self.inner.journal.clone(),
             progress: self.inner.journal.progress(),
             after: index,
@@ -450,12 +451,15 @@ impl Delivered {
     }
 }
 
-/// Applied entries in delivery order: the journal's backlog, then live. Reads the journal in
-/// pages, so a slow consumer costs no memory and misses nothing.
+/// Applied entries in delivery order: the journal's backlog, then live. Live entries usually
+/// come straight from the journal's writer; anything else (a backlog, a missed handoff, a slow
+/// consumer) is read from the journal in pages, so a slow consumer costs no memory and misses
+/// nothing.
 #[derive(Debug)]
 pub struct EntryStream {
     journal: Journal,
     progress: watch::Receiver<Progress>,
+    applied: broadcast::Receiver<Arc<Vec<Delivered>>>,
     after: i64,
     buffer: VecDeque<Delivered>,
 }
@@ -467,6 +471,24 @@ impl EntryStream {
             if let Some(d) = self.buffer.pop_front() {
                 self.after = d.index;
                 return Ok(d);
+            }
+            // Handed-over batches that continue exactly where this stream stands.
+            // (Empty, Lagged or Closed: the journal has whatever is missing.)
+            while let Ok(batch) = self.applied.try_recv() {
+                let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+                    continue;
+                };
+                if last.index <= self.after {
+                    continue; // already read from the journal
+                }
+                if first.index <= self.after + 1 {
+                    self.buffer
+                        .extend(batch.iter().filter(|d| d.index > self.after).cloned());
+                }
+                break; // either continues this stream, or leaves a gap the journal fills
+            }
+            if !self.buffer.is_empty() {
+                continue;
             }
             let upto = self.progress.borrow_and_update().applied;
             if upto > self.after {

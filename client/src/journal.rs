@@ -29,7 +29,9 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use wharf_protocol::Entry;
 
 use crate::error::Error;
@@ -100,6 +102,9 @@ enum Command {
         remote: RemoteId,
         log: String,
         placed: Vec<(Vec<u8>, u64)>,
+        /// The acknowledged entries and their `own` flags, when the caller still has them: lets
+        /// the writer hand newly applied entries to streams without reading them back.
+        entries: Vec<(Entry, bool)>,
     },
     Received {
         remote: RemoteId,
@@ -112,7 +117,7 @@ enum Command {
 /// What the writer has committed, for waiters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// Highest `entries.local_seq` committed.
+    /// Highest `entries.local_seq` of an entry appended here (received ones do not count).
     pub appended: i64,
     /// Highest `applied.idx` committed.
     pub applied: i64,
@@ -120,11 +125,26 @@ pub struct Progress {
     pub acks: u64,
 }
 
+/// A batch of entries one `append` committed, with their local sequence numbers. A batch too
+/// large to hand over comes with no entries (`handed_over == false`): read the journal.
+#[derive(Debug)]
+pub struct Appended {
+    pub log: String,
+    pub entries: Vec<StoredEntry>,
+    pub handed_over: bool,
+}
+
+/// Batches larger than this are not handed over in memory (readers fetch them from the journal):
+/// the fast path is for latency, and this bounds what it holds.
+const HANDOFF_MAX: usize = 256;
+
 /// The journal. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Journal {
     readers: SqlitePool,
     commands: mpsc::Sender<Command>,
+    appended: broadcast::Sender<Arc<Appended>>,
+    applied: broadcast::Sender<Arc<Vec<AppliedEntry>>>,
     progress: watch::Receiver<Progress>,
     failed: watch::Receiver<Option<String>>,
 }
@@ -170,9 +190,11 @@ impl Journal {
         let mut conn = writer.acquire().await?;
         migrate(&mut conn).await?;
         let progress = Progress {
-            appended: sqlx::query_scalar("SELECT COALESCE(MAX(local_seq), 0) FROM entries")
-                .fetch_one(&mut *conn)
-                .await?,
+            appended: sqlx::query_scalar(
+                "SELECT COALESCE(MAX(local_seq), 0) FROM entries WHERE own = 1",
+            )
+            .fetch_one(&mut *conn)
+            .await?,
             applied: sqlx::query_scalar("SELECT COALESCE(MAX(idx), 0) FROM applied")
                 .fetch_one(&mut *conn)
                 .await?,
@@ -186,11 +208,24 @@ impl Journal {
         let (tx, rx) = mpsc::channel(256);
         let (progress_tx, progress_rx) = watch::channel(progress);
         let (failed_tx, failed_rx) = watch::channel(None);
+        let (appended, _) = broadcast::channel(64);
+        let (applied, _) = broadcast::channel(64);
         tokio::spawn(checkpoints(maintenance, progress_rx.clone()));
-        tokio::spawn(run_writer(writer, rx, progress_tx, failed_tx));
+        tokio::spawn(run_writer(
+            writer,
+            rx,
+            Handoff {
+                progress: progress_tx,
+                appended: appended.clone(),
+                applied: applied.clone(),
+            },
+            failed_tx,
+        ));
         Ok(Journal {
             readers,
             commands: tx,
+            appended,
+            applied,
             progress: progress_rx,
             failed: failed_rx,
         })
@@ -208,19 +243,33 @@ impl Journal {
         rx.await.map_err(|_| self.closed())?
     }
 
-    /// Records where the relay `remote` put entries this client uploaded.
+    /// Records where the relay `remote` put entries this client uploaded (`entries`: their
+    /// contents and `own` flags, or empty).
     pub async fn acked(
         &self,
         remote: &[u8],
         log: &str,
         placed: Vec<(Vec<u8>, u64)>,
+        entries: Vec<(Entry, bool)>,
     ) -> Result<(), Error> {
         self.send(Command::Acked {
             remote: remote.to_vec(),
             log: log.to_owned(),
             placed,
+            entries,
         })
         .await
+    }
+
+    /// Entries appended from now on, as they commit (small batches only: a batch that never
+    /// comes, or a lagging receiver, means "read the journal").
+    pub fn subscribe_appended(&self) -> broadcast::Receiver<Arc<Appended>> {
+        self.appended.subscribe()
+    }
+
+    /// Entries applied from now on, in delivery order (same caveat).
+    pub fn subscribe_applied(&self) -> broadcast::Receiver<Arc<Vec<AppliedEntry>>> {
+        self.applied.subscribe()
     }
 
     /// Stores entries received from `remote` and applies what has become contiguous.
@@ -524,12 +573,20 @@ async fn checkpoints(pool: SqlitePool, mut progress: watch::Receiver<Progress>) 
     pool.close().await;
 }
 
+/// Where the writer announces what it committed.
+struct Handoff {
+    progress: watch::Sender<Progress>,
+    appended: broadcast::Sender<Arc<Appended>>,
+    applied: broadcast::Sender<Arc<Vec<AppliedEntry>>>,
+}
+
 async fn run_writer(
     pool: SqlitePool,
     mut commands: mpsc::Receiver<Command>,
-    progress: watch::Sender<Progress>,
+    out: Handoff,
     failed: watch::Sender<Option<String>>,
 ) {
+    let progress = &out.progress;
     let mut conn = match pool.acquire().await {
         Ok(c) => c,
         Err(e) => {
@@ -554,7 +611,19 @@ async fn run_writer(
         }
         .await;
         match result {
-            Ok(outcome) => {
+            Ok(mut outcome) => {
+                // In-memory handoffs go out before progress moves, so a reader woken by the
+                // progress change finds them.
+                if out.appended.receiver_count() > 0 {
+                    for batch in outcome.appended_batches.drain(..) {
+                        let _ = out.appended.send(Arc::new(batch));
+                    }
+                }
+                if let Some(delivered) = outcome.delivered.take().filter(|d| !d.is_empty()) {
+                    if out.applied.receiver_count() > 0 {
+                        let _ = out.applied.send(Arc::new(delivered));
+                    }
+                }
                 for cmd in group.drain(..) {
                     match cmd {
                         Command::Append { reply, .. } => {
@@ -596,6 +665,9 @@ struct Outcome {
     appended: i64,
     applied: i64,
     acked: bool,
+    appended_batches: Vec<Appended>,
+    /// Newly applied entries in delivery order, when the writer knows all their contents.
+    delivered: Option<Vec<AppliedEntry>>,
 }
 
 async fn commit_group(
@@ -607,9 +679,13 @@ async fn commit_group(
     let mut outcome = Outcome::default();
     // (remote, log) pairs whose cursor may move.
     let mut touched: Vec<(RemoteId, String)> = Vec::new();
+    // Contents of entries this group may apply, for the in-memory handoff to streams.
+    let mut known: HashMap<(&str, [u8; 16]), (&Entry, bool)> = HashMap::new();
+    let mut handoff = true;
     for cmd in group.iter() {
         match cmd {
             Command::Append { log, entries, .. } => {
+                let mut local_seqs = Vec::with_capacity(entries.len());
                 for chunk in entries.chunks(ROWS_PER_STATEMENT) {
                     let mut q = QueryBuilder::<Sqlite>::new(
                         "INSERT INTO entries (log, entry_id, event, primary_key, payload, own) ",
@@ -627,13 +703,48 @@ async fn commit_group(
                     if r.rows_affected() > 0 {
                         outcome.appended = outcome.appended.max(r.last_insert_rowid());
                     }
+                    // One statement from one writer: the rows got consecutive rowids.
+                    if r.rows_affected() == chunk.len() as u64 {
+                        let first = r.last_insert_rowid() - chunk.len() as i64 + 1;
+                        local_seqs.extend(first..=r.last_insert_rowid());
+                    }
+                }
+                if local_seqs.len() != entries.len() || entries.len() > HANDOFF_MAX {
+                    outcome.appended_batches.push(Appended {
+                        log: log.clone(),
+                        entries: Vec::new(),
+                        handed_over: false,
+                    });
+                } else {
+                    outcome.appended_batches.push(Appended {
+                        log: log.clone(),
+                        handed_over: true,
+                        entries: entries
+                            .iter()
+                            .zip(local_seqs)
+                            .map(|(e, local_seq)| StoredEntry {
+                                local_seq,
+                                log: log.clone(),
+                                entry: e.clone(),
+                                own: true,
+                            })
+                            .collect(),
+                    });
                 }
             }
             Command::Acked {
                 remote,
                 log,
                 placed,
+                entries,
             } => {
+                if entries.len() == placed.len() {
+                    for (e, own) in entries {
+                        known.insert((log.as_str(), e.id), (e, *own));
+                    }
+                } else {
+                    handoff = false;
+                }
                 for chunk in placed.chunks(ROWS_PER_STATEMENT) {
                     let mut q = QueryBuilder::<Sqlite>::new(
                         "INSERT OR IGNORE INTO remote_entries (remote_id, log, entry_id, sequence) ",
@@ -672,8 +783,11 @@ async fn commit_group(
                     });
                     q.push(" ON CONFLICT (log, entry_id) DO NOTHING");
                     let r = q.build().execute(&mut *tx).await?;
-                    if r.rows_affected() > 0 {
-                        outcome.appended = outcome.appended.max(r.last_insert_rowid());
+                    if r.rows_affected() == chunk.len() as u64 {
+                        // All new here, so none of them is our own.
+                        for (_, e) in chunk {
+                            known.insert((log.as_str(), e.id), (e, false));
+                        }
                     }
                 }
                 for chunk in entries.chunks(ROWS_PER_STATEMENT) {
@@ -711,10 +825,31 @@ async fn commit_group(
             Command::Barrier(_) => {}
         }
     }
+    let mut delivered = Vec::new();
     for (remote, log) in &touched {
-        outcome.applied = outcome
-            .applied
-            .max(advance(&mut tx, cursors, remote, log).await?);
+        for (idx, entry_id, sequence) in advance(&mut tx, cursors, remote, log).await? {
+            outcome.applied = outcome.applied.max(idx);
+            if !handoff || delivered.len() >= HANDOFF_MAX {
+                handoff = false;
+                continue;
+            }
+            let key = <[u8; 16]>::try_from(entry_id.as_slice())
+                .ok()
+                .and_then(|id| known.get(&(log.as_str(), id)));
+            match key {
+                Some((entry, own)) => delivered.push(AppliedEntry {
+                    index: idx,
+                    log: log.clone(),
+                    sequence: sequence.max(0) as u64,
+                    entry: (*entry).clone(),
+                    own: *own,
+                }),
+                None => handoff = false,
+            }
+        }
+    }
+    if handoff {
+        outcome.delivered = Some(delivered);
     }
     tx.commit().await?;
     Ok(outcome)
@@ -730,13 +865,13 @@ fn note(touched: &mut Vec<(RemoteId, String)>, remote: &RemoteId, log: &str) {
 type CursorCache = HashMap<(RemoteId, String), i64>;
 
 /// Moves the (remote, log) cursor over every sequence now known, applying the entries in
-/// sequence order. Returns the highest `applied.idx` it wrote (0 for none).
+/// sequence order. Returns what it applied: (idx, entryId, sequence), by idx.
 async fn advance(
     conn: &mut SqliteConnection,
     cursors: &mut CursorCache,
     remote: &[u8],
     log: &str,
-) -> Result<i64, Error> {
+) -> Result<Vec<(i64, Vec<u8>, i64)>, Error> {
     const PAGE: usize = 4096;
     let key = (remote.to_vec(), log.to_owned());
     let (start, stored) = match cursors.get(&key) {
@@ -753,7 +888,7 @@ async fn advance(
         }
     };
     let mut next = start;
-    let mut applied = 0;
+    let mut applied = Vec::new();
     loop {
         let known: Vec<i64> = sqlx::query_scalar(
             "SELECT sequence FROM remote_entries
@@ -776,22 +911,33 @@ async fn advance(
         }
         // Entries that did not decrypt have no `entries` row; they are skipped here while the
         // cursor still moves past them.
-        let r = sqlx::query(
+        let rows = sqlx::query(
             "INSERT OR IGNORE INTO applied (log, entry_id, remote_id, sequence)
              SELECT r.log, r.entry_id, r.remote_id, r.sequence FROM remote_entries r
              WHERE r.remote_id = ?1 AND r.log = ?2 AND r.sequence >= ?3 AND r.sequence < ?4
                AND EXISTS (SELECT 1 FROM entries e WHERE e.log = r.log AND e.entry_id = r.entry_id)
-             ORDER BY r.sequence",
+             ORDER BY r.sequence
+             RETURNING idx, entry_id, sequence",
         )
         .bind(remote)
         .bind(log)
         .bind(next)
         .bind(end)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
-        if r.rows_affected() > 0 {
-            applied = r.last_insert_rowid();
-        }
+        let mut page = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("idx")?,
+                    r.try_get("entry_id")?,
+                    r.try_get("sequence")?,
+                ))
+            })
+            .collect::<Result<Vec<(i64, Vec<u8>, i64)>, sqlx::Error>>()?;
+        // RETURNING gives rows in no promised order.
+        page.sort_unstable_by_key(|(idx, _, _)| *idx);
+        applied.extend(page);
         let whole_page = known.len() == PAGE && (end - next) as usize == PAGE;
         next = end;
         if !whole_page {

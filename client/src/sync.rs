@@ -7,13 +7,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::{Rng, RngCore};
+use tokio::sync::broadcast::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
-use wharf_protocol::{ClientMsg, EncryptedEntry, JsNumber, RelayMsg, Suite, WriteEntries};
+use wharf_protocol::{
+    ClientMsg, EncryptedEntry, Entry, Identity, JsNumber, RelayMsg, Suite, WriteEntries,
+};
 
 use crate::client::{LogKey, Shared, Status};
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::journal::{Received, Undecryptable};
+use crate::journal::{Received, StoredEntry, Undecryptable};
 
 /// Full-jitter exponential backoff: a uniform delay in `[0, min(max, base·2^attempt)]`.
 pub(crate) fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
@@ -99,6 +102,54 @@ struct InFlight {
     id: u32,
     log: String,
     ids: Vec<Vec<u8>>,
+    /// Contents and `own` flags, handed to the journal with the Ack.
+    entries: Vec<(Entry, bool)>,
+}
+
+/// Entries per write and writes in flight for an identity's suite.
+fn limits(cfg: &crate::client::SyncConfig, identity: &Identity) -> (usize, usize) {
+    match identity.suite() {
+        Suite::XChaCha20Poly1305 => (cfg.max_batch_entries.max(1), cfg.max_in_flight.max(1)),
+        // One entry per write: Effect's suite would reuse its iv across a batch.
+        Suite::Aes256Gcm => (1, cfg.max_in_flight.max(1) * 16),
+    }
+}
+
+/// Encrypts `page` under a fresh iv and queues one WriteEntries (the caller flushes).
+async fn send_write(
+    conn: &mut Connection,
+    identity: &Identity,
+    log: &str,
+    page: &[&StoredEntry],
+    next_id: &mut u32,
+) -> Result<InFlight, Error> {
+    let suite = identity.suite();
+    let mut iv = vec![0u8; suite.iv_len()];
+    rand::thread_rng().fill_bytes(&mut iv);
+    let rk = identity.read_key();
+    let mut entries = Vec::with_capacity(page.len());
+    for e in page {
+        let sealed = rk.seal(suite, &iv, &e.entry.id, &e.entry.encode())?;
+        entries.push(EncryptedEntry {
+            entry_id: Bytes::copy_from_slice(&e.entry.id),
+            encrypted_entry: Bytes::from(sealed),
+        });
+    }
+    let id = *next_id;
+    *next_id = next_id.wrapping_add(1) % (1 << 31);
+    conn.feed(&ClientMsg::WriteEntries(WriteEntries {
+        public_key: log.to_owned(),
+        id: JsNumber(f64::from(id)),
+        iv: Bytes::from(iv),
+        entries,
+    }))
+    .await?;
+    Ok(InFlight {
+        id,
+        log: log.to_owned(),
+        ids: page.iter().map(|e| e.entry.id.to_vec()).collect(),
+        entries: page.iter().map(|e| (e.entry.clone(), e.own)).collect(),
+    })
 }
 
 async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Error> {
@@ -132,6 +183,10 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
     report_progress(shared, &logs);
 
     let mut progress = journal.progress();
+    let mut appended_rx = journal.subscribe_appended();
+    let mut db_mode = true; // read the outbox from the journal until it is drained
+                            // Every own append up to here was sent or is known to be in flight.
+    let mut handed_upto = 0i64;
     let mut seen_appended = -1i64;
     let mut fill = true; // something may be waiting for room in the pipeline
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
@@ -154,58 +209,86 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
         if fill {
             fill = false;
             let mut sent_any = false;
-            'fill: for (name, state) in logs.iter_mut() {
-                let LogKey::Writer(identity) = &state.key else {
-                    continue;
-                };
-                let per_write = match identity.suite() {
-                    Suite::XChaCha20Poly1305 => cfg.max_batch_entries,
-                    // One entry per write: Effect's suite reuses its iv across a batch.
-                    Suite::Aes256Gcm => 1,
-                };
-                let window = match identity.suite() {
-                    Suite::XChaCha20Poly1305 => cfg.max_in_flight,
-                    Suite::Aes256Gcm => cfg.max_in_flight * 16,
-                };
-                while in_flight.len() < window {
-                    let page = journal
-                        .outbox(&remote, name, state.sent_upto, per_write)
-                        .await?;
-                    let Some(last) = page.last() else { break };
-                    state.sent_upto = last.local_seq;
-                    let iv_len = identity.suite().iv_len();
-                    let mut iv = vec![0u8; iv_len];
-                    rand::thread_rng().fill_bytes(&mut iv);
-                    let rk = identity.read_key();
-                    let mut entries = Vec::with_capacity(page.len());
-                    let mut ids = Vec::with_capacity(page.len());
-                    for e in &page {
-                        let sealed =
-                            rk.seal(identity.suite(), &iv, &e.entry.id, &e.entry.encode())?;
-                        ids.push(e.entry.id.to_vec());
-                        entries.push(EncryptedEntry {
-                            entry_id: Bytes::copy_from_slice(&e.entry.id),
-                            encrypted_entry: Bytes::from(sealed),
-                        });
+            // Fast path: batches the journal handed over as they committed.
+            if !db_mode {
+                loop {
+                    let batch = match appended_rx.try_recv() {
+                        Ok(batch) => batch,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Lagged(_)) => {
+                            db_mode = true;
+                            break;
+                        }
+                        Err(TryRecvError::Closed) => return Err(Error::Closed),
+                    };
+                    if !batch.handed_over {
+                        db_mode = true;
+                        break;
                     }
-                    let id = next_id;
-                    next_id = next_id.wrapping_add(1) % (1 << 31);
-                    conn.feed(&ClientMsg::WriteEntries(WriteEntries {
-                        public_key: name.clone(),
-                        id: JsNumber(f64::from(id)),
-                        iv: Bytes::from(iv),
-                        entries,
-                    }))
-                    .await?;
-                    sent_any = true;
-                    in_flight.push_back(InFlight {
-                        id,
-                        log: name.clone(),
-                        ids,
-                    });
-                    if in_flight.len() >= window {
-                        break 'fill;
+                    if let Some(last) = batch.entries.last() {
+                        handed_upto = handed_upto.max(last.local_seq);
                     }
+                    let Some(state) = logs.get_mut(&batch.log) else {
+                        continue;
+                    };
+                    let LogKey::Writer(identity) = &state.key else {
+                        continue;
+                    };
+                    let (per_write, window) = limits(cfg, identity);
+                    let fresh: Vec<&StoredEntry> = batch
+                        .entries
+                        .iter()
+                        .filter(|e| e.local_seq > state.sent_upto)
+                        .collect();
+                    let mut rest = fresh.as_slice();
+                    while !rest.is_empty() && in_flight.len() < window {
+                        let (page, tail) = rest.split_at(rest.len().min(per_write));
+                        in_flight.push_back(
+                            send_write(&mut conn, identity, &batch.log, page, &mut next_id).await?,
+                        );
+                        state.sent_upto = page[page.len() - 1].local_seq;
+                        sent_any = true;
+                        rest = tail;
+                    }
+                    if !rest.is_empty() {
+                        db_mode = true; // the journal has the rest
+                        break;
+                    }
+                }
+            }
+            // A watermark beyond what was handed over (a batch the channel dropped): the journal.
+            if appended > handed_upto {
+                db_mode = true;
+            }
+            if db_mode {
+                let mut drained = true;
+                'fill: for (name, state) in logs.iter_mut() {
+                    let LogKey::Writer(identity) = &state.key else {
+                        continue;
+                    };
+                    let (per_write, window) = limits(cfg, identity);
+                    loop {
+                        if in_flight.len() >= window {
+                            drained = false;
+                            break 'fill;
+                        }
+                        let page = journal
+                            .outbox(&remote, name, state.sent_upto, per_write)
+                            .await?;
+                        let Some(last) = page.last() else { break };
+                        state.sent_upto = last.local_seq;
+                        let page: Vec<&StoredEntry> = page.iter().collect();
+                        in_flight.push_back(
+                            send_write(&mut conn, identity, name, &page, &mut next_id).await?,
+                        );
+                        sent_any = true;
+                    }
+                }
+                // Everything committed so far is sent; later appends arrive on `appended_rx`
+                // (subscribed before the first query, so nothing falls between).
+                db_mode = !drained;
+                if drained {
+                    handed_upto = handed_upto.max(appended);
                 }
             }
             if sent_any {
@@ -241,10 +324,11 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
                             )));
                         }
                         let placed = write.ids.into_iter().zip(sequence_numbers).collect();
-                        journal.acked(&remote, &write.log, placed).await?;
+                        journal.acked(&remote, &write.log, placed, write.entries).await?;
                         fill = true; // room in the pipeline again
                     }
                     RelayMsg::Changes { public_key, entries } => {
+
                         let Some(state) = logs.get_mut(&public_key) else {
                             return Err(Error::Protocol(format!("Changes for {public_key:?}, which this client never asked for")));
                         };

@@ -757,3 +757,51 @@ async fn wss_with_an_extra_ca_file() {
     };
     assert!(reason.to_lowercase().contains("certificate"), "{reason}");
 }
+
+#[tokio::test]
+async fn large_and_small_appends_interleaved_all_arrive_once() {
+    // Small appends travel the in-memory handoff, large ones the journal; mixed in the same
+    // commits, none may be skipped or sent twice.
+    let relay = TestRelay::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = identity();
+    let a = open(relay.addr, "acme", &id, &dir.path().join("a.db")).await;
+    let b = open(relay.addr, "acme", &id, &dir.path().join("b.db")).await;
+    let (big, small) = (a.clone(), a.clone());
+    let log = id.log().to_owned();
+    let log2 = log.clone();
+    let bulk = tokio::spawn(async move {
+        for i in 0..10 {
+            let events = (0..300)
+                .map(|n| NewEvent::new("Bulk", format!("{i}-{n}"), &n).expect("event"))
+                .collect();
+            big.append_many(&log, events).await.expect("append");
+        }
+    });
+    let single = tokio::spawn(async move {
+        for n in 0..300 {
+            small
+                .append_many(
+                    &log2,
+                    vec![NewEvent::new("One", format!("{n}"), &n).expect("event")],
+                )
+                .await
+                .expect("append");
+        }
+    });
+    bulk.await.expect("bulk");
+    single.await.expect("single");
+    flush(&a).await;
+    let got = take(&b, 3300).await;
+    assert_eq!(
+        got.iter().map(|d| d.sequence).collect::<Vec<_>>(),
+        (0..3300).collect::<Vec<_>>()
+    );
+    assert_exactly_once(&on_relay(&relay.url("acme"), id.log(), 3300).await);
+    let mine = take(&a, 3300).await;
+    assert_eq!(
+        mine.iter().map(|d| d.entry.id).collect::<Vec<_>>(),
+        got.iter().map(|d| d.entry.id).collect::<Vec<_>>(),
+        "the writer streams its own entries in the same order"
+    );
+}

@@ -9,6 +9,7 @@
 //! - [`tenant`]: the actor that owns a tenant's database, assigns sequences and group-commits.
 //! - [`store`]: the SQLite schema and queries (sqlx).
 //! - [`config`]: every setting, from defaults, TOML, `WHARF_*` and flags.
+//! - [`viewer`]: the browser viewer's files, built into the binary and served at `/viewer/`.
 //!
 //! The relay stores and forwards ciphertext; no key material ever reaches it.
 
@@ -18,6 +19,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod tenant;
+pub mod viewer;
 
 pub use config::{Config, Durability, TenantId};
 pub use server::{serve, Relay, ServeError};

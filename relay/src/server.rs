@@ -121,6 +121,9 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/t/{tenant}", get(connect))
+        .route("/viewer", get(crate::viewer::redirect))
+        .route("/viewer/", get(crate::viewer::index))
+        .route("/viewer/{*file}", get(crate::viewer::file))
         .with_state(state)
 }
 

@@ -1,6 +1,6 @@
 // Shared pieces of the compat suite: a real wharf-relay child process on 127.0.0.1:0, and
 // agents built exactly as an Effect v3 app builds them (EventLog + EventLogRemote.layerWebSocket).
-import { spawn } from "node:child_process"
+import { spawn, execFile } from "node:child_process"
 import { mkdtempSync, rmSync, existsSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, dirname } from "node:path"
@@ -19,23 +19,37 @@ function relayBinary() {
   return bin
 }
 
-/** Starts a relay on a free port with a fresh data directory. */
+/** Starts a relay on a free port with a fresh data directory. `restart()` stops it (SIGTERM) and
+ * starts it again on the same address with the same data. */
 export async function startRelay() {
   const data = mkdtempSync(join(tmpdir(), "wharf-compat-"))
-  const child = spawn(relayBinary(), ["serve", "--listen", "127.0.0.1:0", "--data", data], {
-    stdio: ["ignore", "pipe", "inherit"],
-    env: { ...process.env, WHARF_LOG: process.env.WHARF_LOG ?? "warn" }
-  })
-  const exited = new Promise((resolve) => child.once("exit", resolve))
-  const line = await new Promise((resolve, reject) => {
-    const rl = createInterface({ input: child.stdout })
-    rl.once("line", resolve)
-    child.once("exit", (code) => reject(new Error(`relay exited with ${code} before listening`)))
-  })
-  const addr = /http:\/\/(\S+)/.exec(line)?.[1]
-  if (!addr) throw new Error(`no address in ${JSON.stringify(line)}`)
+  let child, exited
+  const spawnRelay = async (listen) => {
+    child = spawn(relayBinary(), ["serve", "--listen", listen, "--data", data], {
+      stdio: ["ignore", "pipe", "inherit"],
+      env: { ...process.env, WHARF_LOG: process.env.WHARF_LOG ?? "warn" }
+    })
+    exited = new Promise((resolve) => child.once("exit", resolve))
+    const line = await new Promise((resolve, reject) => {
+      const rl = createInterface({ input: child.stdout })
+      rl.once("line", resolve)
+      child.once("exit", (code) => reject(new Error(`relay exited with ${code} before listening`)))
+    })
+    const addr = /http:\/\/(\S+)/.exec(line)?.[1]
+    if (!addr) throw new Error(`no address in ${JSON.stringify(line)}`)
+    return addr
+  }
+  const addr = await spawnRelay("127.0.0.1:0")
   return {
+    addr,
+    base: `ws://${addr}`,
+    http: `http://${addr}`,
     url: (tenant) => `ws://${addr}/t/${tenant}`,
+    async restart() {
+      child.kill("SIGTERM")
+      await exited
+      await spawnRelay(addr)
+    },
     async stop() {
       child.kill("SIGTERM")
       const code = await exited
@@ -43,6 +57,18 @@ export async function startRelay() {
       return code
     }
   }
+}
+
+const wharfBin = process.env.WHARF_BIN ?? join(here, "..", "..", "target", "debug", "wharf")
+
+/** Runs the `wharf` CLI; resolves with stdout, rejects with stderr on a non-zero exit. */
+export function wharf(args, { input } = {}) {
+  if (!existsSync(wharfBin)) throw new Error(`${wharfBin} is missing: run \`cargo build -p wharf-client\` first (scripts/test does)`)
+  return new Promise((resolve, reject) => {
+    const child = execFile(wharfBin, args, { maxBuffer: 64 << 20 }, (err, stdout, stderr) =>
+      err ? reject(new Error(`wharf ${args.join(" ")}: ${err.message}\n${stderr}`)) : resolve(stdout))
+    child.stdin.end(input ?? "")
+  })
 }
 
 export const Todos = EventGroup.empty.add({

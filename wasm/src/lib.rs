@@ -40,12 +40,28 @@ pub struct Opened {
 /// A relay message, reduced to what the viewer acts on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Hello { remote_id: String },
-    Rows { log: String, rows: Vec<Row> },
-    Head { log: String, next_sequence: u64 },
-    CaughtUp { log: String, next_sequence: u64 },
-    Pong { id: f64 },
-    Error { code: String, message: String },
+    Hello {
+        remote_id: String,
+    },
+    Rows {
+        log: String,
+        rows: Vec<Row>,
+    },
+    Head {
+        log: String,
+        next_sequence: u64,
+    },
+    CaughtUp {
+        log: String,
+        next_sequence: u64,
+    },
+    Pong {
+        id: f64,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
     /// A part of a chunked message; nothing to show yet.
     Partial,
     /// A message a reader does not expect (an Ack); ignored.
@@ -119,7 +135,7 @@ impl Reader {
                 message,
             },
             RelayMsg::Ack { .. } => Event::Other("Ack"),
-            RelayMsg::Hello { .. } | RelayMsg::Chunked(_) => Event::Other("unexpected"),
+            RelayMsg::Chunked(_) => Event::Other("ChunkedMessage inside a ChunkedMessage"),
         })
     }
 }
@@ -138,7 +154,9 @@ fn row(key: Option<&ReadKey>, e: &RemoteEntry) -> Row {
             .map(|entry| Opened {
                 payload: payload::to_json(&entry.payload)
                     .map(|v| v.to_string())
-                    .unwrap_or_else(|err| serde_json::json!({ "$error": err.to_string() }).to_string()),
+                    .unwrap_or_else(|err| {
+                        serde_json::json!({ "$error": err.to_string() }).to_string()
+                    }),
                 event: entry.event,
                 primary_key: entry.primary_key,
             }),
@@ -160,7 +178,14 @@ fn hex(b: &[u8]) -> String {
 fn uuid_string(b: &[u8]) -> String {
     let h = hex(b);
     if h.len() == 32 {
-        format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
     } else {
         h
     }
@@ -215,7 +240,10 @@ impl JsReader {
     #[wasm_bindgen(js_name = addGrant)]
     pub fn add_grant(&mut self, keys: &GrantKeys, grant: &str) -> Result<String, JsError> {
         let grant = Grant::parse(grant).map_err(|e| JsError::new(&e.to_string()))?;
-        let key = keys.inner.open(&grant).map_err(|e| JsError::new(&e.to_string()))?;
+        let key = keys
+            .inner
+            .open(&grant)
+            .map_err(|e| JsError::new(&e.to_string()))?;
         Ok(self.inner.add_key(key))
     }
 
@@ -273,7 +301,11 @@ impl JsReader {
 
     /// Logs this reader holds keys for.
     pub fn logs(&self) -> Array {
-        self.inner.keys.keys().map(|k| JsValue::from_str(k)).collect()
+        self.inner
+            .keys
+            .keys()
+            .map(|k| JsValue::from_str(k))
+            .collect()
     }
 }
 
@@ -358,12 +390,22 @@ mod tests {
     fn decrypts_granted_logs_and_locks_the_rest() {
         let owner = Identity::Native(wharf_protocol::NativeIdentity::from_root([5; 32]));
         let viewer = GrantKeyPair::from_secret_bytes([9; 32]);
-        let grant = Grant::seal(owner.read_key(), &viewer.public_key(), &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1)).expect("seal");
+        let grant = Grant::seal(
+            owner.read_key(),
+            &viewer.public_key(),
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1),
+        )
+        .expect("seal");
         let mut reader = Reader::default();
-        assert_eq!(reader.add_key(viewer.open(&grant).expect("open")), owner.log());
+        assert_eq!(
+            reader.add_key(viewer.open(&grant).expect("open")),
+            owner.log()
+        );
 
         let entry = Entry {
-            id: [0x01, 0x8b, 0xcf, 0xe5, 0x68, 0, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 7],
+            id: [
+                0x01, 0x8b, 0xcf, 0xe5, 0x68, 0, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 7,
+            ],
             event: "FactLearned".into(),
             primary_key: "sky".into(),
             payload: payload::from_json(&serde_json::json!({"text": "blue"})).expect("payload"),
@@ -379,20 +421,32 @@ mod tests {
             entry_id: Bytes::copy_from_slice(&entry.id),
             encrypted_entry: Bytes::from(sealed),
         };
-        let Event::Rows { rows, .. } = reader.handle(&changes(owner.log(), vec![remote.clone()]), 0).expect("rows") else {
+        let Event::Rows { rows, .. } = reader
+            .handle(&changes(owner.log(), vec![remote.clone()]), 0)
+            .expect("rows")
+        else {
             panic!("expected rows")
         };
         assert_eq!(rows[0].sequence, 3);
         assert_eq!(rows[0].time_ms, 1_700_000_000_000);
         let opened = rows[0].content.as_ref().expect("opened");
-        assert_eq!((opened.event.as_str(), opened.payload.as_str()), ("FactLearned", r#"{"text":"blue"}"#));
+        assert_eq!(
+            (opened.event.as_str(), opened.payload.as_str()),
+            ("FactLearned", r#"{"text":"blue"}"#)
+        );
 
         // Another log: no key, a locked row that still shows sequence, time and size.
-        let Event::Rows { rows, .. } = reader.handle(&changes("other", vec![remote]), 0).expect("rows") else {
+        let Event::Rows { rows, .. } = reader
+            .handle(&changes("other", vec![remote]), 0)
+            .expect("rows")
+        else {
             panic!("expected rows")
         };
         assert!(rows[0].content.is_err());
-        assert_eq!((rows[0].sequence, rows[0].size), (3, entry.encode().len() + 16));
+        assert_eq!(
+            (rows[0].sequence, rows[0].size),
+            (3, entry.encode().len() + 16)
+        );
         assert!(reader.handle(&[0xc1], 0).is_err());
     }
 }

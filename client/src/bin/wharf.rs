@@ -563,16 +563,13 @@ async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
     if out.json {
         println!(
             "{}",
-            json!({"log": log, "appended": appended, "acked": acked, "uploaded": pending})
+            json!({"log": log, "appended": appended, "acked": acked})
         );
+    } else if args.no_wait {
+        eprintln!("appended {appended}; not waiting for the upload (the next push sends it)");
     } else {
         eprintln!(
-            "appended {appended}; {} to {}",
-            if args.no_wait {
-                "not waiting for the upload".to_owned()
-            } else {
-                format!("{pending} acknowledged by the relay")
-            },
+            "appended {appended}; every entry is acknowledged by {}",
             args.relay.relay
         );
     }

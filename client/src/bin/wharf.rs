@@ -67,9 +67,13 @@ enum Command {
         /// The recipient's x25519 public key (base64url, as the viewer shows it, or hex).
         #[arg(long)]
         to: String,
-        /// Also print a viewer link carrying the grant in its #fragment.
+        /// Also print a viewer link carrying the grant in its #fragment, e.g.
+        /// http://127.0.0.1:8787/viewer.
         #[arg(long)]
         viewer: Option<String>,
+        /// The tenant the link opens (with --viewer).
+        #[arg(long, env = "WHARF_TENANT")]
+        tenant: Option<String>,
     },
 }
 
@@ -255,12 +259,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             identity,
             to,
             viewer,
+            tenant,
         } => {
             let identity = load_identity(&identity)?;
             let recipient = parse_public_key(&to)?;
             let grant =
                 Grant::seal(identity.read_key(), &recipient, &mut rand::rngs::OsRng)?.to_string();
-            let link = viewer.map(|v| format!("{}#grant={grant}", v.trim_end_matches('#')));
+            let link = viewer.map(|v| {
+                let mut fragment = url::form_urlencoded::Serializer::new(String::new());
+                if let Some(t) = &tenant {
+                    fragment.append_pair("tenant", t);
+                }
+                fragment.append_pair("grant", &grant);
+                format!("{}#{}", v.trim_end_matches('#'), fragment.finish())
+            });
             if out.json {
                 println!(
                     "{}",

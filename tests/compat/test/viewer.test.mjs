@@ -92,6 +92,10 @@ test("the viewer decrypts both suites live, shows locked rows, and reconnects by
   assert.deepEqual(JSON.parse(effectRows.find((r) => r.payload.includes("todo-3")).payload), { id: "todo-3", title: "Effect todo 3" })
   await page.waitForFunction(() => document.querySelector("#status").dataset.state === "live")
   assert.match(await page.locator("#status-text").textContent(), /Live/)
+  // Done with the Effect client: a v3 client whose relay restarts never comes back (wire spec §5.8),
+  // and disposing it then hangs.
+  await writer.dispose()
+  agents.splice(agents.indexOf(writer), 1)
   assert.ok(await page.locator(".tr.locked").count() >= 1, "the locked row is on screen")
 
   // New entries arrive live.

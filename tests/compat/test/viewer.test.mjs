@@ -29,7 +29,8 @@ const browser = await chromium.launch({
 const agents = []
 after(async () => {
   await browser.close()
-  await Promise.allSettled(agents.map((a) => a.dispose()))
+  // A v3 client that lost its relay can hang in dispose (wire spec §8): do not wait forever.
+  await Promise.race([Promise.allSettled(agents.map((a) => a.dispose())), new Promise((r) => setTimeout(r, 5000).unref())])
   await relay.stop()
   rmSync(dir, { recursive: true, force: true })
 })

@@ -570,9 +570,8 @@ function wire() {
   $("rows").addEventListener("click", (e) => { const tr = e.target.closest(".tr"); if (tr) showDetail(tr.dataset.key) })
   $("detail-close").addEventListener("click", () => { $("detail").hidden = true; state.selected = null; state.dirty = true })
   $("theme").addEventListener("click", () => {
-    const dark = document.documentElement.dataset.theme
-      ? document.documentElement.dataset.theme === "dark"
-      : matchMedia("(prefers-color-scheme: dark)").matches
+    const dark = getComputedStyle(document.documentElement).colorScheme === "dark" ||
+      (!document.documentElement.dataset.theme && matchMedia("(prefers-color-scheme: dark)").matches)
     document.documentElement.dataset.theme = dark ? "light" : "dark"
     store.set("wharf.viewer.theme", document.documentElement.dataset.theme)
   })

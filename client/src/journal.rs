@@ -25,8 +25,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use std::sync::Arc;
@@ -687,19 +687,7 @@ async fn commit_group(
             Command::Append { log, entries, .. } => {
                 let mut local_seqs = Vec::with_capacity(entries.len());
                 for chunk in entries.chunks(ROWS_PER_STATEMENT) {
-                    let mut q = QueryBuilder::<Sqlite>::new(
-                        "INSERT INTO entries (log, entry_id, event, primary_key, payload, own) ",
-                    );
-                    q.push_values(chunk, |mut b, e| {
-                        b.push_bind(log)
-                            .push_bind(e.id.as_slice())
-                            .push_bind(&e.event)
-                            .push_bind(&e.primary_key)
-                            .push_bind(&e.payload)
-                            .push_bind(true);
-                    });
-                    q.push(" ON CONFLICT (log, entry_id) DO NOTHING");
-                    let r = q.build().execute(&mut *tx).await?;
+                    let r = insert_entries(&mut tx, log, chunk.iter(), true).await?;
                     if r.rows_affected() > 0 {
                         outcome.appended = outcome.appended.max(r.last_insert_rowid());
                     }
@@ -765,27 +753,15 @@ async fn commit_group(
                 log,
                 entries,
             } => {
-                let opened: Vec<(&Received, &Entry)> = entries
+                let opened: Vec<&Entry> = entries
                     .iter()
-                    .filter_map(|r| r.content.as_ref().ok().map(|e| (r, e)))
+                    .filter_map(|r| r.content.as_ref().ok())
                     .collect();
                 for chunk in opened.chunks(ROWS_PER_STATEMENT) {
-                    let mut q = QueryBuilder::<Sqlite>::new(
-                        "INSERT INTO entries (log, entry_id, event, primary_key, payload, own) ",
-                    );
-                    q.push_values(chunk, |mut b, (_, e)| {
-                        b.push_bind(log)
-                            .push_bind(e.id.as_slice())
-                            .push_bind(&e.event)
-                            .push_bind(&e.primary_key)
-                            .push_bind(&e.payload)
-                            .push_bind(false);
-                    });
-                    q.push(" ON CONFLICT (log, entry_id) DO NOTHING");
-                    let r = q.build().execute(&mut *tx).await?;
+                    let r = insert_entries(&mut tx, log, chunk.iter().copied(), false).await?;
                     if r.rows_affected() == chunk.len() as u64 {
                         // All new here, so none of them is our own.
-                        for (_, e) in chunk {
+                        for e in chunk {
                             known.insert((log.as_str(), e.id), (e, false));
                         }
                     }
@@ -853,6 +829,28 @@ async fn commit_group(
     }
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// One multi-row `INSERT` of entries into `log`; an entry already there is left as it is.
+async fn insert_entries<'e>(
+    conn: &mut SqliteConnection,
+    log: &str,
+    entries: impl Iterator<Item = &'e Entry>,
+    own: bool,
+) -> Result<SqliteQueryResult, sqlx::Error> {
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO entries (log, entry_id, event, primary_key, payload, own) ",
+    );
+    q.push_values(entries, |mut b, e| {
+        b.push_bind(log)
+            .push_bind(e.id.as_slice())
+            .push_bind(&e.event)
+            .push_bind(&e.primary_key)
+            .push_bind(&e.payload)
+            .push_bind(own);
+    });
+    q.push(" ON CONFLICT (log, entry_id) DO NOTHING");
+    q.build().execute(&mut *conn).await
 }
 
 fn note(touched: &mut Vec<(RemoteId, String)>, remote: &RemoteId, log: &str) {

@@ -212,8 +212,7 @@ function onFrame(bytes) {
   }
   switch (msg.type) {
     case "Hello": {
-      if (state.remoteId !== null && msg.remoteId !== state.remoteId) resetRows() // another relay's data
-      if (state.lastRemote && state.lastRemote !== msg.remoteId) resetRows()
+      if (state.lastRemote && state.lastRemote !== msg.remoteId) resetRows() // another relay's data
       state.remoteId = msg.remoteId
       state.lastRemote = msg.remoteId
       conn.attempt = 0

@@ -428,11 +428,6 @@ impl Client {
         }
         self.inner.journal.barrier().await
     }
-
-    /// Current journal progress (for benchmarks and tests).
-    pub fn progress(&self) -> Progress {
-        *self.inner.journal.progress().borrow()
-    }
 }
 
 /// An entry in delivery order.

@@ -186,7 +186,7 @@ impl Connection {
                 }
                 other => Err(Error::Protocol(format!(
                     "expected Hello first, got {}",
-                    tag(&other)
+                    other.tag()
                 ))),
             }
         };
@@ -306,19 +306,6 @@ impl Connection {
     /// Closes politely (1000 from a client means "done").
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
-    }
-}
-
-pub(crate) fn tag(msg: &RelayMsg) -> &'static str {
-    match msg {
-        RelayMsg::Hello { .. } => "Hello",
-        RelayMsg::Ack { .. } => "Ack",
-        RelayMsg::Changes { .. } => "Changes",
-        RelayMsg::Chunked(_) => "ChunkedMessage",
-        RelayMsg::Pong { .. } => "Pong",
-        RelayMsg::Error { .. } => "Error",
-        RelayMsg::CaughtUp { .. } => "CaughtUp",
-        RelayMsg::Head { .. } => "Head",
     }
 }
 

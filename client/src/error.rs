@@ -39,6 +39,19 @@ pub enum Error {
     Timeout(String),
 }
 
+impl Error {
+    /// Whether reconnecting can help: the network or the relay went away or is restarting.
+    /// `false` when the relay refused this client (bad input, a limit) or something failed here.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect(_) | Error::Disconnected(_) | Error::Timeout(_) => true,
+            Error::RelayClosed { code, .. } => !matches!(code, 1002 | 1003 | 1008 | 1009),
+            Error::Relay { code, .. } => matches!(code.as_str(), "shutting_down" | "internal"),
+            _ => false,
+        }
+    }
+}
+
 impl From<DecodeError> for Error {
     fn from(e: DecodeError) -> Self {
         Error::Protocol(e.to_string())

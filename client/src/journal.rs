@@ -121,8 +121,6 @@ pub struct Progress {
     pub appended: i64,
     /// Highest `applied.idx` committed.
     pub applied: i64,
-    /// Bumped after every commit that recorded acks.
-    pub acks: u64,
 }
 
 /// A batch of entries one `append` committed, with their local sequence numbers. A batch too
@@ -198,7 +196,6 @@ impl Journal {
             applied: sqlx::query_scalar("SELECT COALESCE(MAX(idx), 0) FROM applied")
                 .fetch_one(&mut *conn)
                 .await?,
-            acks: 0,
         };
         drop(conn);
         let readers = SqlitePoolOptions::new()
@@ -607,22 +604,23 @@ async fn run_writer(
                     .await?;
                 full = needs_full;
             }
-            commit_group(&mut conn, &mut cursors, &mut group).await
+            // Copies for the in-memory handoff are made only when someone is listening.
+            let listeners = Listeners {
+                appended: out.appended.receiver_count() > 0,
+                applied: out.applied.receiver_count() > 0,
+            };
+            commit_group(&mut conn, &mut cursors, listeners, &mut group).await
         }
         .await;
         match result {
             Ok(mut outcome) => {
                 // In-memory handoffs go out before progress moves, so a reader woken by the
                 // progress change finds them.
-                if out.appended.receiver_count() > 0 {
-                    for batch in outcome.appended_batches.drain(..) {
-                        let _ = out.appended.send(Arc::new(batch));
-                    }
+                for batch in outcome.appended_batches.drain(..) {
+                    let _ = out.appended.send(Arc::new(batch));
                 }
                 if let Some(delivered) = outcome.delivered.take().filter(|d| !d.is_empty()) {
-                    if out.applied.receiver_count() > 0 {
-                        let _ = out.applied.send(Arc::new(delivered));
-                    }
+                    let _ = out.applied.send(Arc::new(delivered));
                 }
                 for cmd in group.drain(..) {
                     match cmd {
@@ -635,12 +633,10 @@ async fn run_writer(
                         Command::Acked { .. } | Command::Received { .. } => {}
                     }
                 }
+                // Wakes every waiter after every commit (flush re-checks the outbox then).
                 progress.send_modify(|p| {
                     p.appended = p.appended.max(outcome.appended);
                     p.applied = p.applied.max(outcome.applied);
-                    if outcome.acked {
-                        p.acks += 1;
-                    }
                 });
             }
             Err(e) => {
@@ -664,15 +660,22 @@ async fn run_writer(
 struct Outcome {
     appended: i64,
     applied: i64,
-    acked: bool,
     appended_batches: Vec<Appended>,
     /// Newly applied entries in delivery order, when the writer knows all their contents.
     delivered: Option<Vec<AppliedEntry>>,
 }
 
+/// Which in-memory handoffs have a receiver.
+#[derive(Clone, Copy)]
+struct Listeners {
+    appended: bool,
+    applied: bool,
+}
+
 async fn commit_group(
     conn: &mut SqliteConnection,
     cursors: &mut CursorCache,
+    listeners: Listeners,
     group: &mut [Command],
 ) -> Result<Outcome, Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -681,7 +684,7 @@ async fn commit_group(
     let mut touched: Vec<(RemoteId, String)> = Vec::new();
     // Contents of entries this group may apply, for the in-memory handoff to streams.
     let mut known: HashMap<(&str, [u8; 16]), (&Entry, bool)> = HashMap::new();
-    let mut handoff = true;
+    let mut handoff = listeners.applied;
     for cmd in group.iter() {
         match cmd {
             Command::Append { log, entries, .. } => {
@@ -697,7 +700,9 @@ async fn commit_group(
                         local_seqs.extend(first..=r.last_insert_rowid());
                     }
                 }
-                if local_seqs.len() != entries.len() || entries.len() > HANDOFF_MAX {
+                if !listeners.appended {
+                    // Nobody to hand over to.
+                } else if local_seqs.len() != entries.len() || entries.len() > HANDOFF_MAX {
                     outcome.appended_batches.push(Appended {
                         log: log.clone(),
                         entries: Vec::new(),
@@ -726,7 +731,9 @@ async fn commit_group(
                 placed,
                 entries,
             } => {
-                if entries.len() == placed.len() {
+                if !handoff {
+                    // Not collecting contents.
+                } else if entries.len() == placed.len() {
                     for (e, own) in entries {
                         known.insert((log.as_str(), e.id), (e, *own));
                     }
@@ -745,7 +752,6 @@ async fn commit_group(
                     });
                     q.build().execute(&mut *tx).await?;
                 }
-                outcome.acked = true;
                 note(&mut touched, remote, log);
             }
             Command::Received {
@@ -759,7 +765,7 @@ async fn commit_group(
                     .collect();
                 for chunk in opened.chunks(ROWS_PER_STATEMENT) {
                     let r = insert_entries(&mut tx, log, chunk.iter().copied(), false).await?;
-                    if r.rows_affected() == chunk.len() as u64 {
+                    if handoff && r.rows_affected() == chunk.len() as u64 {
                         // All new here, so none of them is our own.
                         for e in chunk {
                             known.insert((log.as_str(), e.id), (e, false));
@@ -955,16 +961,4 @@ async fn advance(
     }
     cursors.insert(key, next);
     Ok(applied)
-}
-
-/// Per-log counts of a journal, for status output.
-pub async fn all_logs(journal: &Journal) -> Result<HashMap<String, LogStats>, Error> {
-    let logs: Vec<String> = sqlx::query_scalar("SELECT DISTINCT log FROM entries")
-        .fetch_all(&journal.readers)
-        .await?;
-    let mut out = HashMap::new();
-    for log in logs {
-        out.insert(log.clone(), journal.stats(&log).await?);
-    }
-    Ok(out)
 }

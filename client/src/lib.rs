@@ -57,4 +57,5 @@ pub use client::{
 pub use connection::{ConnectOptions, Connection, TokenPlacement};
 pub use error::Error;
 pub use journal::Journal;
+pub use sync::backoff;
 pub use wharf_protocol::{EffectIdentity, Entry, Grant, GrantKeyPair, Identity, ReadKey, Suite};

@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::journal::{Received, StoredEntry, Undecryptable};
 
 /// Full-jitter exponential backoff: a uniform delay in `[0, min(max, base·2^attempt)]`.
-pub(crate) fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     let ceiling = base
         .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
         .min(max);
@@ -59,17 +59,8 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             shared.config.backoff_max,
             attempt,
         );
-        let refused = matches!(
-            error,
-            Error::Relay { .. }
-                | Error::RelayClosed {
-                    code: 1002 | 1003 | 1008 | 1009,
-                    ..
-                }
-                | Error::Protocol(_)
-        );
         tracing::warn!(error = %error, retry_in = ?delay, "relay connection lost");
-        shared.set_status(if refused {
+        shared.set_status(if !error.is_transient() {
             Status::Error {
                 message: error.to_string(),
                 retry_in: Some(delay),
@@ -158,7 +149,7 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
     let mut conn = Connection::open(&cfg.connect).await?;
     let remote = conn.remote_id().to_vec();
     shared.remote.send_replace(Some(remote.clone()));
-    tracing::info!(remote_id = %hex(&remote), "connected");
+    tracing::info!(remote_id = %hex::encode(&remote), "connected");
 
     let mut logs: HashMap<String, LogState> = HashMap::new();
     for (name, key) in &shared.logs {
@@ -412,10 +403,6 @@ fn report_progress(shared: &Shared, logs: &HashMap<String, LogState>) {
         .map(|s| s.head.map_or(0, |h| h.saturating_sub(s.cursor)))
         .sum();
     shared.set_status(Status::CatchingUp { behind });
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

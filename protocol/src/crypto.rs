@@ -64,6 +64,8 @@ pub enum CryptoError {
     GrantNotForUs,
     #[error("not an x25519 public key: {0}")]
     PublicKey(String),
+    #[error("encryption failed (an input of gigabytes?)")]
+    Seal,
 }
 
 /// Which cipher protects an entry.
@@ -230,7 +232,7 @@ impl ReadKey {
                 .encrypt(aes_gcm::Nonce::from_slice(iv), plaintext),
         };
         // Both AEADs fail only for inputs of gigabytes, far beyond any frame limit.
-        sealed.map_err(|_| CryptoError::Decrypt(self.log.clone()))
+        sealed.map_err(|_| CryptoError::Seal)
     }
 }
 
@@ -327,23 +329,27 @@ impl GrantKeyPair {
     }
 }
 
-/// Parses an x25519 public key in the form [`GrantKeyPair::public_key_string`] prints (hex is
-/// accepted too).
-pub fn parse_public_key(s: &str) -> Result<[u8; 32], CryptoError> {
+/// Reads 32 bytes written as hex (64 digits), base64 or base64url (padded or not): how people
+/// paste keys.
+pub fn parse_key_bytes(s: &str) -> Result<[u8; 32], String> {
     let s = s.trim();
     let bytes = if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        (0..32)
-            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|e| CryptoError::PublicKey(e.to_string()))?
+        hex::decode(s).map_err(|e| e.to_string())?
     } else {
-        URL_SAFE_NO_PAD
-            .decode(s.trim_end_matches('='))
-            .map_err(|e| CryptoError::PublicKey(e.to_string()))?
+        STANDARD
+            .decode(s)
+            .or_else(|_| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')))
+            .map_err(|_| "neither hex nor base64".to_owned())?
     };
     bytes
         .try_into()
-        .map_err(|b: Vec<u8>| CryptoError::PublicKey(format!("{} bytes, expected 32", b.len())))
+        .map_err(|b: Vec<u8>| format!("{} bytes, expected 32", b.len()))
+}
+
+/// Parses an x25519 public key in the form [`GrantKeyPair::public_key_string`] prints (hex and
+/// padded base64 are accepted too).
+pub fn parse_public_key(s: &str) -> Result<[u8; 32], CryptoError> {
+    parse_key_bytes(s).map_err(CryptoError::PublicKey)
 }
 
 /// A read key sealed to one recipient's x25519 public key: an ephemeral x25519 key, HKDF-SHA256
@@ -381,7 +387,7 @@ impl Grant {
                     aad: GRANT_INFO,
                 },
             )
-            .map_err(|_| CryptoError::Grant("sealing failed".into()))?;
+            .map_err(|_| CryptoError::Seal)?;
         Ok(Grant {
             ephemeral,
             nonce,
@@ -571,7 +577,7 @@ impl NativeIdentity {
         expand(hk(), b"entry-key", &mut key);
         let mut x = Zeroizing::new([0u8; 32]);
         expand(hk(), b"x25519", x.as_mut_slice());
-        let log: String = name.iter().map(|b| format!("{b:02x}")).collect();
+        let log = hex::encode(name);
         NativeIdentity {
             root,
             read: ReadKey::new(log, EntryKey::from_bytes(key)),
@@ -619,11 +625,10 @@ impl EffectIdentity {
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
         let mut u = [0u8; 16];
         rng.fill_bytes(&mut u);
-        u[6] = (u[6] & 0x0f) | 0x40;
-        u[8] = (u[8] & 0x3f) | 0x80;
         let mut key = [0u8; 32];
         rng.fill_bytes(&mut key);
-        Self::new(format_uuid(&u), key)
+        let public_key = uuid::Builder::from_random_bytes(u).into_uuid().to_string();
+        Self::new(public_key, key)
     }
 
     /// Reads Effect's `Identity.encodeString`: base64url of
@@ -666,16 +671,4 @@ impl EffectIdentity {
     pub fn read_key(&self) -> &ReadKey {
         &self.read
     }
-}
-
-fn format_uuid(u: &[u8; 16]) -> String {
-    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
 }

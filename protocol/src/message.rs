@@ -300,6 +300,20 @@ impl RelayMsg {
         b
     }
 
+    /// The message's `_tag` on the wire.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            RelayMsg::Hello { .. } => "Hello",
+            RelayMsg::Ack { .. } => "Ack",
+            RelayMsg::Changes { .. } => "Changes",
+            RelayMsg::Chunked(_) => "ChunkedMessage",
+            RelayMsg::Pong { .. } => "Pong",
+            RelayMsg::Error { .. } => "Error",
+            RelayMsg::CaughtUp { .. } => "CaughtUp",
+            RelayMsg::Head { .. } => "Head",
+        }
+    }
+
     /// Whether this message exists only in the `wharf.v1` extension (a plain v3 client must
     /// never receive it).
     pub fn is_extension(&self) -> bool {

@@ -341,34 +341,27 @@ pub fn close_code(c: CloseCode) -> u16 {
     u16::from(c)
 }
 
-/// The `wharf-relay` binary built next to the test executable.
+/// The `wharf-relay` binary built next to the test executable (or `$RELAY_BIN`).
 pub fn relay_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("RELAY_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/wharf-relay
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("wharf-relay{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p wharf-relay` first (scripts/test does)",
-        bin.display()
-    );
-    bin
+    built_binary("wharf-relay", "RELAY_BIN", "wharf-relay")
 }
 
-/// The `wharf` CLI binary built next to the test executable.
+/// The `wharf` CLI binary built next to the test executable (or `$WHARF_BIN`).
 pub fn wharf_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("WHARF_BIN") {
+    built_binary("wharf", "WHARF_BIN", "wharf-client")
+}
+
+fn built_binary(name: &str, env: &str, package: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("wharf{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build -p wharf-client` first (scripts/test does)",
+        "{} is missing: run `cargo build -p {package}` first (scripts/test does)",
         bin.display()
     );
     bin

@@ -37,6 +37,14 @@ async fn open(addr: SocketAddr, tenant: &str, id: &Identity, journal: &Path) -> 
         .expect("open client")
 }
 
+/// Settings for a relay whose data outlives it (restarted or wiped by the test).
+fn relay_config(dir: &Path) -> Config {
+    Config {
+        data: dir.join("relay"),
+        ..Config::default()
+    }
+}
+
 async fn take(client: &Client, n: usize) -> Vec<Delivered> {
     let mut stream = client.entries();
     let mut out = Vec::with_capacity(n);
@@ -259,10 +267,7 @@ async fn appends_while_the_relay_is_down_are_delivered_once_it_is_up() {
         .expect("append offline");
     }
     assert_eq!(a.pending().await.expect("pending"), 20);
-    let config = Config {
-        data: dir.path().join("relay"),
-        ..Config::default()
-    };
+    let config = relay_config(dir.path());
     let relay = TestRelay::start_at(config, addr).await;
     flush(&a).await;
     wait_status(&a, "live", |s| *s == Status::Live).await;
@@ -279,10 +284,7 @@ async fn appends_while_the_relay_is_down_are_delivered_once_it_is_up() {
 #[tokio::test]
 async fn a_relay_restarted_mid_stream_is_rejoined_without_a_gap() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config {
-        data: dir.path().join("relay"),
-        ..Config::default()
-    };
+    let config = relay_config(dir.path());
     let relay = TestRelay::start_config(config.clone()).await;
     let addr = relay.addr;
     let id = identity();
@@ -337,10 +339,7 @@ async fn a_relay_restarted_mid_stream_is_rejoined_without_a_gap() {
 #[tokio::test]
 async fn a_wiped_relay_is_refilled_by_its_clients() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config {
-        data: dir.path().join("relay"),
-        ..Config::default()
-    };
+    let config = relay_config(dir.path());
     let relay = TestRelay::start_config(config.clone()).await;
     let addr = relay.addr;
     let id = identity();

@@ -120,14 +120,6 @@ export class Reader {
         }
         return takeFromExternrefTable0(ret[0]);
     }
-    /**
-     * Logs this reader holds keys for.
-     * @returns {Array<any>}
-     */
-    logs() {
-        const ret = wasm.reader_logs(this.__wbg_ptr);
-        return ret;
-    }
     constructor() {
         const ret = wasm.reader_new();
         this.__wbg_ptr = ret;
@@ -172,18 +164,6 @@ export function encodeStopChanges(public_key) {
     const ret = wasm.encodeStopChanges(ptr0, len0);
     return ret;
 }
-
-/**
- * Checks an x25519 public key in the form people paste.
- * @param {string} s
- * @returns {boolean}
- */
-export function isPublicKey(s) {
-    const ptr0 = passStringToWasm0(s, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
-    const len0 = WASM_VECTOR_LEN;
-    const ret = wasm.isPublicKey(ptr0, len0);
-    return ret !== 0;
-}
 function __wbg_get_imports() {
     const import0 = {
         __proto__: null,
@@ -193,10 +173,6 @@ function __wbg_get_imports() {
         },
         __wbg___wbindgen_throw_4c88d8bf264fd984: function(arg0, arg1) {
             throw new Error(getStringFromWasm0(arg0, arg1));
-        },
-        __wbg_new_37eb45aaf5eeb820: function() {
-            const ret = new Array();
-            return ret;
         },
         __wbg_new_cd4348290afae586: function() {
             const ret = new Object();
@@ -208,10 +184,6 @@ function __wbg_get_imports() {
         },
         __wbg_new_with_length_a3dc62dea6e2e158: function(arg0) {
             const ret = new Array(arg0 >>> 0);
-            return ret;
-        },
-        __wbg_push_c9f4893fc209f768: function(arg0, arg1) {
-            const ret = arg0.push(arg1);
             return ret;
         },
         __wbg_set_2793479888329cb6: function() { return handleError(function (arg0, arg1, arg2) {

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use js_sys::{Array, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
-use wharf_protocol::crypto::parse_public_key;
 use wharf_protocol::{
     payload, ClientMsg, Grant, GrantKeyPair, JsNumber, ReadKey, Reassembler, ReassemblerLimits,
     RelayMsg, RemoteEntry,
@@ -102,7 +101,7 @@ impl Reader {
         };
         Ok(match msg {
             RelayMsg::Hello { remote_id } => Event::Hello {
-                remote_id: hex(&remote_id),
+                remote_id: hex::encode(&remote_id),
             },
             RelayMsg::Changes {
                 public_key,
@@ -164,30 +163,13 @@ fn row(key: Option<&ReadKey>, e: &RemoteEntry) -> Row {
     Row {
         sequence: e.sequence,
         time_ms: wharf_protocol::entry::timestamp_ms(&e.entry_id),
-        entry_id: uuid_string(&e.entry_id),
+        // A v3 entry id is 16 bytes; anything else is shown as hex.
+        entry_id: uuid::Uuid::from_slice(&e.entry_id)
+            .map(|u| u.to_string())
+            .unwrap_or_else(|_| hex::encode(&e.entry_id)),
         size: e.encrypted_entry.len(),
         suite,
         content,
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn uuid_string(b: &[u8]) -> String {
-    let h = hex(b);
-    if h.len() == 32 {
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
-    } else {
-        h
     }
 }
 
@@ -298,15 +280,6 @@ impl JsReader {
         }
         Ok(o)
     }
-
-    /// Logs this reader holds keys for.
-    pub fn logs(&self) -> Array {
-        self.inner
-            .keys
-            .keys()
-            .map(|k| JsValue::from_str(k))
-            .collect()
-    }
 }
 
 /// `RequestChanges{publicKey, startSequence}`.
@@ -365,12 +338,6 @@ impl GrantKeys {
     pub fn secret(&self) -> Uint8Array {
         Uint8Array::from(self.inner.secret_bytes().as_slice())
     }
-}
-
-/// Checks an x25519 public key in the form people paste.
-#[wasm_bindgen(js_name = isPublicKey)]
-pub fn is_public_key(s: &str) -> bool {
-    parse_public_key(s).is_ok()
 }
 
 #[cfg(test)]

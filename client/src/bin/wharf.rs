@@ -52,14 +52,7 @@ enum Command {
     /// Print a log's entries, decrypted, as they are on the relay.
     Tail(TailArgs),
     /// The journal's counts and the relay's view of each log.
-    Status {
-        #[command(flatten)]
-        relay: RelayArgs,
-        #[command(flatten)]
-        identity: IdentityArgs,
-        #[command(flatten)]
-        journal: JournalArgs,
-    },
+    Status(LogArgs),
     /// Seal this identity's read key to a viewer's x25519 public key.
     Grant {
         #[command(flatten)]
@@ -134,14 +127,21 @@ struct JournalArgs {
     journal: Option<PathBuf>,
 }
 
+/// A log synced through a local journal: where, whose, and which journal.
 #[derive(Args, Debug)]
-struct PushArgs {
+struct LogArgs {
     #[command(flatten)]
     relay: RelayArgs,
     #[command(flatten)]
     identity: IdentityArgs,
     #[command(flatten)]
     journal: JournalArgs,
+}
+
+#[derive(Args, Debug)]
+struct PushArgs {
+    #[command(flatten)]
+    log: LogArgs,
     /// Event name (without it, NDJSON lines {"event", "primaryKey", "payload"} are read from stdin).
     #[arg(long)]
     event: Option<String>,
@@ -250,11 +250,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Push(args) => return push(&out, args).await,
         Command::Tail(args) => return tail(&out, args).await,
-        Command::Status {
-            relay,
-            identity,
-            journal,
-        } => return status(&out, &relay, &identity, &journal).await,
+        Command::Status(log) => return status(&out, &log).await,
         Command::Grant {
             identity,
             to,
@@ -327,23 +323,7 @@ impl Output {
 }
 
 fn parse_key(s: &str) -> Result<[u8; 32]> {
-    use base64::Engine as _;
-    let s = s.trim();
-    let bytes = if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        (0..32)
-            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()?
-    } else {
-        base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .or_else(|_| {
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('='))
-            })
-            .context("--key is neither hex nor base64")?
-    };
-    bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| anyhow!("--key is {} bytes; Effect's default key is 32", b.len()))
+    wharf_protocol::crypto::parse_key_bytes(s).map_err(|why| anyhow!("--key: {why}"))
 }
 
 fn emit_identity(
@@ -419,8 +399,9 @@ fn connect_options(relay: &RelayArgs) -> ConnectOptions {
     o
 }
 
-fn journal_path(args: &JournalArgs, relay: &RelayArgs, identity: &Identity) -> Result<PathBuf> {
-    if let Some(p) = &args.journal {
+fn journal_path(args: &LogArgs, identity: &Identity) -> Result<PathBuf> {
+    let relay = &args.relay;
+    if let Some(p) = &args.journal.journal {
         return Ok(p.clone());
     }
     let base = std::env::var_os("XDG_DATA_HOME")
@@ -460,13 +441,13 @@ fn progress_bar(len: u64, what: &str) -> ProgressBar {
 }
 
 async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
-    let identity = load_identity(&args.identity)?;
+    let identity = load_identity(&args.log.identity)?;
     let log = identity.log().to_owned();
-    let journal = journal_path(&args.journal, &args.relay, &identity)?;
-    let mut builder = Client::builder(&args.relay.relay, &args.relay.tenant)
+    let journal = journal_path(&args.log, &identity)?;
+    let mut builder = Client::builder(&args.log.relay.relay, &args.log.relay.tenant)
         .identity(identity)
         .journal(&journal);
-    let connect = connect_options(&args.relay);
+    let connect = connect_options(&args.log.relay);
     builder = builder.configure(|c| c.connect = connect);
     let client = builder
         .open()
@@ -537,7 +518,8 @@ async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
             loop {
                 tokio::select! {
                     r = &mut flush => return r,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    // Counting what is left costs a query: only for a bar someone sees.
+                    _ = tokio::time::sleep(Duration::from_millis(200)), if !bar.is_hidden() => {
                         if let Ok(left) = client.pending().await {
                             bar.set_position(pending.saturating_sub(left));
                         }
@@ -582,7 +564,7 @@ async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
     } else {
         eprintln!(
             "appended {appended}; every entry is acknowledged by {}",
-            args.relay.relay
+            args.log.relay.relay
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -662,7 +644,11 @@ async fn tail(out: &Output, args: TailArgs) -> Result<ExitCode> {
             Ok(()) => return Ok(ExitCode::SUCCESS),
             Err(e) if args.follow && is_transient(&e) => {
                 attempt += 1;
-                let delay = Duration::from_millis((100u64 << attempt.min(6)).min(5000));
+                let delay = wharf_client::backoff(
+                    Duration::from_millis(100),
+                    Duration::from_secs(5),
+                    attempt,
+                );
                 eprintln!("connection lost ({e:#}); reconnecting in {delay:?}");
                 tokio::time::sleep(delay).await;
             }
@@ -672,19 +658,8 @@ async fn tail(out: &Output, args: TailArgs) -> Result<ExitCode> {
 }
 
 fn is_transient(e: &anyhow::Error) -> bool {
-    matches!(
-        e.downcast_ref::<wharf_client::Error>(),
-        Some(
-            wharf_client::Error::Connect(_)
-                | wharf_client::Error::Disconnected(_)
-                | wharf_client::Error::Timeout(_)
-                | wharf_client::Error::RelayClosed {
-                    code: 1001 | 1006 | 1011 | 1012 | 1013,
-                    ..
-                }
-                | wharf_client::Error::Relay { .. }
-        )
-    )
+    e.downcast_ref::<wharf_client::Error>()
+        .is_some_and(wharf_client::Error::is_transient)
 }
 
 async fn tail_once(
@@ -775,15 +750,11 @@ async fn tail_once(
     }
 }
 
-async fn status(
-    out: &Output,
-    relay: &RelayArgs,
-    identity: &IdentityArgs,
-    journal: &JournalArgs,
-) -> Result<ExitCode> {
-    let identity = load_identity(identity)?;
+async fn status(out: &Output, args: &LogArgs) -> Result<ExitCode> {
+    let relay = &args.relay;
+    let identity = load_identity(&args.identity)?;
     let log = identity.log().to_owned();
-    let path = journal_path(journal, relay, &identity)?;
+    let path = journal_path(args, &identity)?;
     let local = if path.exists() {
         let j = wharf_client::Journal::open(&path).await?;
         let stats = j.stats(&log).await?;

@@ -104,8 +104,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
 
+    // `flush` means "my entries are on the relay"; the other agent's arrive through the stream.
+    // Both agents have the whole memory once each has applied all four entries.
     for agent in [&researcher, &planner] {
         tokio::time::timeout(Duration::from_secs(10), agent.flush()).await??;
+        let mut applied = agent.entries();
+        for _ in 0..4 {
+            tokio::time::timeout(Duration::from_secs(10), applied.next()).await??;
+        }
     }
     tokio::time::timeout(Duration::from_secs(10), following).await???;
     assert_eq!(*planner.status().borrow(), Status::Live);

@@ -59,7 +59,8 @@ export async function startRelay() {
   }
 }
 
-const wharfBin = process.env.WHARF_BIN ?? join(here, "..", "..", "target", "debug", "wharf")
+/** The `wharf` CLI that `scripts/test` builds (or `$WHARF_BIN`). */
+export const wharfBin = process.env.WHARF_BIN ?? join(here, "..", "..", "target", "debug", "wharf")
 
 /** Runs the `wharf` CLI; resolves with stdout, rejects with stderr on a non-zero exit. */
 export function wharf(args, { input } = {}) {
@@ -67,6 +68,9 @@ export function wharf(args, { input } = {}) {
   return new Promise((resolve, reject) => {
     const child = execFile(wharfBin, args, { maxBuffer: 64 << 20 }, (err, stdout, stderr) =>
       err ? reject(new Error(`wharf ${args.join(" ")}: ${err.message}\n${stderr}`)) : resolve(stdout))
+    // Commands that never read stdin may exit before the write lands: EPIPE then is expected,
+    // and the exit status (above) is what tells success from failure.
+    child.stdin.on("error", () => {})
     child.stdin.end(input ?? "")
   })
 }

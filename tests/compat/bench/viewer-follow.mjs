@@ -7,16 +7,13 @@
 import { spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, dirname } from "node:path"
-import { fileURLToPath } from "node:url"
+import { join } from "node:path"
 import { parseArgs } from "node:util"
 import { chromium } from "playwright-core"
-import { startRelay, wharf } from "../harness.mjs"
+import { startRelay, wharf, wharfBin } from "../harness.mjs"
 
 const { values } = parseArgs({ options: { rate: { type: "string", default: "1000" }, seconds: { type: "string", default: "20" }, window: { type: "string", default: "2000" } } })
 const rate = Number(values.rate), seconds = Number(values.seconds), windowRows = Number(values.window)
-const here = dirname(fileURLToPath(import.meta.url))
-const wharfBin = process.env.WHARF_BIN ?? join(here, "..", "..", "..", "target", "debug", "wharf")
 const dir = mkdtempSync(join(tmpdir(), "wharf-viewer-bench-"))
 const relay = await startRelay()
 const tenant = "bench"

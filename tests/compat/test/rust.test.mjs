@@ -2,18 +2,14 @@
 // directions, with an Effect identity (AES-256-GCM).
 import { test, after } from "node:test"
 import assert from "node:assert/strict"
-import { execFile, spawn } from "node:child_process"
+import { spawn } from "node:child_process"
 import { createInterface } from "node:readline"
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, dirname } from "node:path"
-import { fileURLToPath } from "node:url"
+import { join } from "node:path"
 import { EventLog } from "@effect/experimental"
-import { startRelay, makeAgent, ids } from "../harness.mjs"
+import { startRelay, makeAgent, ids, wharf, wharfBin } from "../harness.mjs"
 
-const here = dirname(fileURLToPath(import.meta.url))
-const wharfBin = process.env.WHARF_BIN ?? join(here, "..", "..", "..", "target", "debug", "wharf")
-if (!existsSync(wharfBin)) throw new Error(`${wharfBin} is missing: run \`cargo build -p wharf-client\` first (scripts/test does)`)
 
 const relay = await startRelay()
 const dir = mkdtempSync(join(tmpdir(), "wharf-rust-compat-"))
@@ -23,16 +19,6 @@ after(async () => {
   await relay.stop()
   rmSync(dir, { recursive: true, force: true })
 })
-
-/** Runs the CLI; resolves with stdout, rejects with stderr on a non-zero exit. */
-function wharf(args, { input, env = {} } = {}) {
-  return new Promise((resolve, reject) => {
-    const child = execFile(wharfBin, args, { env: { ...process.env, ...env } }, (err, stdout, stderr) =>
-      err ? reject(new Error(`wharf ${args.join(" ")}: ${err.message}\n${stderr}`)) : resolve(stdout))
-    if (input !== undefined) child.stdin.end(input)
-    else child.stdin.end()
-  })
-}
 
 async function effectIdentity(name) {
   const file = join(dir, `${name}.id`)

@@ -1,4 +1,4 @@
-//! Crypto vectors: Effect-written entries from the shared golden file, Wharf's own native
+//! Crypto vectors: Effect-written entries from the golden file (`tests/vectors/effect-v3-golden.json`), Wharf's own native
 //! vectors (committed in `tests/vectors/native-v1.json`), and the properties the suites promise.
 
 use rand::rngs::StdRng;
@@ -12,10 +12,9 @@ use wharf_protocol::{
 fn golden() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/protocol/effect-v3-golden.json"
+        "/tests/vectors/effect-v3-golden.json"
     );
-    let text = std::fs::read_to_string(path)
-        .expect("shared/protocol/effect-v3-golden.json next to the repo");
+    let text = std::fs::read_to_string(path).expect("protocol/tests/vectors/effect-v3-golden.json");
     serde_json::from_str(&text).expect("golden json")
 }
 

@@ -1,5 +1,5 @@
 //! Our encoder against the bytes the real Effect v3 encoders produce
-//! (`shared/protocol/effect-v3-golden.json`), and our decoder against what they accept.
+//! (`tests/vectors/effect-v3-golden.json`, a copy of the spec's golden file), and our decoder against what they accept.
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -10,10 +10,9 @@ use wharf_protocol::{
 fn golden() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/protocol/effect-v3-golden.json"
+        "/tests/vectors/effect-v3-golden.json"
     );
-    let text = std::fs::read_to_string(path)
-        .expect("shared/protocol/effect-v3-golden.json beside the repo");
+    let text = std::fs::read_to_string(path).expect("protocol/tests/vectors/effect-v3-golden.json");
     serde_json::from_str(&text).expect("golden json")
 }
 

@@ -17,7 +17,7 @@ const { default: init, Reader, GrantKeys, encodeRequestChanges, encodePing, enco
   await import(join(pkg, "wharf_wasm.js"))
 await init({ module_or_path: readFileSync(join(pkg, "wharf_wasm_bg.wasm")) })
 
-const golden = JSON.parse(readFileSync(join(root, "..", "shared", "protocol", "effect-v3-golden.json"), "utf8"))
+const golden = JSON.parse(readFileSync(join(root, "protocol", "tests", "vectors", "effect-v3-golden.json"), "utf8"))
 const hex = (h) => Uint8Array.from(Buffer.from(h, "hex"))
 const dir = mkdtempSync(join(tmpdir(), "wharf-wasm-"))
 process.on("exit", () => rmSync(dir, { recursive: true, force: true }))

@@ -18,8 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use url::Url;
 use wharf_protocol::{
-    split_into_chunks, ClientMsg, JsNumber, Reassembler, ReassemblerLimits, RelayMsg, CHUNK_SIZE,
-    EXTENSION_SUBPROTOCOL,
+    ClientMsg, Inbound, JsNumber, ReassemblerLimits, RelayMsg, EXTENSION_SUBPROTOCOL,
 };
 
 use crate::error::Error;
@@ -131,7 +130,7 @@ impl ConnectOptions {
 #[derive(Debug)]
 pub struct Connection {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    chunks: Reassembler,
+    inbound: Inbound<RelayMsg>,
     remote_id: Vec<u8>,
     extension: bool,
     started: Instant,
@@ -174,7 +173,7 @@ impl Connection {
                 .is_some_and(|v| v.as_bytes() == EXTENSION_SUBPROTOCOL.as_bytes());
             let mut conn = Connection {
                 ws,
-                chunks: Reassembler::new(ReassemblerLimits::default()),
+                inbound: Inbound::new(ReassemblerLimits::default()),
                 remote_id: Vec::new(),
                 extension,
                 started: Instant::now(),
@@ -210,32 +209,23 @@ impl Connection {
         self.started.elapsed()
     }
 
-    /// Sends one message; a `WriteEntries` over 512,000 bytes goes as `ChunkedMessage`s, as the
-    /// Effect client sends it.
+    /// Sends one message; one over 512,000 bytes goes as `ChunkedMessage`s, as the Effect
+    /// client sends it.
     pub async fn send(&mut self, msg: &ClientMsg) -> Result<(), Error> {
-        let encoded = Bytes::from(msg.encode());
-        if encoded.len() > CHUNK_SIZE {
-            if let ClientMsg::WriteEntries(w) = msg {
-                let chunks = split_into_chunks(w.id, &encoded)
-                    .ok_or_else(|| Error::Protocol("message too large to chunk".into()))?;
-                for c in chunks {
-                    self.ws
-                        .feed(Message::Binary(Bytes::from(ClientMsg::Chunked(c).encode())))
-                        .await?;
-                }
-                return Ok(self.ws.flush().await?);
-            }
-        }
-        Ok(self.ws.send(Message::Binary(encoded)).await?)
+        self.feed(msg).await?;
+        self.flush().await
     }
 
     /// Queues a message without flushing (call [`Connection::flush`] after a burst).
     pub async fn feed(&mut self, msg: &ClientMsg) -> Result<(), Error> {
-        let encoded = Bytes::from(msg.encode());
-        if encoded.len() > CHUNK_SIZE {
-            return self.send(msg).await;
+        let id = match msg {
+            ClientMsg::WriteEntries(w) => w.id,
+            _ => JsNumber::from(0u32),
+        };
+        for frame in wharf_protocol::frames(Bytes::from(msg.encode()), id) {
+            self.ws.feed(Message::Binary(frame)).await?;
         }
-        Ok(self.ws.feed(Message::Binary(encoded)).await?)
+        Ok(())
     }
 
     pub async fn flush(&mut self) -> Result<(), Error> {
@@ -262,19 +252,11 @@ impl Connection {
                 }
                 _ => continue,
             };
-            let msg = match RelayMsg::decode(&bytes)? {
-                RelayMsg::Chunked(chunk) => {
-                    let now = self.started.elapsed().as_millis() as u64;
-                    match self
-                        .chunks
-                        .push(chunk, now)
-                        .map_err(|e| Error::Protocol(e.to_string()))?
-                    {
-                        Some(whole) => RelayMsg::decode(&whole)?,
-                        None => continue,
-                    }
-                }
-                msg => msg,
+            let now = self.started.elapsed().as_millis() as u64;
+            let msg = match self.inbound.push(&bytes, now) {
+                Ok(Some(msg)) => msg,
+                Ok(None) => continue,
+                Err(e) => return Err(Error::Protocol(e.to_string())),
             };
             if let RelayMsg::Error { code, message } = msg {
                 return Err(Error::Relay {

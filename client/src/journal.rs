@@ -21,22 +21,17 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
-    SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqlitePool, SqliteQueryResult, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-use std::sync::Arc;
-
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use wharf_protocol::Entry;
+use wharf_sqlite::{Db, DbError, Options, Synchronous};
 
 use crate::error::Error;
 
-const SCHEMA_VERSION: i64 = 1;
 /// Rows per multi-VALUES statement (SQLite allows 32,766 bound parameters).
 const ROWS_PER_STATEMENT: usize = 500;
 /// How many queued commands one transaction takes at most.
@@ -161,32 +156,20 @@ impl std::fmt::Debug for Command {
 impl Journal {
     /// Opens (creating if needed) the journal at `path`.
     pub async fn open(path: &Path) -> Result<Journal, Error> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let base = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30));
-        // Checkpoints run from their own connection, off the write path: an automatic
-        // checkpoint inside a commit is what makes the commit-latency tail.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(base.clone().pragma("wal_autocheckpoint", "0"))
-            .await?;
-        let maintenance = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(base.clone())
-            .await?;
-        let mut conn = writer.acquire().await?;
-        migrate(&mut conn).await?;
+        let options = Options {
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(30),
+            readers: 4,
+            idle_timeout: None,
+        };
+        let db = Db::open(path, &options, MIGRATIONS)
+            .await
+            .map_err(|e| match e {
+                DbError::Sqlx(e) => Error::Sqlx(e),
+                DbError::CreateDir { .. } => Error::Io(e.to_string()),
+                DbError::NewerSchema { .. } => Error::Corrupt(format!("the journal was {e}")),
+            })?;
+        let mut conn = db.writer.acquire().await?;
         let progress = Progress {
             appended: sqlx::query_scalar(
                 "SELECT COALESCE(MAX(local_seq), 0) FROM entries WHERE own = 1",
@@ -198,16 +181,14 @@ impl Journal {
                 .await?,
         };
         drop(conn);
-        let readers = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(base.read_only(true))
-            .await?;
         let (tx, rx) = mpsc::channel(256);
         let (progress_tx, progress_rx) = watch::channel(progress);
         let (failed_tx, failed_rx) = watch::channel(None);
         let (appended, _) = broadcast::channel(64);
         let (applied, _) = broadcast::channel(64);
-        tokio::spawn(checkpoints(maintenance, progress_rx.clone()));
+        let readers = db.readers.clone();
+        let writer = db.writer.clone();
+        tokio::spawn(checkpoints(db, progress_rx.clone()));
         tokio::spawn(run_writer(
             writer,
             rx,
@@ -485,89 +466,61 @@ fn stored_entry(r: &SqliteRow) -> Result<StoredEntry, Error> {
     })
 }
 
-async fn migrate(conn: &mut SqliteConnection) -> Result<(), Error> {
-    sqlx::query("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-        .execute(&mut *conn)
-        .await?;
-    let version: Option<i64> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema'")
-        .fetch_optional(&mut *conn)
-        .await?;
-    match version {
-        Some(v) if v > SCHEMA_VERSION => {
-            return Err(Error::Corrupt(format!(
-                "the journal was written by a newer wharf (schema {v}; this one knows {SCHEMA_VERSION})"
-            )))
-        }
-        Some(_) => return Ok(()),
-        None => {}
-    }
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    for stmt in [
-        "CREATE TABLE entries (
-            local_seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            log TEXT NOT NULL,
-            entry_id BLOB NOT NULL,
-            event TEXT NOT NULL,
-            primary_key TEXT NOT NULL,
-            payload BLOB NOT NULL,
-            own INTEGER NOT NULL,
-            UNIQUE (log, entry_id))",
-        "CREATE INDEX entries_by_key ON entries (event, primary_key, entry_id)",
-        "CREATE TABLE remote_entries (
-            remote_id BLOB NOT NULL,
-            log TEXT NOT NULL,
-            entry_id BLOB NOT NULL,
-            sequence INTEGER NOT NULL,
-            PRIMARY KEY (remote_id, log, entry_id)) WITHOUT ROWID",
-        "CREATE UNIQUE INDEX remote_entries_by_sequence ON remote_entries (remote_id, log, sequence)",
-        "CREATE TABLE cursors (
-            remote_id BLOB NOT NULL,
-            log TEXT NOT NULL,
-            next_sequence INTEGER NOT NULL,
-            PRIMARY KEY (remote_id, log)) WITHOUT ROWID",
-        "CREATE TABLE applied (
-            idx INTEGER PRIMARY KEY AUTOINCREMENT,
-            log TEXT NOT NULL,
-            entry_id BLOB NOT NULL,
-            remote_id BLOB NOT NULL,
-            sequence INTEGER NOT NULL,
-            UNIQUE (log, entry_id))",
-        "CREATE TABLE undecryptable (
-            remote_id BLOB NOT NULL,
-            log TEXT NOT NULL,
-            sequence INTEGER NOT NULL,
-            entry_id BLOB NOT NULL,
-            iv BLOB NOT NULL,
-            ciphertext BLOB NOT NULL,
-            error TEXT NOT NULL,
-            PRIMARY KEY (remote_id, log, sequence)) WITHOUT ROWID",
-    ] {
-        sqlx::query(stmt).execute(&mut *tx).await?;
-    }
-    sqlx::query("INSERT INTO meta (key, value) VALUES ('schema', ?)")
-        .bind(SCHEMA_VERSION)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(())
-}
+/// The schema, one step per version (`PRAGMA user_version`); append, never edit. Step 1 says
+/// `IF NOT EXISTS` because journals made before versions moved to `user_version` already hold
+/// its tables (and a `meta` table that is no longer read).
+const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE IF NOT EXISTS entries (
+        local_seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        log TEXT NOT NULL,
+        entry_id BLOB NOT NULL,
+        event TEXT NOT NULL,
+        primary_key TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        own INTEGER NOT NULL,
+        UNIQUE (log, entry_id))",
+    "CREATE INDEX IF NOT EXISTS entries_by_key ON entries (event, primary_key, entry_id)",
+    "CREATE TABLE IF NOT EXISTS remote_entries (
+        remote_id BLOB NOT NULL,
+        log TEXT NOT NULL,
+        entry_id BLOB NOT NULL,
+        sequence INTEGER NOT NULL,
+        PRIMARY KEY (remote_id, log, entry_id)) WITHOUT ROWID",
+    "CREATE UNIQUE INDEX IF NOT EXISTS remote_entries_by_sequence
+        ON remote_entries (remote_id, log, sequence)",
+    "CREATE TABLE IF NOT EXISTS cursors (
+        remote_id BLOB NOT NULL,
+        log TEXT NOT NULL,
+        next_sequence INTEGER NOT NULL,
+        PRIMARY KEY (remote_id, log)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS applied (
+        idx INTEGER PRIMARY KEY AUTOINCREMENT,
+        log TEXT NOT NULL,
+        entry_id BLOB NOT NULL,
+        remote_id BLOB NOT NULL,
+        sequence INTEGER NOT NULL,
+        UNIQUE (log, entry_id))",
+    "CREATE TABLE IF NOT EXISTS undecryptable (
+        remote_id BLOB NOT NULL,
+        log TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        entry_id BLOB NOT NULL,
+        iv BLOB NOT NULL,
+        ciphertext BLOB NOT NULL,
+        error TEXT NOT NULL,
+        PRIMARY KEY (remote_id, log, sequence)) WITHOUT ROWID",
+]];
 
 /// Copies committed WAL frames into the database after commits, at most four times a second.
 /// Ends with the writer (when the progress sender goes away).
-async fn checkpoints(pool: SqlitePool, mut progress: watch::Receiver<Progress>) {
+async fn checkpoints(db: Db, mut progress: watch::Receiver<Progress>) {
     while progress.changed().await.is_ok() {
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
+        if let Err(e) = db.checkpoint().await {
             tracing::debug!(error = %e, "journal checkpoint failed; the next one retries");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(&pool)
-        .await;
-    pool.close().await;
+    db.close().await;
 }
 
 /// Where the writer announces what it committed.

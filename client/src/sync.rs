@@ -8,15 +8,109 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rand::{Rng, RngCore};
 use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wharf_protocol::{
-    ClientMsg, EncryptedEntry, Entry, Identity, JsNumber, RelayMsg, Suite, WriteEntries,
+    ClientMsg, EncryptedEntry, Entry, Identity, JsNumber, ReadKey, RelayMsg, Suite, WriteEntries,
 };
 
-use crate::client::{LogKey, Shared, Status};
-use crate::connection::Connection;
+use crate::connection::{ConnectOptions, Connection};
 use crate::error::Error;
-use crate::journal::{Received, StoredEntry, Undecryptable};
+use crate::journal::{Journal, Received, RemoteId, StoredEntry, Undecryptable};
+
+/// Where the client stands with its relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Opening a connection (`attempt` counts failures since the last healthy connection).
+    Connecting { attempt: u32 },
+    /// Connected and reading the backlog; `behind` entries remain (summed over logs).
+    CatchingUp { behind: u64 },
+    /// Connected, every log caught up; new entries arrive as they are written.
+    Live,
+    /// Not connected; the next attempt is in `retry_in`.
+    Offline { reason: String, retry_in: Duration },
+    /// The relay refused this client or the journal failed: needs attention. `retry_in` is
+    /// `None` when the client has stopped syncing.
+    Error {
+        message: String,
+        retry_in: Option<Duration>,
+    },
+    /// [`Client::close`] was called.
+    Closed,
+}
+
+/// The key a client holds for a log.
+#[derive(Clone, Debug)]
+pub(crate) enum LogKey {
+    /// Full identity: reads, appends and uploads.
+    Writer(Identity),
+    /// A read key (from a grant): reads only.
+    Reader(ReadKey),
+}
+
+impl LogKey {
+    pub(crate) fn read_key(&self) -> &ReadKey {
+        match self {
+            LogKey::Writer(id) => id.read_key(),
+            LogKey::Reader(rk) => rk,
+        }
+    }
+}
+
+/// Tunables. The defaults suit an agent on a LAN or the internet.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    pub connect: ConnectOptions,
+    /// Ping the relay this often...
+    pub ping_interval: Duration,
+    /// ...and reconnect when a Pong is this late.
+    pub ping_timeout: Duration,
+    /// Reconnect delays: full jitter over `min(backoff_max, backoff_base · 2^attempt)`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// A connection that stayed up this long resets the backoff.
+    pub healthy_after: Duration,
+    /// Entries per `WriteEntries` (native suite; Effect-suite logs send one per write).
+    pub max_batch_entries: usize,
+    /// Writes awaiting their Ack at once.
+    pub max_in_flight: usize,
+}
+
+impl SyncConfig {
+    pub(crate) fn new(connect: ConnectOptions) -> Self {
+        SyncConfig {
+            connect,
+            ping_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            healthy_after: Duration::from_secs(5),
+            max_batch_entries: 500,
+            max_in_flight: 4,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: SyncConfig,
+    pub(crate) journal: Journal,
+    pub(crate) logs: Vec<(String, LogKey)>,
+    pub(crate) status: watch::Sender<Status>,
+    pub(crate) remote: watch::Sender<Option<RemoteId>>,
+}
+
+impl Shared {
+    pub(crate) fn set_status(&self, status: Status) {
+        self.status.send_if_modified(|s| {
+            if *s == status {
+                false
+            } else {
+                *s = status;
+                true
+            }
+        });
+    }
+}
 
 /// Full-jitter exponential backoff: a uniform delay in `[0, min(max, base·2^attempt)]`.
 pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
@@ -98,7 +192,7 @@ struct InFlight {
 }
 
 /// Entries per write and writes in flight for an identity's suite.
-fn limits(cfg: &crate::client::SyncConfig, identity: &Identity) -> (usize, usize) {
+fn limits(cfg: &SyncConfig, identity: &Identity) -> (usize, usize) {
     match identity.suite() {
         Suite::XChaCha20Poly1305 => (cfg.max_batch_entries.max(1), cfg.max_in_flight.max(1)),
         // One entry per write: Effect's suite would reuse its iv across a batch.

@@ -4,6 +4,8 @@
 //! Module map:
 //! - [`message`]: [`ClientMsg`] (client → relay) and [`RelayMsg`] (relay → client), with
 //!   byte-exact encoders and lenient decoders (`encode`/`decode` on each enum).
+//! - [`codec`]: frames to messages and back for either side: [`Inbound`] decodes and
+//!   reassembles, [`frames`] chunks what is too large for one frame.
 //! - [`chunk`]: splitting a large encoded message into `ChunkedMessage` frames exactly like the
 //!   reference client, and a bounded [`Reassembler`] for the other direction.
 //! - [`entry`]: [`Entry`], the plaintext of one event, encoded exactly as Effect encodes it.
@@ -16,6 +18,7 @@
 //! extension is documented in `docs/protocol.md` at the repository root.
 
 pub mod chunk;
+pub mod codec;
 pub mod crypto;
 pub mod entry;
 pub mod message;
@@ -24,6 +27,7 @@ pub mod number;
 pub mod payload;
 
 pub use chunk::{split_into_chunks, ChunkError, Reassembler, ReassemblerLimits, CHUNK_SIZE};
+pub use codec::{frames, Frames, Inbound, InboundError, Incoming};
 pub use crypto::{
     CryptoError, EffectIdentity, EntryKey, Grant, GrantKeyPair, Identity, NativeIdentity, ReadKey,
     Suite,

@@ -1,7 +1,7 @@
 //! The tenant registry: tenant id → running actor.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
 use tokio_util::task::TaskTracker;
@@ -31,10 +31,6 @@ impl Registry {
         }))
     }
 
-    pub(crate) fn tracker(&self) -> &TaskTracker {
-        &self.0.actors
-    }
-
     /// The running actor for `tenant`, started if there is none. The actor is created inside
     /// the map's entry lock, so simultaneous first connections share one actor.
     pub fn get_or_spawn(&self, tenant: &TenantId) -> TenantHandle {
@@ -46,7 +42,20 @@ impl Registry {
             .entry(tenant.clone())
             .or_insert_with(|| {
                 let id = self.0.next_actor_id.fetch_add(1, Ordering::Relaxed);
-                TenantActor::spawn(tenant.clone(), id, self.0.config.clone(), self.clone())
+                let registry: Weak<Inner> = Arc::downgrade(&self.0);
+                let key = tenant.clone();
+                let retire = Box::new(move || {
+                    if let Some(inner) = registry.upgrade() {
+                        Registry(inner).remove(&key, id);
+                    }
+                });
+                TenantActor::spawn(
+                    tenant.clone(),
+                    id,
+                    self.0.config.clone(),
+                    &self.0.actors,
+                    retire,
+                )
             })
             .clone()
     }

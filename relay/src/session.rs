@@ -23,8 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use wharf_protocol::message::encode_changes;
 use wharf_protocol::{
-    split_into_chunks, ClientMsg, ErrorCode, JsNumber, Reassembler, RelayMsg, RemoteEntry,
-    WriteEntries,
+    ClientMsg, ErrorCode, Inbound, InboundError, JsNumber, RelayMsg, RemoteEntry, WriteEntries,
 };
 
 use crate::config::{Config, TenantId};
@@ -124,7 +123,7 @@ struct Session {
     bulk: mpsc::Sender<Out>,
     subscriptions: HashMap<String, SubscriptionTask>,
     pending: FuturesOrdered<PendingAck>,
-    chunks: Reassembler,
+    inbound: Inbound<ClientMsg>,
     started: Instant,
 }
 
@@ -170,7 +169,7 @@ async fn run_inner(
     let _ = control.send(Out::Frame(Bytes::from(hello.encode()))).await;
 
     let mut session = Session {
-        chunks: Reassembler::new(shared.config.reassembler_limits()),
+        inbound: Inbound::new(shared.config.reassembler_limits()),
         shared,
         conn,
         extension,
@@ -310,27 +309,12 @@ impl Session {
     }
 
     async fn on_frame(&mut self, frame: Bytes) -> Result<(), Violation> {
-        let msg = ClientMsg::decode(&frame).map_err(|e| Violation::invalid(e.to_string()))?;
-        let msg = match msg {
-            ClientMsg::Chunked(chunk) => {
-                let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let Some(whole) = self
-                    .chunks
-                    .push(chunk, now)
-                    .map_err(|e| Violation::limit(e.to_string()))?
-                else {
-                    return Ok(());
-                };
-                match ClientMsg::decode(&whole).map_err(|e| Violation::invalid(e.to_string()))? {
-                    ClientMsg::Chunked(_) => {
-                        return Err(Violation::invalid(
-                            "a chunked message may not contain another",
-                        ))
-                    }
-                    msg => msg,
-                }
-            }
-            msg => msg,
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let msg = match self.inbound.push(&frame, now) {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Ok(()),
+            Err(e @ InboundError::Chunk(_)) => return Err(Violation::limit(e.to_string())),
+            Err(e) => return Err(Violation::invalid(e.to_string())),
         };
         self.on_message(msg).await
     }
@@ -380,7 +364,8 @@ impl Session {
             ClientMsg::StopChanges { public_key } => {
                 self.subscriptions.remove(&public_key);
             }
-            ClientMsg::Chunked(_) => unreachable!("handled in on_frame"),
+            // `Inbound` only returns whole messages.
+            ClientMsg::Chunked(_) => return Err(Violation::invalid("unexpected chunk")),
         }
         Ok(())
     }
@@ -580,14 +565,7 @@ impl Feed {
             }
             let encoded = Bytes::from(encode_changes(&self.public_key, &entries[start..end]));
             let id = JsNumber::from(self.shared.chunk_ids.fetch_add(1, Ordering::Relaxed));
-            match split_into_chunks(id, &encoded) {
-                None => frames.push(encoded),
-                Some(chunks) => frames.extend(
-                    chunks
-                        .into_iter()
-                        .map(|c| Bytes::from(RelayMsg::Chunked(c).encode())),
-                ),
-            }
+            frames.extend(wharf_protocol::frames(encoded, id));
             start = end;
         }
         frames.into()

@@ -3,33 +3,33 @@
 //! through the reader pool (WAL lets readers run beside the writer).
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 use wharf_protocol::RemoteEntry;
+use wharf_sqlite::{Db, DbError, Options, Synchronous};
 
 use crate::config::Durability;
 
-/// Bump with every schema change; `open` refuses a database from a newer relay.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema, one step per version (`PRAGMA user_version`); append, never edit.
+const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE logs (id INTEGER PRIMARY KEY, public_key TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE entries (log_id INTEGER NOT NULL, seq INTEGER NOT NULL, \
+     entry_id BLOB NOT NULL, iv BLOB NOT NULL, ciphertext BLOB NOT NULL)",
+    "CREATE UNIQUE INDEX entries_by_seq ON entries (log_id, seq)",
+    "CREATE UNIQUE INDEX entries_by_id ON entries (log_id, entry_id)",
+]];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
-    #[error("cannot create {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("the database was written by a newer relay (schema {found}, this relay knows {SCHEMA_VERSION})")]
-    NewerSchema { found: i64 },
+    #[error(transparent)]
+    Open(#[from] DbError),
     #[error("corrupt database: {0}")]
     Corrupt(String),
 }
@@ -37,9 +37,7 @@ pub enum StoreError {
 /// A tenant database. Cheap to clone (the pools are shared).
 #[derive(Clone, Debug)]
 pub struct Store {
-    writer: SqlitePool,
-    readers: SqlitePool,
-    maintenance: SqlitePool,
+    db: Db,
     remote_id: Uuid,
 }
 
@@ -55,57 +53,27 @@ pub struct NewRow<'a> {
 
 impl Store {
     pub async fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(|source| StoreError::Io {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
-        }
-        let synchronous = match durability {
-            Durability::Full => SqliteSynchronous::Full,
-            Durability::Normal => SqliteSynchronous::Normal,
+        let options = Options {
+            synchronous: match durability {
+                Durability::Full => Synchronous::Full,
+                Durability::Normal => Synchronous::Normal,
+            },
+            busy_timeout: Duration::from_secs(10),
+            readers: 4,
+            idle_timeout: Some(Duration::from_secs(30)),
         };
-        let base = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(synchronous)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(false);
-        // Checkpoints run from the maintenance connection, off the write path: an automatic
-        // checkpoint inside a commit is what makes the commit-latency tail.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(
-                base.clone()
-                    .create_if_missing(true)
-                    .pragma("wal_autocheckpoint", "0"),
-            )
+        let db = Db::open(path, &options, MIGRATIONS).await?;
+        // Made once, with the database; `OR IGNORE` keeps the first one for good.
+        sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('remote_id', ?)")
+            .bind(Uuid::new_v4().as_bytes().as_slice())
+            .execute(&db.writer)
             .await?;
-        let remote_id = {
-            let mut conn = writer.acquire().await?;
-            migrate(&mut conn).await?
-        };
-        let readers = SqlitePoolOptions::new()
-            .max_connections(4)
-            .idle_timeout(Duration::from_secs(30))
-            .connect_with(base.clone().read_only(true))
+        let raw: Vec<u8> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'remote_id'")
+            .fetch_one(&db.writer)
             .await?;
-        let maintenance = SqlitePoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(Duration::from_secs(30))
-            .connect_with(base)
-            .await?;
-        Ok(Self {
-            writer,
-            readers,
-            maintenance,
-            remote_id,
-        })
+        let remote_id = Uuid::from_slice(&raw)
+            .map_err(|_| StoreError::Corrupt("remote_id is not 16 bytes".into()))?;
+        Ok(Self { db, remote_id })
     }
 
     /// The id the relay announces in `Hello`: created with the database, stable for its life.
@@ -114,12 +82,12 @@ impl Store {
     }
 
     pub fn writer(&self) -> &SqlitePool {
-        &self.writer
+        &self.db.writer
     }
 
     /// The id of a log and the sequence its next entry gets.
     pub async fn log_state(&self, public_key: &str) -> Result<Option<(i64, u64)>, StoreError> {
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.db.writer.acquire().await?;
         let Some(row) = sqlx::query("SELECT id FROM logs WHERE public_key = ?")
             .bind(public_key)
             .fetch_optional(&mut *conn)
@@ -217,7 +185,7 @@ impl Store {
         .bind(from as i64)
         .bind(to)
         .bind(limit as i64)
-        .fetch_all(&self.readers)
+        .fetch_all(&self.db.readers)
         .await?;
         rows.into_iter()
             .map(|row| {
@@ -234,51 +202,10 @@ impl Store {
 
     /// Moves committed pages from the WAL into the database file without blocking writers.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
-        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&self.maintenance)
-            .await?;
-        Ok(())
+        Ok(self.db.checkpoint().await?)
     }
 
     pub async fn close(&self) {
-        // A last checkpoint keeps the WAL small for the next open; failure is harmless.
-        let _ = self.checkpoint().await;
-        self.readers.close().await;
-        self.maintenance.close().await;
-        self.writer.close().await;
+        self.db.close().await;
     }
-}
-
-async fn migrate(conn: &mut SqliteConnection) -> Result<Uuid, StoreError> {
-    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-        .fetch_one(&mut *conn)
-        .await?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema { found: version });
-    }
-    if version < 1 {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        for stmt in [
-            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
-            "CREATE TABLE logs (id INTEGER PRIMARY KEY, public_key TEXT NOT NULL UNIQUE)",
-            "CREATE TABLE entries (log_id INTEGER NOT NULL, seq INTEGER NOT NULL, \
-             entry_id BLOB NOT NULL, iv BLOB NOT NULL, ciphertext BLOB NOT NULL)",
-            "CREATE UNIQUE INDEX entries_by_seq ON entries (log_id, seq)",
-            "CREATE UNIQUE INDEX entries_by_id ON entries (log_id, entry_id)",
-        ] {
-            sqlx::query(stmt).execute(&mut *tx).await?;
-        }
-        sqlx::query("INSERT INTO meta (key, value) VALUES ('remote_id', ?)")
-            .bind(Uuid::new_v4().as_bytes().as_slice())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-    }
-    let raw: Vec<u8> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'remote_id'")
-        .fetch_one(&mut *conn)
-        .await?;
-    Uuid::from_slice(&raw).map_err(|_| StoreError::Corrupt("remote_id is not 16 bytes".into()))
 }

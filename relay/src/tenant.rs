@@ -12,12 +12,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 use uuid::Uuid;
 use wharf_protocol::{EncryptedEntry, RemoteEntry};
 
 use crate::config::{Config, TenantId};
-use crate::registry::Registry;
 use crate::store::{NewRow, Store, StoreError};
 
 /// Identifies one WebSocket connection, to keep a writer's own entries out of its live feed.
@@ -238,11 +238,14 @@ struct LogState {
     live: Option<Arc<LiveLog>>,
 }
 
+/// Called once when an actor stops taking new work, so whoever maps tenants to actors can
+/// forget this one (and only this one).
+pub(crate) type Retire = Box<dyn FnOnce() + Send>;
+
 pub(crate) struct TenantActor {
     tenant: TenantId,
-    actor_id: u64,
     config: Arc<Config>,
-    registry: Registry,
+    retire: Option<Retire>,
     rx: mpsc::Receiver<Msg>,
     logs: HashMap<String, LogState>,
     lease: Arc<()>,
@@ -256,20 +259,20 @@ impl TenantActor {
         tenant: TenantId,
         actor_id: u64,
         config: Arc<Config>,
-        registry: Registry,
+        tracker: &TaskTracker,
+        retire: Retire,
     ) -> TenantHandle {
         let (tx, rx) = mpsc::channel(1024);
         let span = tracing::info_span!("tenant", tenant = tenant.as_str());
         let actor = TenantActor {
             tenant,
-            actor_id,
             config,
-            registry: registry.clone(),
+            retire: Some(retire),
             rx,
             logs: HashMap::new(),
             lease: Arc::new(()),
         };
-        registry.tracker().spawn(actor.run().instrument(span));
+        tracker.spawn(actor.run().instrument(span));
         TenantHandle { actor_id, tx }
     }
 
@@ -377,8 +380,10 @@ impl TenantActor {
         }
     }
 
-    fn retire(&self) {
-        self.registry.remove(&self.tenant, self.actor_id);
+    fn retire(&mut self) {
+        if let Some(retire) = self.retire.take() {
+            retire();
+        }
     }
 
     async fn log(&mut self, store: &Store, public_key: &str) -> Result<&mut LogState, StoreError> {

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wharf_protocol::{
-    ClientMsg, EncryptedEntry, JsNumber, Reassembler, ReassemblerLimits, RelayMsg, RemoteEntry,
+    ClientMsg, EncryptedEntry, Inbound, JsNumber, ReassemblerLimits, RelayMsg, RemoteEntry,
     WriteEntries,
 };
 use wharf_relay::{Config, Relay};
@@ -112,7 +112,7 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Client {
     pub ws: Ws,
     pub remote_id: Bytes,
-    chunks: Reassembler,
+    inbound: Inbound<RelayMsg>,
     next_write: u32,
     next_ping: u32,
 }
@@ -143,7 +143,7 @@ impl Client {
         let mut client = Client {
             ws,
             remote_id: Bytes::new(),
-            chunks: Reassembler::new(ReassemblerLimits::default()),
+            inbound: Inbound::new(ReassemblerLimits::default()),
             next_write: 0,
             next_ping: 1,
         };
@@ -176,13 +176,8 @@ impl Client {
                 Message::Text(t) => bail!("the relay sent a text frame: {t}"),
                 _ => continue,
             };
-            match RelayMsg::decode(&bytes)? {
-                RelayMsg::Chunked(chunk) => {
-                    if let Some(whole) = self.chunks.push(chunk, 0)? {
-                        return Ok(RelayMsg::decode(&whole)?);
-                    }
-                }
-                msg => return Ok(msg),
+            if let Some(msg) = self.inbound.push(&bytes, 0)? {
+                return Ok(msg);
             }
         }
     }
@@ -221,14 +216,8 @@ impl Client {
             iv: Bytes::from_static(&[7; 12]),
             entries,
         });
-        let encoded = Bytes::from(msg.encode());
-        match wharf_protocol::split_into_chunks(id, &encoded) {
-            None => self.send_raw(encoded).await?,
-            Some(chunks) => {
-                for c in chunks {
-                    self.send(&ClientMsg::Chunked(c)).await?;
-                }
-            }
+        for frame in wharf_protocol::frames(Bytes::from(msg.encode()), id) {
+            self.send_raw(frame).await?;
         }
         Ok(id)
     }

@@ -578,6 +578,29 @@ async fn cli_round_trip_and_clear_errors() {
     assert_eq!(rows[0]["payload"]["text"], "hello");
     assert_eq!(rows[1]["sequence"], 1);
 
+    // `wharf tail | head`: the reader is gone before the first line; tail exits quietly.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let tail = common("tail", "owner.id");
+    let out = tokio::process::Command::new(wharf_binary())
+        .args(&tail[..1])
+        .args(&tail[2..])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(PATIENCE, out)
+        .await
+        .expect("tail finished in time")
+        .expect("tail output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(
+        !err.contains("Broken pipe") && !err.contains("error"),
+        "{err}"
+    );
+
     // A viewer key pair receives a grant and reads the log.
     let (_, out, _) = run(
         vec![

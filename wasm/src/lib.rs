@@ -11,7 +11,7 @@ use bytes::Bytes;
 use js_sys::{Array, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wharf_protocol::{
-    payload, ClientMsg, Grant, GrantKeyPair, JsNumber, ReadKey, Reassembler, ReassemblerLimits,
+    payload, ClientMsg, Grant, GrantKeyPair, Inbound, JsNumber, ReadKey, ReassemblerLimits,
     RelayMsg, RemoteEntry,
 };
 
@@ -71,14 +71,14 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Reader {
     keys: HashMap<String, ReadKey>,
-    chunks: Reassembler,
+    inbound: Inbound<RelayMsg>,
 }
 
 impl Default for Reader {
     fn default() -> Self {
         Reader {
             keys: HashMap::new(),
-            chunks: Reassembler::new(ReassemblerLimits::default()),
+            inbound: Inbound::new(ReassemblerLimits::default()),
         }
     }
 }
@@ -91,13 +91,13 @@ impl Reader {
     }
 
     pub fn handle(&mut self, frame: &[u8], now_ms: u64) -> Result<Event, String> {
-        let msg = RelayMsg::decode(&Bytes::copy_from_slice(frame)).map_err(|e| e.to_string())?;
-        let msg = match msg {
-            RelayMsg::Chunked(c) => match self.chunks.push(c, now_ms).map_err(|e| e.to_string())? {
-                Some(whole) => RelayMsg::decode(&whole).map_err(|e| e.to_string())?,
-                None => return Ok(Event::Partial),
-            },
-            m => m,
+        let frame = Bytes::copy_from_slice(frame);
+        let Some(msg) = self
+            .inbound
+            .push(&frame, now_ms)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(Event::Partial);
         };
         Ok(match msg {
             RelayMsg::Hello { remote_id } => Event::Hello {
@@ -134,7 +134,8 @@ impl Reader {
                 message,
             },
             RelayMsg::Ack { .. } => Event::Other("Ack"),
-            RelayMsg::Chunked(_) => Event::Other("ChunkedMessage inside a ChunkedMessage"),
+            // `Inbound` returns whole messages only.
+            RelayMsg::Chunked(_) => Event::Other("ChunkedMessage"),
         })
     }
 }

@@ -181,6 +181,21 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// `println!` that returns an error instead of panicking when stdout is closed.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
+
+fn stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -203,9 +218,11 @@ fn main() -> ExitCode {
     let json = cli.json;
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        // `wharf tail | head`: the reader left; that is how such a pipeline ends, not an error.
+        Err(e) if stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             if json {
-                println!("{}", json!({"error": format!("{e:#}")}));
+                let _ = writeln!(std::io::stdout(), "{}", json!({"error": format!("{e:#}")}));
             }
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -230,7 +247,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Identity(IdentityCmd::Show { identity }) => {
             let identity = load_identity(&identity)?;
-            out.identity(&identity, None);
+            out.identity(&identity, None)?;
         }
         Command::Identity(IdentityCmd::Import {
             effect_string,
@@ -270,12 +287,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 format!("{}#{}", v.trim_end_matches('#'), fragment.finish())
             });
             if out.json {
-                println!(
+                outln!(
                     "{}",
                     json!({"log": identity.log(), "grant": grant, "viewer": link})
                 );
             } else {
-                println!("{grant}");
+                outln!("{grant}");
                 if let Some(link) = link {
                     eprintln!("viewer link: {link}");
                 }
@@ -291,10 +308,10 @@ struct Output {
 }
 
 impl Output {
-    fn identity(&self, identity: &Identity, written_to: Option<&Path>) {
+    fn identity(&self, identity: &Identity, written_to: Option<&Path>) -> Result<()> {
         let x25519 = identity.grant_keys().map(|k| k.public_key_string());
         if self.json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "log": identity.log(),
@@ -319,6 +336,7 @@ impl Output {
                 let _ = writeln!(w, "saved:  {}", p.display());
             }
         }
+        Ok(())
     }
 }
 
@@ -335,18 +353,18 @@ fn emit_identity(
     match file {
         Some(path) => {
             write_secret(path, &format!("{identity}\n"), force)?;
-            out.identity(identity, Some(path));
+            out.identity(identity, Some(path))?;
         }
         None => {
             if out.json {
                 let x25519 = identity.grant_keys().map(|k| k.public_key_string());
-                println!(
+                outln!(
                     "{}",
                     json!({"identity": identity.to_string(), "log": identity.log(), "suite": identity.suite().name(), "x25519": x25519})
                 );
             } else {
-                println!("{identity}");
-                out.identity(identity, None);
+                outln!("{identity}");
+                out.identity(identity, None)?;
             }
         }
     }
@@ -539,7 +557,7 @@ async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
                 let left = client.pending().await.unwrap_or(pending);
                 client.close().await?;
                 if out.json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({"log": log, "appended": appended, "acked": false, "pending": left, "status": format!("{status:?}")})
                     );
@@ -555,7 +573,7 @@ async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
     }
     client.close().await?;
     if out.json {
-        println!(
+        outln!(
             "{}",
             json!({"log": log, "appended": appended, "acked": acked})
         );
@@ -805,7 +823,7 @@ async fn status(out: &Output, args: &LogArgs) -> Result<ExitCode> {
         _ => (None, None),
     };
     if out.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "log": log,
@@ -824,9 +842,9 @@ async fn status(out: &Output, args: &LogArgs) -> Result<ExitCode> {
             })
         );
     } else {
-        println!("log       {log} ({})", identity.suite().name());
+        outln!("log       {log} ({})", identity.suite().name());
         match &local {
-            Some((_, s, _)) => println!(
+            Some((_, s, _)) => outln!(
                 "journal   {}: {} entries ({} own), {} delivered{}",
                 path.display(),
                 s.entries,
@@ -838,27 +856,27 @@ async fn status(out: &Output, args: &LogArgs) -> Result<ExitCode> {
                     String::new()
                 }
             ),
-            None => println!("journal   {} (none yet)", path.display()),
+            None => outln!("journal   {} (none yet)", path.display()),
         }
         match &remote {
             Ok((rid, rtt, head)) => {
-                println!(
+                outln!(
                     "relay     {} tenant {} remoteId {rid}, round trip {:.2} ms",
                     relay.relay,
                     relay.tenant,
                     rtt.as_secs_f64() * 1000.0
                 );
                 if let Some(h) = head {
-                    println!("on relay  {h} entries");
+                    outln!("on relay  {h} entries");
                 }
                 if let (Some(p), Some(c)) = (pending, cursor) {
-                    println!(
+                    outln!(
                         "sync      {p} to upload, {} to download",
                         head.map_or(0, |h| h.saturating_sub(c))
                     );
                 }
             }
-            Err(e) => println!(
+            Err(e) => outln!(
                 "relay     {} unreachable after {:?}: {e}",
                 relay.relay,
                 started.elapsed()

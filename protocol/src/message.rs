@@ -132,6 +132,10 @@ pub enum ErrorCode {
     Internal,
     /// The relay is shutting down; reconnect later.
     ShuttingDown,
+    /// The connection's token is no longer valid (expired or revoked).
+    Unauthorized,
+    /// The connection's token does not allow this message (action or log out of scope).
+    Forbidden,
     Other(String),
 }
 
@@ -143,6 +147,8 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::Internal => "internal",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Other(s) => s,
         }
     }
@@ -154,6 +160,8 @@ impl ErrorCode {
             "limit_exceeded" => ErrorCode::LimitExceeded,
             "internal" => ErrorCode::Internal,
             "shutting_down" => ErrorCode::ShuttingDown,
+            "unauthorized" => ErrorCode::Unauthorized,
+            "forbidden" => ErrorCode::Forbidden,
             other => ErrorCode::Other(other.to_owned()),
         }
     }

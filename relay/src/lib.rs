@@ -4,6 +4,8 @@
 //! Module map:
 //! - [`server`]: routes (`/t/{tenant}`, `/healthz`) and [`serve`], which takes a bound
 //!   listener and a shutdown future.
+//! - [`auth`]: admission: the upgrade request to a [`auth::Grant`] or a refusal, and the
+//!   per-message authorisation step.
 //! - [`session`]: one WebSocket connection: decoding, writes, subscriptions, outbound queues.
 //! - [`registry`]: tenant id → running actor, created race-free on first use.
 //! - [`tenant`]: the actor that owns a tenant's database, assigns sequences and group-commits.
@@ -13,6 +15,7 @@
 //!
 //! The relay stores and forwards ciphertext; no key material ever reaches it.
 
+pub mod auth;
 pub mod config;
 pub mod registry;
 pub mod server;

@@ -1,12 +1,13 @@
 //! HTTP routes and the serve loop.
 
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,12 +15,13 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 use wharf_protocol::EXTENSION_SUBPROTOCOL;
 
+use crate::auth::{Admission, Authenticator, Refusal};
 use crate::config::{Config, TenantId};
 use crate::registry::Registry;
-use crate::session::{self, Shared};
+use crate::session::{self, SessionInit, Shared};
 
 #[derive(Clone, Debug)]
 struct AppState {
@@ -48,6 +50,7 @@ impl Relay {
         Self {
             shared: Arc::new(Shared {
                 registry: Registry::new(config.clone()),
+                auth: Authenticator::new(),
                 config,
                 shutdown: CancellationToken::new(),
                 chunk_ids: AtomicU64::new(0),
@@ -130,6 +133,8 @@ fn router(state: AppState) -> Router {
 async fn connect(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Some(tenant) = TenantId::parse(&tenant) else {
@@ -146,9 +151,26 @@ async fn connect(
     if state.shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "relay shutting down\n").into_response();
     }
+    let admission = Admission {
+        tenant: &tenant,
+        headers: &headers,
+        query: query.as_deref(),
+    };
+    let grant = match state.shared.auth.admit(&admission) {
+        Ok(grant) => grant,
+        Err(refusal) => {
+            let status = match refusal {
+                Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+                Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+            };
+            warn!(tenant = tenant.as_str(), %refusal, "connection refused");
+            return (status, format!("{refusal}\n")).into_response();
+        }
+    };
     let config = &state.shared.config;
     let shared = state.shared.clone();
     let sessions = state.sessions.clone();
+    let conn = shared.conn_ids.fetch_add(1, Ordering::Relaxed);
     ws.protocols([EXTENSION_SUBPROTOCOL])
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
@@ -156,6 +178,12 @@ async fn connect(
             let extension = socket
                 .protocol()
                 .is_some_and(|p| p.as_bytes() == EXTENSION_SUBPROTOCOL.as_bytes());
-            sessions.track_future(session::run(socket, tenant, extension, shared))
+            let init = SessionInit {
+                tenant,
+                conn,
+                extension,
+                grant,
+            };
+            sessions.track_future(session::run(socket, init, shared))
         })
 }

@@ -26,6 +26,7 @@ use wharf_protocol::{
     ClientMsg, ErrorCode, Inbound, InboundError, JsNumber, RelayMsg, RemoteEntry, WriteEntries,
 };
 
+use crate::auth::{Authenticator, Grant, Refusal};
 use crate::config::{Config, TenantId};
 use crate::registry::Registry;
 use crate::store::Store;
@@ -46,6 +47,7 @@ pub mod close_code {
 pub struct Shared {
     pub config: Arc<Config>,
     pub registry: Registry,
+    pub auth: Authenticator,
     pub shutdown: CancellationToken,
     /// Chunk ids for relay → client `ChunkedMessage`s; one counter for all connections (as
     /// the reference relay does), so cached live frames can be shared between connections.
@@ -92,6 +94,14 @@ impl Violation {
         )
     }
 
+    fn refused(refusal: Refusal) -> Self {
+        let code = match refusal {
+            Refusal::Unauthenticated(_) => ErrorCode::Unauthorized,
+            Refusal::Forbidden(_) => ErrorCode::Forbidden,
+        };
+        Self::new(close_code::POLICY_VIOLATION, code, refusal.to_string())
+    }
+
     fn internal(e: &TenantError) -> Self {
         Self::new(
             close_code::INTERNAL_ERROR,
@@ -113,10 +123,22 @@ impl Drop for SubscriptionTask {
 type PendingAck =
     futures_util::future::BoxFuture<'static, (JsNumber, Result<Vec<u64>, TenantError>)>;
 
+/// Everything a session starts from, decided before the upgrade.
+#[derive(Debug)]
+pub struct SessionInit {
+    pub tenant: TenantId,
+    pub conn: ConnId,
+    /// Whether the client negotiated `wharf.v1`.
+    pub extension: bool,
+    /// What the connection may do ([`crate::auth`]).
+    pub grant: Grant,
+}
+
 struct Session {
     shared: Arc<Shared>,
     conn: ConnId,
     extension: bool,
+    grant: Grant,
     handle: TenantHandle,
     store: Store,
     control: mpsc::Sender<Out>,
@@ -127,20 +149,19 @@ struct Session {
     started: Instant,
 }
 
-/// Runs a connection to its end. `extension` says whether the client negotiated `wharf.v1`.
-pub async fn run(socket: WebSocket, tenant: TenantId, extension: bool, shared: Arc<Shared>) {
-    let conn = shared.conn_ids.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("conn", tenant = tenant.as_str(), conn);
-    tracing::Instrument::instrument(run_inner(socket, tenant, conn, extension, shared), span).await;
+/// Runs a connection to its end.
+pub async fn run(socket: WebSocket, init: SessionInit, shared: Arc<Shared>) {
+    let span = tracing::info_span!("conn", tenant = init.tenant.as_str(), conn = init.conn);
+    tracing::Instrument::instrument(run_inner(socket, init, shared), span).await;
 }
 
-async fn run_inner(
-    socket: WebSocket,
-    tenant: TenantId,
-    conn: ConnId,
-    extension: bool,
-    shared: Arc<Shared>,
-) {
+async fn run_inner(socket: WebSocket, init: SessionInit, shared: Arc<Shared>) {
+    let SessionInit {
+        tenant,
+        conn,
+        extension,
+        grant,
+    } = init;
     let (sink, mut stream) = socket.split();
     let (control, control_rx) = mpsc::channel(64);
     let (bulk, bulk_rx) = mpsc::channel(shared.config.outbound_queue_messages.max(1));
@@ -173,6 +194,7 @@ async fn run_inner(
         shared,
         conn,
         extension,
+        grant,
         handle,
         store: attached.store,
         control,
@@ -320,6 +342,7 @@ impl Session {
     }
 
     async fn on_message(&mut self, msg: ClientMsg) -> Result<(), Violation> {
+        self.grant.authorize(&msg).map_err(Violation::refused)?;
         match msg {
             ClientMsg::Ping { id } => {
                 let pong = RelayMsg::Pong { id };

@@ -73,6 +73,88 @@ pub struct Config {
     /// How long shutdown waits for connections to flush before giving up on them.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Who may connect ([`AuthConfig`]).
+    pub auth: AuthConfig,
+}
+
+/// Whether connections need a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every connection presents a valid token (loopback included).
+    Token,
+    /// Anyone who can reach the relay may read and append (refused on non-loopback
+    /// addresses unless `insecure_no_auth` is set).
+    None,
+}
+
+/// The `[auth]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `token` or `none`. Unset: `none` while listening on a loopback address, `token` on any
+    /// other. Env: `WHARF_AUTH`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<AuthMode>,
+    /// Allow `mode = "none"` on a non-loopback address.
+    pub insecure_no_auth: bool,
+    /// `iss` of the tokens the relay mints, and the one they must carry.
+    pub issuer: String,
+    /// `aud` every token must carry.
+    pub audience: String,
+    /// Clock skew tolerated on `exp`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// The relay's Ed25519 signing key (PKCS#8 PEM). Default: `{data}/auth/signing-key.pem`,
+    /// created on first use with mode 0600.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// How often the revocation list is re-read (revocations reach open connections within this).
+    #[serde(with = "humantime_serde")]
+    pub revocation_poll: Duration,
+    /// Other issuers whose tokens are accepted (an orchestrator minting per-task tokens).
+    pub trusted_issuers: Vec<TrustedIssuer>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: None,
+            insecure_no_auth: false,
+            issuer: "wharf-relay".to_owned(),
+            audience: "wharf".to_owned(),
+            leeway: Duration::from_secs(30),
+            key_file: None,
+            revocation_poll: Duration::from_millis(250),
+            trusted_issuers: Vec::new(),
+        }
+    }
+}
+
+/// The algorithms a trusted issuer may sign with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IssuerAlgorithm {
+    EdDSA,
+    ES256,
+}
+
+/// One `[[auth.trusted_issuers]]` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuer {
+    /// The `iss` its tokens carry.
+    pub iss: String,
+    /// The `kid` its tokens carry in their header; several entries with one `iss` and distinct
+    /// `kid`s let an issuer rotate keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    pub alg: IssuerAlgorithm,
+    /// SPKI PEM public key, inline…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// …or in a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -99,6 +181,7 @@ impl Default for Config {
             checkpoint_interval: Duration::from_secs(1),
             shutdown_read_grace: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(10),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -117,7 +200,18 @@ impl Config {
         }
         figment
             // WHARF_CONFIG names the file and WHARF_LOG the log filter: not settings.
-            .merge(Env::prefixed("WHARF_").ignore(&["config", "log"]))
+            .merge(
+                Env::prefixed("WHARF_")
+                    .ignore(&["config", "log"])
+                    // `WHARF_AUTH=token` is the mode; `WHARF_AUTH__ISSUER` and friends the rest.
+                    .map(|key| {
+                        if key == "auth" {
+                            "auth.mode".into()
+                        } else {
+                            key.as_str().replace("__", ".").into()
+                        }
+                    }),
+            )
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| ConfigError(Box::new(e)))
@@ -132,6 +226,19 @@ impl Config {
             max_bytes: self.max_message_bytes,
             max_age_ms: u64::try_from(self.chunk_timeout.as_millis()).unwrap_or(u64::MAX),
         }
+    }
+
+    /// The relay's signing key.
+    pub fn key_path(&self) -> PathBuf {
+        self.auth
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data.join("auth").join("signing-key.pem"))
+    }
+
+    /// The revocation list.
+    pub fn revocations_path(&self) -> PathBuf {
+        self.data.join("auth").join("revocations.sqlite")
     }
 
     pub(crate) fn tenant_path(&self, tenant: &TenantId) -> PathBuf {

@@ -4,8 +4,10 @@
 //! Module map:
 //! - [`server`]: routes (`/t/{tenant}`, `/healthz`) and [`serve`], which takes a bound
 //!   listener and a shutdown future.
-//! - [`auth`]: admission: the upgrade request to a [`auth::Grant`] or a refusal, and the
-//!   per-message authorisation step.
+//! - [`auth`]: admission: the upgrade request to a [`auth::Grant`] or a refusal, the
+//!   per-message authorisation step, tokens ([`auth::token`]) and revocation
+//!   ([`auth::revocation`]).
+//! - [`counters`]: refusals, throttling and iv reuse, counted.
 //! - [`session`]: one WebSocket connection: decoding, writes, subscriptions, outbound queues.
 //! - [`registry`]: tenant id → running actor, created race-free on first use.
 //! - [`tenant`]: the actor that owns a tenant's database, assigns sequences and group-commits.
@@ -17,6 +19,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod counters;
 pub mod registry;
 pub mod server;
 pub mod session;

@@ -18,14 +18,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use wharf_protocol::EXTENSION_SUBPROTOCOL;
 
-use crate::auth::{Admission, Authenticator, Refusal};
-use crate::config::{Config, TenantId};
+use crate::auth::{effective_mode, Admission, AuthError, Authenticator, Refusal};
+use crate::config::{AuthMode, Config, TenantId};
+use crate::counters::Counters;
 use crate::registry::Registry;
 use crate::session::{self, SessionInit, Shared};
 
 #[derive(Clone, Debug)]
 struct AppState {
     shared: Arc<Shared>,
+    auth: Arc<Authenticator>,
     sessions: TaskTracker,
 }
 
@@ -35,6 +37,8 @@ pub enum ServeError {
     Addr(std::io::Error),
     #[error("server failed: {0}")]
     Io(std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// A relay, ready to serve.
@@ -50,7 +54,7 @@ impl Relay {
         Self {
             shared: Arc::new(Shared {
                 registry: Registry::new(config.clone()),
-                auth: Authenticator::new(),
+                counters: Counters::default(),
                 config,
                 shutdown: CancellationToken::new(),
                 chunk_ids: AtomicU64::new(0),
@@ -63,6 +67,11 @@ impl Relay {
     /// Tenants whose actor is running (their database is open).
     pub fn active_tenants(&self) -> usize {
         self.shared.registry.active_tenants()
+    }
+
+    /// What the relay counted since it started (refusals, throttling, iv reuse).
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
     }
 
     /// Connections being served.
@@ -81,8 +90,13 @@ impl Relay {
         let addr = listener.local_addr().map_err(ServeError::Addr)?;
         let config = self.shared.config.clone();
         let token = self.shared.shutdown.clone();
+        let auth = match effective_mode(&config, addr)? {
+            AuthMode::Token => Authenticator::tokens(&config, token.clone()).await?,
+            AuthMode::None => Authenticator::open(),
+        };
         let app = router(AppState {
             shared: self.shared.clone(),
+            auth: Arc::new(auth),
             sessions: self.sessions.clone(),
         });
         info!(%addr, data = %config.data.display(), durability = ?config.durability, "relay listening");
@@ -156,14 +170,22 @@ async fn connect(
         headers: &headers,
         query: query.as_deref(),
     };
-    let grant = match state.shared.auth.admit(&admission) {
+    let grant = match state.auth.admit(&admission) {
         Ok(grant) => grant,
         Err(refusal) => {
+            let counters = &state.shared.counters;
             let status = match refusal {
-                Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-                Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+                Refusal::Unauthenticated(_) => {
+                    Counters::bump(&counters.refused_unauthenticated);
+                    StatusCode::UNAUTHORIZED
+                }
+                Refusal::Forbidden(_) => {
+                    Counters::bump(&counters.refused_forbidden);
+                    StatusCode::FORBIDDEN
+                }
             };
-            warn!(tenant = tenant.as_str(), %refusal, "connection refused");
+            // The reason never quotes the token; the query string is never logged.
+            warn!(tenant = tenant.as_str(), status = status.as_u16(), %refusal, "connection refused");
             return (status, format!("{refusal}\n")).into_response();
         }
     };

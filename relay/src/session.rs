@@ -26,8 +26,9 @@ use wharf_protocol::{
     ClientMsg, ErrorCode, Inbound, InboundError, JsNumber, RelayMsg, RemoteEntry, WriteEntries,
 };
 
-use crate::auth::{Authenticator, Grant, Refusal};
+use crate::auth::{Grant, Refusal};
 use crate::config::{Config, TenantId};
+use crate::counters::Counters;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::tenant::{ConnId, LiveBatch, Subscribed, TailRead, TenantError, TenantHandle};
@@ -47,7 +48,7 @@ pub mod close_code {
 pub struct Shared {
     pub config: Arc<Config>,
     pub registry: Registry,
-    pub auth: Authenticator,
+    pub counters: Counters,
     pub shutdown: CancellationToken,
     /// Chunk ids for relay → client `ChunkedMessage`s; one counter for all connections (as
     /// the reference relay does), so cached live frames can be shared between connections.
@@ -151,7 +152,12 @@ struct Session {
 
 /// Runs a connection to its end.
 pub async fn run(socket: WebSocket, init: SessionInit, shared: Arc<Shared>) {
-    let span = tracing::info_span!("conn", tenant = init.tenant.as_str(), conn = init.conn);
+    let span = tracing::info_span!(
+        "conn",
+        tenant = init.tenant.as_str(),
+        conn = init.conn,
+        sub = init.grant.subject()
+    );
     tracing::Instrument::instrument(run_inner(socket, init, shared), span).await;
 }
 
@@ -246,6 +252,7 @@ impl Session {
                     }
                     return End::ShuttingDown;
                 }
+                refusal = self.grant.ended() => return End::Violation(self.refuse(refusal)),
                 Some((id, result)) = self.pending.next(), if !self.pending.is_empty() => {
                     if let Err(v) = self.send_ack(id, result).await {
                         return End::Violation(v);
@@ -330,6 +337,12 @@ impl Session {
         }
     }
 
+    /// A policy close (1008), counted.
+    fn refuse(&self, refusal: Refusal) -> Violation {
+        Counters::bump(&self.shared.counters.closed_by_policy);
+        Violation::refused(refusal)
+    }
+
     async fn on_frame(&mut self, frame: Bytes) -> Result<(), Violation> {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let msg = match self.inbound.push(&frame, now) {
@@ -342,7 +355,9 @@ impl Session {
     }
 
     async fn on_message(&mut self, msg: ClientMsg) -> Result<(), Violation> {
-        self.grant.authorize(&msg).map_err(Violation::refused)?;
+        if let Err(refusal) = self.grant.authorize(&msg) {
+            return Err(self.refuse(refusal));
+        }
         match msg {
             ClientMsg::Ping { id } => {
                 let pong = RelayMsg::Pong { id };

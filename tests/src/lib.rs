@@ -22,6 +22,9 @@ use wharf_protocol::{
     ClientMsg, EncryptedEntry, Inbound, JsNumber, ReassemblerLimits, RelayMsg, RemoteEntry,
     WriteEntries,
 };
+use wharf_relay::auth::token::{Action, Audience, Claims, RelayKey};
+use wharf_relay::auth::unix_now;
+use wharf_relay::config::AuthMode;
 use wharf_relay::{Config, Relay};
 
 /// How long any single wait in a test may take before the test fails (never a sync point).
@@ -89,6 +92,30 @@ impl TestRelay {
         format!("ws://{}/t/{tenant}", self.addr)
     }
 
+    /// A relay that requires tokens (no leeway, revocations re-read every 20 ms).
+    pub async fn start_with_tokens(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with(|c| {
+            c.auth.mode = Some(AuthMode::Token);
+            c.auth.leeway = Duration::ZERO;
+            c.auth.revocation_poll = Duration::from_millis(20);
+            tweak(c);
+        })
+        .await
+    }
+
+    /// A token signed with this relay's own key (the one `wharf-relay token issue` uses).
+    pub fn mint(&self, claims: &Claims) -> String {
+        RelayKey::load_or_create(&self.config.key_path())
+            .expect("relay key")
+            .mint(claims)
+            .expect("mint")
+    }
+
+    /// `url(tenant)` with `?token=`.
+    pub fn url_with_token(&self, tenant: &str, token: &str) -> String {
+        format!("{}?token={token}", self.url(tenant))
+    }
+
     pub async fn client(&self, tenant: &str) -> Client {
         Client::connect(&self.url(tenant)).await.expect("connect")
     }
@@ -107,10 +134,28 @@ impl TestRelay {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Claims of a token for `tenant` allowing `actions`, valid for an hour.
+pub fn claims(tenant: &str, actions: &[Action]) -> Claims {
+    let now = unix_now();
+    Claims {
+        iss: "wharf-relay".into(),
+        sub: "test-agent".into(),
+        aud: Audience::One("wharf".into()),
+        tenant: tenant.into(),
+        actions: actions.to_vec(),
+        logs: None,
+        exp: now + 3600,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
 /// A raw protocol client: frames in, messages out, chunked messages reassembled.
 #[allow(missing_debug_implementations)]
 pub struct Client {
     pub ws: Ws,
+    /// The subprotocol the relay selected.
+    pub protocol: Option<String>,
     pub remote_id: Bytes,
     inbound: Inbound<RelayMsg>,
     next_write: u32,
@@ -131,17 +176,60 @@ impl Client {
     }
 
     pub async fn connect_with_protocol(url: &str, protocol: Option<&str>) -> Result<Self> {
+        Self::connect_with_headers(url, protocol.map(|p| ("sec-websocket-protocol", p))).await
+    }
+
+    /// Connects with extra request headers (name, value).
+    pub async fn connect_with_headers<'a>(
+        url: &str,
+        headers: impl IntoIterator<Item = (&'static str, &'a str)>,
+    ) -> Result<Self> {
         let mut request = url.into_client_request()?;
-        if let Some(p) = protocol {
-            request
-                .headers_mut()
-                .insert("sec-websocket-protocol", p.parse()?);
+        for (name, value) in headers {
+            request.headers_mut().insert(name, value.parse()?);
         }
-        let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+        let (ws, response) =
+            tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+                .await
+                .context("connect timed out")??;
+        let protocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Self::after_upgrade(ws, protocol).await
+    }
+
+    /// Expects the upgrade to be refused; returns the HTTP status and body.
+    pub async fn refused<'a>(
+        url: &str,
+        headers: impl IntoIterator<Item = (&'static str, &'a str)>,
+    ) -> Result<(u16, String)> {
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request.headers_mut().insert(name, value.parse()?);
+        }
+        match tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
             .await
-            .context("connect timed out")??;
+            .context("connect timed out")?
+        {
+            Ok(_) => bail!("the upgrade was accepted"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Ok((response.status().as_u16(), body))
+            }
+            Err(e) => bail!("the upgrade failed without an HTTP response: {e}"),
+        }
+    }
+
+    async fn after_upgrade(ws: Ws, protocol: Option<String>) -> Result<Self> {
         let mut client = Client {
             ws,
+            protocol,
             remote_id: Bytes::new(),
             inbound: Inbound::new(ReassemblerLimits::default()),
             next_write: 0,

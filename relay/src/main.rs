@@ -175,6 +175,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                     args.tenant
                 )
             })?;
+            anyhow::ensure!(!args.sub.is_empty(), "--sub must not be empty");
             let key = RelayKey::load_or_create(&config.key_path())?;
             let now = unix_now();
             let claims = Claims {

@@ -445,7 +445,7 @@ impl Verifier {
             validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
             validation.leeway = self.leeway;
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) => return Ok(data.claims),
+                Ok(data) => return well_formed(data.claims),
                 // Another key (same issuer rotating, or another issuer) may have signed it.
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {
                     last = TokenError::BadSignature;
@@ -455,6 +455,20 @@ impl Verifier {
         }
         Err(last)
     }
+}
+
+/// Claims the JSON shape allows but a token must not carry: an empty tenant, subject or id.
+fn well_formed(claims: Claims) -> Result<Claims, TokenError> {
+    for (name, value) in [
+        ("tenant", &claims.tenant),
+        ("sub", &claims.sub),
+        ("jti", &claims.jti),
+    ] {
+        if value.is_empty() {
+            return Err(TokenError::BadClaim(name.into()));
+        }
+    }
+    Ok(claims)
 }
 
 /// The `alg` a header names, for the error message only.

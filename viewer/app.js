@@ -88,10 +88,15 @@ function updateProgressStatus() {
 function relayUrl() {
   const base = $("relay").value.trim().replace(/\/+$/, "")
   const tenant = $("tenant").value.trim()
-  const token = $("token").value
-  let url = `${base}/t/${encodeURIComponent(tenant)}`
-  if (token) url += `?token=${encodeURIComponent(token)}`
-  return url
+  return `${base}/t/${encodeURIComponent(tenant)}`
+}
+
+// The token rides in Sec-WebSocket-Protocol as `wharf.token.<jwt>` (the one header a browser lets
+// a page set on a WebSocket), never in the URL, where proxies and history would keep it. The
+// relay answers `wharf.v1`, so that one is always offered too.
+function subprotocols() {
+  const token = $("token").value.trim()
+  return token ? ["wharf.v1", `wharf.token.${token}`] : ["wharf.v1"]
 }
 
 function connect() {
@@ -119,7 +124,7 @@ function open() {
   setStatus("connecting", conn.attempt > 0 ? `Connecting · attempt ${conn.attempt + 1}` : "Connecting…")
   let ws
   try {
-    ws = new WebSocket(relayUrl(), ["wharf.v1"])
+    ws = new WebSocket(relayUrl(), subprotocols())
   } catch (e) {
     conn.want = false
     $("connect").disabled = false
@@ -141,6 +146,14 @@ function onClose(ev) {
   if (!conn.want) return
   const why = ev.reason ? `${ev.code}: ${ev.reason}` : `code ${ev.code}`
   conn.lastClose = why
+  // 1008: the relay ended this connection by policy (token expired or revoked, or not allowed).
+  // Retrying with the same token cannot help; a new token and Connect can.
+  if (ev.code === 1008) {
+    conn.want = false
+    $("connect").disabled = false
+    $("disconnect").disabled = true
+    return setStatus("error", "Refused by the relay · check the token", why)
+  }
   if (!navigator.onLine) return setStatus("offline", "Offline · waiting for the network", why)
   conn.attempt += 1
   // Full jitter over an exponential ceiling, so a restarted relay is not hit by every viewer at once.

@@ -126,6 +126,42 @@ impl ConnectOptions {
     }
 }
 
+/// An HTTP answer to the upgrade is the relay's refusal (its body says why, in one line); anything
+/// else is a failure to connect. The URL is shown without its query, which may hold the token.
+fn refused(url: &Url, e: tokio_tungstenite::tungstenite::Error) -> Error {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e {
+        WsError::Http(response) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let reason: String = body.trim().chars().take(200).collect();
+            Error::Refused {
+                status: response.status().as_u16(),
+                reason: if reason.is_empty() {
+                    response
+                        .status()
+                        .canonical_reason()
+                        .unwrap_or("no reason given")
+                        .to_owned()
+                } else {
+                    reason
+                },
+            }
+        }
+        e => Error::Connect(format!("{}: {e}", redacted(url))),
+    }
+}
+
+/// `url` without its query string (which may hold `?token=`), for messages and logs.
+pub(crate) fn redacted(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.to_string()
+}
+
 /// An open connection that has received `Hello`.
 #[derive(Debug)]
 pub struct Connection {
@@ -142,7 +178,7 @@ impl Connection {
         let url = opts.url()?;
         let connector = opts.connector(&url)?;
         let mut request = url.as_str().into_client_request().map_err(|e| Error::Url {
-            url: url.to_string(),
+            url: redacted(&url),
             reason: e.to_string(),
         })?;
         let headers = request.headers_mut();
@@ -166,7 +202,7 @@ impl Connection {
                 connector,
             )
             .await
-            .map_err(|e| Error::Connect(format!("{url}: {e}")))?;
+            .map_err(|e| refused(&url, e))?;
             let extension = response
                 .headers()
                 .get("sec-websocket-protocol")
@@ -191,7 +227,7 @@ impl Connection {
         };
         tokio::time::timeout(opts.connect_timeout, handshake)
             .await
-            .map_err(|_| Error::Timeout(format!("connecting to {url}")))?
+            .map_err(|_| Error::Timeout(format!("connecting to {}", redacted(&url))))?
     }
 
     /// The relay's identity for its data (stable until its data is wiped).

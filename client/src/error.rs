@@ -19,6 +19,10 @@ pub enum Error {
     Connect(String),
     #[error("connection lost: {0}")]
     Disconnected(String),
+    /// The relay answered the upgrade with an HTTP error: 401 (no or bad token), 403 (the token
+    /// does not allow this tenant), 429/503 (a connection limit), 400 (a bad tenant id).
+    #[error("the relay refused the connection (HTTP {status}): {reason}")]
+    Refused { status: u16, reason: String },
     #[error("the relay closed the connection ({code}): {reason}")]
     RelayClosed { code: u16, reason: String },
     #[error("the relay refused: {code}: {message}")]
@@ -46,6 +50,8 @@ impl Error {
         match self {
             Error::Connect(_) | Error::Disconnected(_) | Error::Timeout(_) => true,
             Error::RelayClosed { code, .. } => !matches!(code, 1002 | 1003 | 1008 | 1009),
+            // Limits and a relay shutting down pass; a missing or refused token does not.
+            Error::Refused { status, .. } => matches!(status, 429 | 502 | 503 | 504),
             Error::Relay { code, .. } => matches!(code.as_str(), "shutting_down" | "internal"),
             _ => false,
         }

@@ -1,6 +1,6 @@
 // Shared pieces of the compat suite: a real wharf-relay child process on 127.0.0.1:0, and
 // agents built exactly as an Effect v3 app builds them (EventLog + EventLogRemote.layerWebSocket).
-import { spawn, execFile } from "node:child_process"
+import { spawn, execFile, execFileSync } from "node:child_process"
 import { mkdtempSync, rmSync, existsSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, dirname } from "node:path"
@@ -20,12 +20,23 @@ function relayBinary() {
 }
 
 /** Starts a relay on a free port with a fresh data directory. `restart()` stops it (SIGTERM) and
- * starts it again on the same address with the same data. */
-export async function startRelay() {
+ * starts it again on the same address with the same data.
+ *
+ * With `{ auth: "token" }` it runs `--auth token`: `url(tenant)` then carries a read+write token
+ * for that tenant as `?token=` (the only way an unmodified Effect v3 client can send one), and
+ * `token(tenant, actions, ...flags)` mints others with `wharf-relay token issue`. */
+export async function startRelay({ auth = "none" } = {}) {
   const data = mkdtempSync(join(tmpdir(), "wharf-compat-"))
   let child, exited
+  const token = (tenant, actions = "read,write", ...flags) =>
+    execFileSync(relayBinary(), ["token", "issue", "--data", data, "--tenant", tenant, "--actions", actions, "--sub", "compat", ...flags], { encoding: "utf8" }).trim()
+  const writers = new Map()
+  const writeToken = (tenant) => {
+    if (!writers.has(tenant)) writers.set(tenant, token(tenant))
+    return writers.get(tenant)
+  }
   const spawnRelay = async (listen) => {
-    child = spawn(relayBinary(), ["serve", "--listen", listen, "--data", data], {
+    child = spawn(relayBinary(), ["serve", "--listen", listen, "--data", data, "--auth", auth], {
       stdio: ["ignore", "pipe", "inherit"],
       env: { ...process.env, WHARF_LOG: process.env.WHARF_LOG ?? "warn" }
     })
@@ -44,7 +55,14 @@ export async function startRelay() {
     addr,
     base: `ws://${addr}`,
     http: `http://${addr}`,
-    url: (tenant) => `ws://${addr}/t/${tenant}`,
+    auth,
+    url: (tenant) => auth === "token"
+      ? `ws://${addr}/t/${tenant}?token=${encodeURIComponent(writeToken(tenant))}`
+      : `ws://${addr}/t/${tenant}`,
+    /** A token for `tenant` (`wharf-relay token issue`), e.g. token("acme", "read"). */
+    token,
+    /** `wharf` CLI flags that reach `tenant` on this relay (with a read+write token under auth). */
+    cliArgs: (tenant) => ["--relay", `ws://${addr}`, "--tenant", tenant, ...(auth === "token" ? ["--token", writeToken(tenant)] : [])],
     async restart() {
       child.kill("SIGTERM")
       await exited

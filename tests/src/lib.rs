@@ -453,17 +453,50 @@ pub struct ChildRelay {
 
 impl ChildRelay {
     pub async fn start(data: &Path, extra_env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn(data, extra_env, None).await
+    }
+
+    /// Like [`ChildRelay::start`], with everything the relay writes to stderr (its logs)
+    /// collected into the returned buffer instead of passed through.
+    pub async fn start_capturing(
+        data: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> Result<(Self, Arc<std::sync::Mutex<String>>)> {
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let relay = Self::spawn(data, extra_env, Some(log.clone())).await?;
+        Ok((relay, log))
+    }
+
+    async fn spawn(
+        data: &Path,
+        extra_env: &[(&str, &str)],
+        capture: Option<Arc<std::sync::Mutex<String>>>,
+    ) -> Result<Self> {
         let mut cmd = tokio::process::Command::new(relay_binary());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .env("WHARF_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .kill_on_drop(true);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().context("spawn wharf-relay")?;
+        if let (Some(log), Some(stderr)) = (capture, child.stderr.take()) {
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(PATIENCE, lines.next_line())

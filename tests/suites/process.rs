@@ -185,3 +185,173 @@ async fn sigterm_closes_with_1001_and_exits_zero() {
     let exit = relay.child.wait().await.expect("wait");
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+/// Runs a binary to completion with a bound; (exit code, stdout, stderr).
+async fn run(
+    bin: std::path::PathBuf,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .env_remove("WHARF_TOKEN")
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+        .await
+        .expect("finished in time")
+        .expect("ran");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `jti` claim of a JWT (read without checking it: the relay does that).
+fn jti(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("payload");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64");
+    let claims: serde_json::Value = serde_json::from_slice(&json).expect("json");
+    claims["jti"].as_str().expect("jti").to_owned()
+}
+
+/// The token CLI against a running relay: issue, use it from the `wharf` CLI (WHARF_TOKEN) and
+/// a socket, revoke it (the open socket is closed, the CLI is refused at once), list-revoked;
+/// and nothing the relay logs, even at debug level, quotes a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_issued_and_revoked_while_the_relay_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (relay, log) =
+        ChildRelay::start_capturing(&data, &[("WHARF_AUTH", "token"), ("WHARF_LOG", "debug")])
+            .await
+            .expect("start");
+    let data_arg = data.to_str().expect("utf-8 path");
+    let issue = |tenant: &'static str, actions: &'static str| {
+        let data_arg = data_arg.to_owned();
+        async move {
+            let (code, out, err) = run(
+                wharf_tests::relay_binary(),
+                &[
+                    "token",
+                    "issue",
+                    "--data",
+                    &data_arg,
+                    "--tenant",
+                    tenant,
+                    "--actions",
+                    actions,
+                    "--ttl",
+                    "10m",
+                ],
+                &[],
+            )
+            .await;
+            assert_eq!(code, 0, "token issue: {err}");
+            assert_eq!(out.lines().count(), 1, "the token alone on stdout: {out:?}");
+            out.trim().to_owned()
+        }
+    };
+    let token = issue("acme", "read,write").await;
+    let other = issue("other", "read,write").await;
+
+    let id = dir.path().join("agent.id");
+    let id_arg = id.to_str().expect("utf-8");
+    let (code, _, err) = run(wharf_tests::wharf_binary(), &["keygen", "-o", id_arg], &[]).await;
+    assert_eq!(code, 0, "keygen: {err}");
+    let relay_url = format!("ws://{}", relay.addr);
+    let push = |journal: &'static str, token: Option<String>| {
+        let (relay_url, id_arg, dir) =
+            (relay_url.clone(), id_arg.to_owned(), dir.path().to_owned());
+        async move {
+            let journal = dir.join(journal);
+            let args = [
+                "push",
+                "-i",
+                &id_arg,
+                "--journal",
+                journal.to_str().expect("utf-8"),
+                "--relay",
+                &relay_url,
+                "--tenant",
+                "acme",
+                "--event",
+                "Noted",
+                "--key",
+                "k",
+                "--payload",
+                "{}",
+                "--timeout",
+                "50s",
+            ];
+            let env: Vec<(&str, &str)> =
+                token.iter().map(|t| ("WHARF_TOKEN", t.as_str())).collect();
+            run(wharf_tests::wharf_binary(), &args, &env).await
+        }
+    };
+    let (code, _, err) = push("a.db", Some(token.clone())).await;
+    assert_eq!(code, 0, "push with WHARF_TOKEN: {err}");
+    // Refusals end the command with the relay's reason, not after its timeout.
+    let (code, _, err) = push("b.db", None).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("HTTP 401") && err.contains("a token is required"),
+        "{err}"
+    );
+    assert!(err.contains("safe in"), "says where the entries are: {err}");
+    let (code, _, err) = push("c.db", Some(other.clone())).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("HTTP 403"), "{err}");
+
+    // Revoke the token a live connection holds: the relay closes it, and it no longer admits.
+    let mut live = Client::connect(&format!("{}?token={token}", relay.url("acme")))
+        .await
+        .expect("connect");
+    live.subscribe("some-log", 0).await.expect("subscribe");
+    let (code, out, err) = run(
+        wharf_tests::relay_binary(),
+        &["token", "revoke", "--data", data_arg, &jti(&token)],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "revoke: {out}{err}");
+    let closed = live.closed().await.expect("closed");
+    assert_eq!(closed.code, Some(1008), "{closed:?}");
+    assert!(closed.reason.contains("revoked"), "{closed:?}");
+    let (code, _, err) = push("d.db", Some(token.clone())).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("HTTP 401") && err.contains("revoked"), "{err}");
+    let (code, out, err) = run(
+        wharf_tests::relay_binary(),
+        &["token", "list-revoked", "--data", data_arg],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "list-revoked: {err}");
+    assert!(out.contains(&jti(&token)), "{out}");
+
+    drop(relay);
+    let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(
+        log.contains("connection refused"),
+        "refusals are logged:\n{log}"
+    );
+    for t in [&token, &other] {
+        let signature = t.rsplit('.').next().expect("signature");
+        assert!(
+            !log.contains(signature),
+            "a token reached the relay's log:\n{log}"
+        );
+    }
+    assert!(
+        !log.contains("token=ey"),
+        "a query string reached the relay's log:\n{log}"
+    );
+}

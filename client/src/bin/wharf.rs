@@ -530,12 +530,22 @@ async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
     let mut acked = args.no_wait;
     if !args.no_wait {
         let bar = progress_bar(pending, "uploading");
+        let mut status = client.status();
         let waited = tokio::time::timeout(args.timeout, async {
             let flush = client.flush();
             tokio::pin!(flush);
             loop {
                 tokio::select! {
-                    r = &mut flush => return r,
+                    r = &mut flush => return r.map_err(anyhow::Error::from),
+                    // A refusal (bad token, forbidden) does not pass by waiting: say so now.
+                    Ok(()) = status.changed() => {
+                        if let Status::Error { message, .. } = &*status.borrow_and_update() {
+                            return Err(anyhow!(
+                                "{message}; the entries are safe in {} and go out on the next push",
+                                journal.display()
+                            ));
+                        }
+                    }
                     // Counting what is left costs a query: only for a bar someone sees.
                     _ = tokio::time::sleep(Duration::from_millis(200)), if !bar.is_hidden() => {
                         if let Ok(left) = client.pending().await {

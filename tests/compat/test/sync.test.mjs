@@ -4,9 +4,11 @@ import { test, after } from "node:test"
 import assert from "node:assert/strict"
 import { createHash } from "node:crypto"
 import { EventJournal } from "@effect/experimental"
+import WebSocket from "ws"
 import { startRelay, makeAgent, newIdentity, ids } from "../harness.mjs"
 
-const relay = await startRelay()
+// Token auth on: every client below sends its token the only way a v3 client can, `?token=`.
+const relay = await startRelay({ auth: "token" })
 const agents = []
 const agent = (opts) => {
   const a = makeAgent(opts)
@@ -32,6 +34,35 @@ test("two clients with one identity converge and run their handlers", async () =
   await b.waitFor((seen) => seen.length >= 3)
   assert.deepEqual(ids(a.seen), want)
   assert.deepEqual(ids(b.seen), want)
+})
+
+/** The HTTP status the relay answers an upgrade to `url` with (101 when it lets the socket in). */
+function upgradeStatus(url) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url)
+    ws.once("unexpected-response", (_req, res) => { resolve(res.statusCode); ws.terminate() })
+    ws.once("open", () => { resolve(101); ws.close() })
+    ws.once("error", (e) => { if (!/Unexpected server response/.test(e.message)) reject(e) })
+  })
+}
+
+test("the relay lets in only the tokens it issued, for their own tenant", async () => {
+  assert.equal(await upgradeStatus(`${relay.base}/t/gate`), 401, "no token")
+  assert.equal(await upgradeStatus(`${relay.base}/t/gate?token=not-a-jwt`), 401, "malformed token")
+  assert.equal(await upgradeStatus(`${relay.base}/t/gate?token=${relay.token("other")}`), 403, "another tenant's token")
+  assert.equal(await upgradeStatus(relay.url("gate")), 101, "its own token")
+})
+
+test("a read-only token is enough to follow a log", async () => {
+  const identity = newIdentity()
+  const writer = agent({ url: relay.url("readonly"), identity })
+  const token = relay.token("readonly", "read")
+  const reader = agent({ url: `${relay.base}/t/readonly?token=${encodeURIComponent(token)}`, identity })
+  await Promise.all([writer.start(), reader.start()])
+  await writer.write({ id: "w-1", title: "written with read+write" })
+  await writer.write({ id: "w-2", title: "again" })
+  await reader.waitFor((seen) => seen.length >= 2)
+  assert.deepEqual(ids(reader.seen), ["w-1", "w-2"])
 })
 
 test("two identities on one tenant stay isolated", async () => {

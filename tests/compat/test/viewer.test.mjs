@@ -19,7 +19,9 @@ const artifacts = join(here, "..", "artifacts")
 const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium"
 if (!existsSync(executablePath)) throw new Error(`${executablePath} is missing: install Debian's chromium (.ci/run does), or set CHROMIUM`)
 
-const relay = await startRelay()
+// Under token auth, as a relay on a network runs: writers hold read+write tokens, the viewer a
+// read-only one (all it needs), which it sends as a WebSocket subprotocol, never in the URL.
+const relay = await startRelay({ auth: "token" })
 const dir = mkdtempSync(join(tmpdir(), "wharf-viewer-"))
 const tenant = "viewer"
 const browser = await chromium.launch({
@@ -35,7 +37,8 @@ after(async () => {
   rmSync(dir, { recursive: true, force: true })
 })
 
-const cli = (args, input) => wharf([...args, "--relay", relay.base, "--tenant", tenant], { input })
+const cli = (args, input) => wharf([...args, ...relay.cliArgs(tenant)], { input })
+const viewerToken = relay.token(tenant, "read")
 
 /** Writes an entry that no key opens (someone who knows the log name can always append). */
 async function writeGarbage(log) {
@@ -66,7 +69,11 @@ test("the viewer decrypts both suites live, shows locked rows, and reconnects by
   const errors = []
   page.on("pageerror", (e) => errors.push(e.message))
   const sent = []
-  page.on("websocket", (ws) => ws.on("framesent", (f) => sent.push(Buffer.from(f.payload))))
+  const socketUrls = []
+  page.on("websocket", (ws) => {
+    socketUrls.push(ws.url())
+    ws.on("framesent", (f) => sent.push(Buffer.from(f.payload)))
+  })
   // First visit: the page makes its x25519 key pair and shows the public key.
   await page.goto(`${relay.http}/viewer`)
   const publicKey = (await page.locator("#pubkey").textContent()).trim()
@@ -74,7 +81,7 @@ test("the viewer decrypts both suites live, shows locked rows, and reconnects by
   assert.equal(await page.locator("#relay").inputValue(), relay.base, "prefilled from the page's origin")
 
   const grant = async (file) => JSON.parse(await wharf(["grant", "--json", "-i", file, "--to", publicKey])).grant
-  const fragment = new URLSearchParams({ tenant })
+  const fragment = new URLSearchParams({ tenant, token: viewerToken })
   fragment.append("grant", await grant(join(dir, "native.id")))
   fragment.append("grant", await grant(effectFile))
   await page.goto(`${relay.http}/viewer/#${fragment}`)
@@ -134,6 +141,9 @@ test("the viewer decrypts both suites live, shows locked rows, and reconnects by
   const seqs = await page.evaluate((log) => window.wharfViewer.state.rows.filter((r) => r.log === log).map((r) => r.sequence), native.log)
   assert.deepEqual(seqs, [...Array(seqs.length).keys()], "no gap and no duplicate across the restart")
 
+  // The token went as a subprotocol: no socket URL carries it.
+  assert.ok(socketUrls.length >= 2, `sockets: ${socketUrls}`)
+  for (const url of socketUrls) assert.ok(!url.includes("token") && !url.includes(viewerToken), url)
   // Read-only: the page never sent a WriteEntries.
   assert.ok(sent.length > 0)
   for (const frame of sent) assert.notEqual(unpack(frame)._tag, "WriteEntries")
@@ -151,7 +161,7 @@ test("jump to a sequence and scroll back through history with a bounded window",
   await page.reload()
   const publicKey = (await page.locator("#pubkey").textContent()).trim()
   const grant = JSON.parse(await wharf(["grant", "--json", "-i", join(dir, "history.id"), "--to", publicKey])).grant
-  await page.goto(`${relay.http}/viewer/#${new URLSearchParams({ tenant, grant })}`)
+  await page.goto(`${relay.http}/viewer/#${new URLSearchParams({ tenant, grant, token: viewerToken })}`)
   await page.waitForFunction(() => document.querySelector("#status").dataset.state === "live")
   await page.waitForFunction(() => window.wharfViewer.state.rows.length === 200)
   const range = () => page.evaluate(() => { const s = window.wharfViewer.state.rows.map((r) => r.sequence); return [s[0], s[s.length - 1], s.length] })

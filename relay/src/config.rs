@@ -48,6 +48,10 @@ pub struct Config {
     pub max_entry_id_bytes: usize,
     /// Most entries in one `WriteEntries`.
     pub max_entries_per_write: usize,
+    /// Refuse (close 1008) a write whose 12-byte AES-GCM iv is reused: shared by several
+    /// entries of the write (what Effect v3 clients do) or already stored in the log. Off by
+    /// default: such writes are counted and logged once per connection. See SECURITY.md.
+    pub strict_iv: bool,
     /// Most subscriptions (`RequestChanges` publicKeys) one connection may hold.
     pub max_subscriptions_per_connection: usize,
     /// Writes a connection may have waiting for their Ack before the relay stops reading it.
@@ -171,6 +175,7 @@ impl Default for Config {
             max_public_key_bytes: 256,
             max_entry_id_bytes: 64,
             max_entries_per_write: 100_000,
+            strict_iv: false,
             max_subscriptions_per_connection: 64,
             max_pending_writes_per_connection: 64,
             outbound_queue_messages: 16,

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use dashmap::DashMap;
+
 /// Monotonic counts since the relay started.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -16,11 +18,23 @@ pub struct Counters {
     pub refused_by_limit: AtomicU64,
     /// Times a connection was slowed because it exceeded a rate limit.
     pub throttled: AtomicU64,
+    /// Writes whose 12-byte AES-GCM iv was reused (shared by several entries of the write, or
+    /// already stored in the log), per tenant. See SECURITY.md.
+    pub iv_reuse: DashMap<String, u64>,
 }
 
 impl Counters {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Writes with a reused iv seen for `tenant`.
+    pub fn iv_reuse(&self, tenant: &str) -> u64 {
+        self.iv_reuse.get(tenant).map_or(0, |n| *n)
+    }
+
+    pub(crate) fn bump_iv_reuse(&self, tenant: &str) {
+        *self.iv_reuse.entry(tenant.to_owned()).or_insert(0) += 1;
     }
 
     pub(crate) fn bump(counter: &AtomicU64) {

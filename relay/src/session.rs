@@ -137,6 +137,7 @@ pub struct SessionInit {
 
 struct Session {
     shared: Arc<Shared>,
+    tenant: TenantId,
     conn: ConnId,
     extension: bool,
     grant: Grant,
@@ -148,6 +149,8 @@ struct Session {
     pending: FuturesOrdered<PendingAck>,
     inbound: Inbound<ClientMsg>,
     started: Instant,
+    /// Whether this connection's first reused iv was logged (once per connection).
+    iv_warned: bool,
 }
 
 /// Runs a connection to its end.
@@ -198,6 +201,7 @@ async fn run_inner(socket: WebSocket, init: SessionInit, shared: Arc<Shared>) {
     let mut session = Session {
         inbound: Inbound::new(shared.config.reassembler_limits()),
         shared,
+        tenant,
         conn,
         extension,
         grant,
@@ -208,6 +212,7 @@ async fn run_inner(socket: WebSocket, init: SessionInit, shared: Arc<Shared>) {
         subscriptions: HashMap::new(),
         pending: FuturesOrdered::new(),
         started: Instant::now(),
+        iv_warned: false,
     };
     let end = session.read_loop(&mut stream).await;
     session.finish(end).await;
@@ -419,6 +424,42 @@ impl Session {
         Ok(())
     }
 
+    /// The guardrail on ciphertext metadata: a 12-byte iv is an AES-GCM nonce, which must never
+    /// encrypt twice under one key. Several entries of one write share its iv (Effect v3 does
+    /// this); an iv already stored in the log was used before. Counted per tenant and logged
+    /// once per connection; refused under `strict_iv`. The stored-iv lookup goes through the
+    /// reader pool, so it never waits for the tenant's writer; two writes racing with one iv
+    /// may both pass it (it detects misuse, it does not serialise).
+    async fn check_iv(&mut self, w: &WriteEntries) -> Result<(), Violation> {
+        if w.iv.len() != 12 || w.entries.is_empty() {
+            return Ok(());
+        }
+        let why = if w.entries.len() > 1 {
+            format!("{} entries share one AES-GCM iv", w.entries.len())
+        } else {
+            match self.store.gcm_iv_used(&w.public_key, &w.iv).await {
+                Ok(true) => "its AES-GCM iv is already used in this log".to_owned(),
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    warn!(error = %e, "iv guardrail lookup failed; write let through");
+                    return Ok(());
+                }
+            }
+        };
+        self.shared.counters.bump_iv_reuse(self.tenant.as_str());
+        if self.shared.config.strict_iv {
+            return Err(Violation::new(
+                close_code::POLICY_VIOLATION,
+                ErrorCode::UnsupportedData,
+                format!("write refused: {why} (nonce reuse; strict_iv is on)"),
+            ));
+        }
+        if !std::mem::replace(&mut self.iv_warned, true) {
+            warn!(public_key = %w.public_key, "iv reuse: {why}; see SECURITY.md (logged once per connection)");
+        }
+        Ok(())
+    }
+
     async fn on_write(&mut self, w: WriteEntries) -> Result<(), Violation> {
         let config = &self.shared.config;
         self.check_public_key(&w.public_key)?;
@@ -438,6 +479,7 @@ impl Session {
         if w.entries.iter().any(|e| e.entry_id.is_empty()) {
             return Err(Violation::invalid("an entryId is empty"));
         }
+        self.check_iv(&w).await?;
         let id = w.id;
         if w.entries.is_empty() {
             // Nothing to make durable; the Ack still waits its turn behind earlier writes.

@@ -15,14 +15,20 @@ use wharf_sqlite::{Db, DbError, Options, Synchronous};
 use crate::config::Durability;
 
 /// The schema, one step per version (`PRAGMA user_version`); append, never edit.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
-    "CREATE TABLE logs (id INTEGER PRIMARY KEY, public_key TEXT NOT NULL UNIQUE)",
-    "CREATE TABLE entries (log_id INTEGER NOT NULL, seq INTEGER NOT NULL, \
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE logs (id INTEGER PRIMARY KEY, public_key TEXT NOT NULL UNIQUE)",
+        "CREATE TABLE entries (log_id INTEGER NOT NULL, seq INTEGER NOT NULL, \
      entry_id BLOB NOT NULL, iv BLOB NOT NULL, ciphertext BLOB NOT NULL)",
-    "CREATE UNIQUE INDEX entries_by_seq ON entries (log_id, seq)",
-    "CREATE UNIQUE INDEX entries_by_id ON entries (log_id, entry_id)",
-]];
+        "CREATE UNIQUE INDEX entries_by_seq ON entries (log_id, seq)",
+        "CREATE UNIQUE INDEX entries_by_id ON entries (log_id, entry_id)",
+    ],
+    &[
+        // The iv guardrail (crate::session): "was this 12-byte AES-GCM iv used in this log?"
+        "CREATE INDEX entries_by_gcm_iv ON entries (log_id, iv) WHERE length(iv) = 12",
+    ],
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -165,6 +171,24 @@ impl Store {
             q.build().execute(&mut *conn).await?;
         }
         Ok(())
+    }
+
+    /// Whether a 12-byte (AES-GCM) `iv` is already stored in the log (through the reader pool:
+    /// never waits for the writer). Any other length answers `false`.
+    pub async fn gcm_iv_used(&self, public_key: &str, iv: &[u8]) -> Result<bool, StoreError> {
+        if iv.len() != 12 {
+            return Ok(false);
+        }
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM entries \
+             WHERE log_id = (SELECT id FROM logs WHERE public_key = ?) \
+             AND length(iv) = 12 AND iv = ? LIMIT 1",
+        )
+        .bind(public_key)
+        .bind(iv)
+        .fetch_optional(&self.db.readers)
+        .await?;
+        Ok(found.is_some())
     }
 
     /// Entries of a log with `from <= sequence < to`, in order, at most `limit` of them.

@@ -31,14 +31,20 @@ export async function startRelay({ auth = "none" } = {}) {
   const token = (tenant, actions = "read,write", ...flags) =>
     execFileSync(relayBinary(), ["token", "issue", "--data", data, "--tenant", tenant, "--actions", actions, "--sub", "compat", ...flags], { encoding: "utf8" }).trim()
   const writers = new Map()
+  const logs = []
   const writeToken = (tenant) => {
     if (!writers.has(tenant)) writers.set(tenant, token(tenant))
     return writers.get(tenant)
   }
   const spawnRelay = async (listen) => {
     child = spawn(relayBinary(), ["serve", "--listen", listen, "--data", data, "--auth", auth], {
-      stdio: ["ignore", "pipe", "inherit"],
-      env: { ...process.env, WHARF_LOG: process.env.WHARF_LOG ?? "warn" }
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, WHARF_LOG: process.env.WHARF_LOG ?? "warn", NO_COLOR: "1" }
+    })
+    // Passed through, and kept for tests that look for a log line.
+    createInterface({ input: child.stderr }).on("line", (line) => {
+      logs.push(line)
+      process.stderr.write(line + "\n")
     })
     exited = new Promise((resolve) => child.once("exit", resolve))
     const line = await new Promise((resolve, reject) => {
@@ -56,6 +62,8 @@ export async function startRelay({ auth = "none" } = {}) {
     base: `ws://${addr}`,
     http: `http://${addr}`,
     auth,
+    /** Every line the relay wrote to stderr so far (its warnings). */
+    logs,
     url: (tenant) => auth === "token"
       ? `ws://${addr}/t/${tenant}?token=${encodeURIComponent(writeToken(tenant))}`
       : `ws://${addr}/t/${tenant}`,

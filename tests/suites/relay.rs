@@ -494,3 +494,103 @@ async fn wait_until(mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A WriteEntries with the given iv, acked (skipping other messages).
+async fn write_with_iv(
+    c: &mut Client,
+    id: u32,
+    iv: &[u8],
+    es: Vec<wharf_protocol::EncryptedEntry>,
+) -> Vec<u64> {
+    c.send(&ClientMsg::WriteEntries(wharf_protocol::WriteEntries {
+        public_key: PK.into(),
+        id: id.into(),
+        iv: Bytes::copy_from_slice(iv),
+        entries: es,
+    }))
+    .await
+    .expect("send");
+    loop {
+        if let RelayMsg::Ack {
+            id: got,
+            sequence_numbers,
+        } = c.recv().await.expect("ack")
+        {
+            if got == id.into() {
+                return sequence_numbers;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn reused_gcm_ivs_are_counted_per_tenant() {
+    let relay = TestRelay::start().await;
+    let counters = relay.relay.counters();
+    let mut c = relay.client("acme").await;
+    // Three entries under one 12-byte iv: AES-GCM nonce reuse, as Effect v3 batches do.
+    assert_eq!(
+        write_with_iv(&mut c, 1, &[1; 12], entries(1, 3, 8)).await,
+        vec![0, 1, 2]
+    );
+    assert_eq!(counters.iv_reuse("acme"), 1);
+    // A fresh iv for one entry is fine; the same iv again, in a later write, is not.
+    write_with_iv(&mut c, 2, &[2; 12], entries(2, 1, 8)).await;
+    assert_eq!(counters.iv_reuse("acme"), 1);
+    write_with_iv(&mut c, 3, &[2; 12], entries(3, 1, 8)).await;
+    assert_eq!(counters.iv_reuse("acme"), 2);
+    // The same iv in another log is that log's business (another key), not reuse.
+    c.send(&ClientMsg::WriteEntries(wharf_protocol::WriteEntries {
+        public_key: "another-log".into(),
+        id: 4u32.into(),
+        iv: Bytes::from_static(&[2; 12]),
+        entries: entries(4, 1, 8),
+    }))
+    .await
+    .expect("send");
+    // 24-byte ivs (XChaCha20-Poly1305, the native suite) carry per-entry nonces: never counted.
+    write_with_iv(&mut c, 5, &[3; 24], entries(5, 4, 8)).await;
+    write_with_iv(&mut c, 6, &[3; 24], entries(6, 1, 8)).await;
+    assert_eq!(counters.iv_reuse("acme"), 2);
+    assert_eq!(counters.iv_reuse("other"), 0);
+}
+
+#[tokio::test]
+async fn strict_iv_refuses_reused_gcm_ivs_and_stores_nothing() {
+    let relay = TestRelay::start_with(|c| c.strict_iv = true).await;
+    let mut c = relay.client("acme").await;
+    c.send(&ClientMsg::WriteEntries(wharf_protocol::WriteEntries {
+        public_key: PK.into(),
+        id: 1u32.into(),
+        iv: Bytes::from_static(&[1; 12]),
+        entries: entries(1, 2, 8),
+    }))
+    .await
+    .expect("send");
+    let closed = c.closed().await.expect("closed");
+    assert_eq!(closed.code, Some(1008));
+    assert!(
+        closed.reason.contains("2 entries share one AES-GCM iv"),
+        "{closed:?}"
+    );
+    // Nothing of the refused write was stored: the next entry is the log's first.
+    let mut c = relay.client("acme").await;
+    assert_eq!(
+        write_with_iv(&mut c, 1, &[2; 12], entries(2, 1, 8)).await,
+        vec![0]
+    );
+    c.send(&ClientMsg::WriteEntries(wharf_protocol::WriteEntries {
+        public_key: PK.into(),
+        id: 2u32.into(),
+        iv: Bytes::from_static(&[2; 12]),
+        entries: entries(3, 1, 8),
+    }))
+    .await
+    .expect("send");
+    let closed = c.closed().await.expect("closed");
+    assert!(
+        closed.reason.contains("already used in this log"),
+        "{closed:?}"
+    );
+    assert_eq!(relay.relay.counters().iv_reuse("acme"), 2);
+}

@@ -147,3 +147,15 @@ test("a reader that was away gets exactly what it missed", async () => {
   await back.waitFor((seen) => seen.some((t) => t.id === "z-after"))
   assert.deepEqual(ids(back.seen), ["missed-1", "missed-2", "missed-3", "z-after"])
 })
+
+test("the relay notices a real v3 batch sharing one AES-GCM iv (the guardrail, SECURITY.md)", async () => {
+  const identity = newIdentity()
+  const writer = agent({ url: relay.url("guardrail"), identity })
+  const reader = agent({ url: relay.url("guardrail"), identity })
+  await Promise.all([writer.start(), reader.start()])
+  // Written back to back, these go up in one WriteEntries, under one iv.
+  await Promise.all(Array.from({ length: 5 }, (_, i) => writer.write({ id: `g-${i}`, title: "same iv" })))
+  await reader.waitFor((seen) => seen.length >= 5)
+  const warned = relay.logs.filter((l) => /iv reuse: \d+ entries share one AES-GCM iv/.test(l) && l.includes(identity.publicKey))
+  assert.equal(warned.length, 1, `one warning for this connection's log, in:\n${relay.logs.join("\n")}`)
+})

@@ -79,6 +79,41 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Who may connect ([`AuthConfig`]).
     pub auth: AuthConfig,
+    /// A client's HTTP request (the upgrade) must arrive whole within this of connecting.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// TLS ([`TlsConfig`]); off unless `cert` and `key` are set.
+    pub tls: TlsConfig,
+}
+
+/// The `[tls]` section: with `cert` and `key`, the relay serves `wss://` and `https://` itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first (`--tls-cert`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC) (`--tls-key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// How often the files' modification times are checked; a change reloads them (so does
+    /// SIGHUP). A pair that fails to load leaves the current certificate in place.
+    #[serde(with = "humantime_serde")]
+    pub reload_poll: Duration,
+    /// A TLS handshake must finish within this of connecting.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            reload_poll: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Whether connections need a token.
@@ -187,6 +222,8 @@ impl Default for Config {
             shutdown_read_grace: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(10),
             auth: AuthConfig::default(),
+            header_read_timeout: Duration::from_secs(10),
+            tls: TlsConfig::default(),
         }
     }
 }

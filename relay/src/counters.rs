@@ -18,6 +18,10 @@ pub struct Counters {
     pub refused_by_limit: AtomicU64,
     /// Times a connection was slowed because it exceeded a rate limit.
     pub throttled: AtomicU64,
+    /// TLS certificates reloaded (SIGHUP or the files changed).
+    pub tls_reloads: AtomicU64,
+    /// Reloads that failed (the previous certificate stayed in use).
+    pub tls_reload_failures: AtomicU64,
     /// Writes whose 12-byte AES-GCM iv was reused (shared by several entries of the write, or
     /// already stored in the log), per tenant. See SECURITY.md.
     pub iv_reuse: DashMap<String, u64>,

@@ -7,12 +7,13 @@
 //! - [`auth`]: admission: the upgrade request to a [`auth::Grant`] or a refusal, the
 //!   per-message authorisation step, tokens ([`auth::token`]) and revocation
 //!   ([`auth::revocation`]).
-//! - [`counters`]: refusals, throttling and iv reuse, counted.
+//! - [`counters`]: refusals, throttling, iv reuse and TLS reloads, counted.
 //! - [`session`]: one WebSocket connection: decoding, writes, subscriptions, outbound queues.
 //! - [`registry`]: tenant id → running actor, created race-free on first use.
 //! - [`tenant`]: the actor that owns a tenant's database, assigns sequences and group-commits.
 //! - [`store`]: the SQLite schema and queries (sqlx).
 //! - [`config`]: every setting, from defaults, TOML, `WHARF_*` and flags.
+//! - [`tls`]: rustls for `wss://` and `https://`, with certificate reload.
 //! - [`viewer`]: the browser viewer's files, built into the binary and served at `/viewer/`.
 //!
 //! The relay stores and forwards ciphertext; no key material ever reaches it.
@@ -25,6 +26,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod tenant;
+pub mod tls;
 pub mod viewer;
 
 pub use config::{Config, Durability, TenantId};

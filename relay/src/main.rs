@@ -114,6 +114,28 @@ struct ServeArgs {
     #[command(flatten)]
     #[serde(skip_serializing_if = "AuthFlags::is_empty")]
     auth: AuthFlags,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "TlsFlags::is_empty")]
+    tls: TlsFlags,
+}
+
+#[derive(clap::Args, Debug, Serialize)]
+struct TlsFlags {
+    /// PEM certificate chain, leaf first: serve wss:// and https:// (with --tls-key). Reloaded
+    /// on SIGHUP and when the file changes. Setting `tls.cert`.
+    #[arg(long = "tls-cert", requires = "key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert. Setting `tls.key`.
+    #[arg(long = "tls-key", requires = "cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    fn is_empty(&self) -> bool {
+        self.cert.is_none() && self.key.is_none()
+    }
 }
 
 #[derive(clap::Args, Debug, Serialize)]
@@ -273,12 +295,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    // Refuse an exposed relay without access control before announcing anything.
+    // Refuse an exposed relay without access control, or a certificate that does not load,
+    // before announcing anything.
     wharf_relay::auth::effective_mode(&config, addr)?;
+    let tls = wharf_relay::tls::check(&config.tls)?;
     // Handlers first: a SIGTERM that follows the line below must stop the relay gracefully.
     let shutdown = shutdown_signal()?;
     // Scripts and tests read this line to find the port when listening on port 0.
-    println!("wharf-relay listening on http://{addr} (WebSocket: ws://{addr}/t/<tenant>)");
+    let (http, ws) = if tls {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    println!("wharf-relay listening on {http}://{addr} (WebSocket: {ws}://{addr}/t/<tenant>)");
     serve(listener, config, shutdown).await?;
     Ok(())
 }

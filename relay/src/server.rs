@@ -1,21 +1,26 @@
 //! HTTP routes and the serve loop.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use wharf_protocol::EXTENSION_SUBPROTOCOL;
 
 use crate::auth::{effective_mode, Admission, AuthError, Authenticator, Refusal};
@@ -23,6 +28,7 @@ use crate::config::{AuthMode, Config, TenantId};
 use crate::counters::Counters;
 use crate::registry::Registry;
 use crate::session::{self, SessionInit, Shared};
+use crate::tls::{CertStore, TlsError};
 
 #[derive(Clone, Debug)]
 struct AppState {
@@ -39,6 +45,8 @@ pub enum ServeError {
     Io(std::io::Error),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A relay, ready to serve.
@@ -69,7 +77,7 @@ impl Relay {
         self.shared.registry.active_tenants()
     }
 
-    /// What the relay counted since it started (refusals, throttling, iv reuse).
+    /// What the relay counted since it started (refusals, throttling, iv reuse, TLS reloads).
     pub fn counters(&self) -> &Counters {
         &self.shared.counters
     }
@@ -94,21 +102,38 @@ impl Relay {
             AuthMode::Token => Authenticator::tokens(&config, token.clone()).await?,
             AuthMode::None => Authenticator::open(),
         };
+        let tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => {
+                let certs = Arc::new(CertStore::open(cert, key)?);
+                let acceptor = certs.acceptor()?;
+                let shared = self.shared.clone();
+                tokio::spawn(
+                    certs.watch(config.tls.reload_poll, token.clone(), move |ok| {
+                        let counters = &shared.counters;
+                        Counters::bump(if ok {
+                            &counters.tls_reloads
+                        } else {
+                            &counters.tls_reload_failures
+                        });
+                    }),
+                );
+                Some(acceptor)
+            }
+            (None, None) => None,
+            _ => return Err(TlsError::Half.into()),
+        };
         let app = router(AppState {
             shared: self.shared.clone(),
             auth: Arc::new(auth),
             sessions: self.sessions.clone(),
         });
-        info!(%addr, data = %config.data.display(), durability = ?config.durability, "relay listening");
+        info!(%addr, tls = tls.is_some(), data = %config.data.display(), durability = ?config.durability, "relay listening");
         let stop = token.clone();
         tokio::spawn(async move {
             shutdown.await;
             stop.cancel();
         });
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(token.clone().cancelled_owned())
-            .await
-            .map_err(ServeError::Io);
+        let result = accept_loop(listener, app, tls, config.clone(), token.clone()).await;
         // Whatever ended the server, every connection and actor is wound down.
         token.cancel();
         info!("shutting down: flushing connections");
@@ -123,6 +148,101 @@ impl Relay {
         info!("relay stopped");
         result
     }
+}
+
+/// Accepts connections until `stop`, each served on its own task: the TLS handshake (when on,
+/// bounded by `tls.handshake_timeout`), then HTTP/1.1 with upgrades, the request head bounded by
+/// `header_read_timeout`. On `stop` it stops accepting and lets each HTTP connection finish its
+/// current request (upgraded sockets are sessions by then, wound down by the caller).
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    config: Arc<Config>,
+    stop: CancellationToken,
+) -> Result<(), ServeError> {
+    let connections = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed; retrying in 100 ms");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (app, tls, config, stop) = (app.clone(), tls.clone(), config.clone(), stop.clone());
+        connections.spawn(async move {
+            let Some(acceptor) = tls else {
+                return serve_connection(tcp, peer, app, &config, stop).await;
+            };
+            let handshake =
+                tokio::time::timeout(config.tls.handshake_timeout, acceptor.accept(tcp));
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                done = handshake => match done {
+                    Ok(Ok(stream)) => serve_connection(stream, peer, app, &config, stop).await,
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                },
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// Errors of one incoming connection, not of the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    app: Router,
+    config: &Config,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let mut request = request.map(axum::body::Body::new);
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let mut app = app.clone();
+        async move { tower_service::Service::call(&mut app, request).await }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+            return;
+        }
+        _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
 }
 
 /// [`Relay::new`] then [`Relay::serve`].

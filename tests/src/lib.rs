@@ -453,7 +453,16 @@ pub struct ChildRelay {
 
 impl ChildRelay {
     pub async fn start(data: &Path, extra_env: &[(&str, &str)]) -> Result<Self> {
-        Self::spawn(data, extra_env, None).await
+        Self::spawn(data, &[], extra_env, None).await
+    }
+
+    /// Like [`ChildRelay::start`], with more `serve` flags.
+    pub async fn start_with_args(
+        data: &Path,
+        args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::spawn(data, args, extra_env, None).await
     }
 
     /// Like [`ChildRelay::start`], with everything the relay writes to stderr (its logs)
@@ -463,18 +472,20 @@ impl ChildRelay {
         extra_env: &[(&str, &str)],
     ) -> Result<(Self, Arc<std::sync::Mutex<String>>)> {
         let log = Arc::new(std::sync::Mutex::new(String::new()));
-        let relay = Self::spawn(data, extra_env, Some(log.clone())).await?;
+        let relay = Self::spawn(data, &[], extra_env, Some(log.clone())).await?;
         Ok((relay, log))
     }
 
     async fn spawn(
         data: &Path,
+        args: &[&str],
         extra_env: &[(&str, &str)],
         capture: Option<Arc<std::sync::Mutex<String>>>,
     ) -> Result<Self> {
         let mut cmd = tokio::process::Command::new(relay_binary());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(args)
             .env("WHARF_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(if capture.is_some() {
@@ -503,8 +514,9 @@ impl ChildRelay {
             .await
             .context("relay did not start in time")??
             .context("relay exited before listening")?;
+        // "wharf-relay listening on http://ADDR (…)", https:// with TLS.
         let addr = line
-            .split("http://")
+            .split("://")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .context("no address in the relay's first line")?
@@ -528,4 +540,146 @@ impl ChildRelay {
             .parse()
             .ok()
     }
+}
+
+/// A private certificate authority for TLS tests: it signs `localhost` certificates that
+/// clients trust only through its PEM file.
+#[allow(missing_debug_implementations)]
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    /// The CA certificate (PEM), for `ca_file` and test clients.
+    pub pem_path: PathBuf,
+}
+
+/// A certificate signed by a [`TestCa`], written as PEM files.
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// The certificate in DER, to recognise it in a handshake.
+    pub der: Vec<u8>,
+}
+
+impl TestCa {
+    /// A new CA, its certificate written to `dir/ca.pem`.
+    pub fn new(dir: &Path) -> Self {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Wharf test CA");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let pem_path = dir.join("ca.pem");
+        std::fs::write(&pem_path, cert.pem()).expect("write CA");
+        Self {
+            cert,
+            key,
+            pem_path,
+        }
+    }
+
+    /// A fresh `localhost` certificate and key, written to `dir/{name}.pem` and
+    /// `dir/{name}.key` (each through a rename, as ACME clients replace them).
+    pub fn leaf(&self, dir: &Path, name: &str) -> Leaf {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("leaf certificate");
+        let leaf = Leaf {
+            cert_path: dir.join(format!("{name}.pem")),
+            key_path: dir.join(format!("{name}.key")),
+            der: cert.der().to_vec(),
+        };
+        replace_file(&leaf.key_path, key.serialize_pem().as_bytes());
+        replace_file(&leaf.cert_path, cert.pem().as_bytes());
+        leaf
+    }
+
+    /// A TLS client configuration that trusts this CA only and offers h2 and http/1.1.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(
+                self.cert.der().to_vec(),
+            ))
+            .expect("CA root");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    /// Opens a TLS connection to `addr` as `localhost`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        Ok(tokio_rustls::TlsConnector::from(self.client_config())
+            .connect(name, tcp)
+            .await?)
+    }
+
+    /// The certificate (DER) a relay at `addr` presents in a new handshake.
+    pub async fn served_certificate(&self, addr: SocketAddr) -> Result<Vec<u8>> {
+        let tls = self.connect(addr).await?;
+        let (_, conn) = tls.get_ref();
+        let leaf = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .context("no peer certificate")?;
+        Ok(leaf.to_vec())
+    }
+}
+
+/// Writes `path` whole through a temporary file and a rename.
+pub fn replace_file(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// Sends one HTTP/1.1 request on `io` and reads the response to its end (the request asks
+/// the server to close).
+pub async fn http_get<S>(mut io: S, host: &str, path: &str) -> Result<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    io.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(PATIENCE, io.read_to_end(&mut response))
+        .await
+        .context("response in time")??;
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// Waits (bounded by [`PATIENCE`]) until the peer closes `io`, reading and discarding
+/// whatever it sends; `Err` if it is still open then.
+pub async fn closed_by_peer<S>(mut io: S) -> Result<()>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .context("the peer kept the connection open")
 }

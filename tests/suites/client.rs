@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use wharf_client::{Client, Delivered, Grant, Identity, NewEvent, Status};
 use wharf_protocol::{EncryptedEntry, RemoteEntry};
+use wharf_relay::auth::token::Action;
 use wharf_relay::Config;
 use wharf_tests::{wharf_binary, TestRelay, PATIENCE};
 
@@ -694,74 +695,42 @@ async fn cli_round_trip_and_clear_errors() {
     assert!(err.contains("safe in"), "{err}");
 }
 
-/// A TLS terminator in front of the relay, with a certificate from a private CA: the client
-/// trusts it only through `ca_file`.
-async fn tls_front(relay: SocketAddr, dir: &Path) -> (SocketAddr, std::path::PathBuf) {
-    use std::sync::Arc;
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("cert");
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, cert.pem()).expect("write ca");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
-    )
-    .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut upstream) = tokio::net::TcpStream::connect(relay).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
-            });
-        }
-    });
-    (addr, ca)
-}
-
+/// The relay serves TLS itself with a certificate from a private CA and requires tokens: the
+/// SDK trusts it only through `ca_file`, and two clients converge over `wss://`.
 #[tokio::test]
-async fn wss_with_an_extra_ca_file() {
-    let relay = TestRelay::start().await;
+async fn wss_to_a_tls_relay_with_a_test_ca_and_a_token() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (front, ca) = tls_front(relay.addr, dir.path()).await;
-    let url = format!("wss://localhost:{}", front.port());
+    let ca = wharf_tests::TestCa::new(dir.path());
+    let leaf = ca.leaf(dir.path(), "relay");
+    let relay = TestRelay::start_with_tokens(|c| {
+        c.tls.cert = Some(leaf.cert_path.clone());
+        c.tls.key = Some(leaf.key_path.clone());
+    })
+    .await;
+    let token = relay.mint(&wharf_tests::claims("tls", &[Action::Read, Action::Write]));
+    let url = format!("wss://localhost:{}", relay.addr.port());
     let id = identity();
-    let client = Client::builder(&url, "tls")
-        .identity(id.clone())
-        .journal(dir.path().join("a.db"))
-        .ca_file(&ca)
-        .token("secret-token")
-        .open()
-        .await
-        .expect("open");
-    facts(&client, "tls", 5).await;
-    flush(&client).await;
-    assert_eq!(take(&client, 5).await.len(), 5);
-    assert_exactly_once(&on_relay(&relay.url("tls"), id.log(), 5).await);
+    let open_trusting = |journal: &str| {
+        Client::builder(&url, "tls")
+            .identity(id.clone())
+            .journal(dir.path().join(journal))
+            .ca_file(&ca.pem_path)
+            .token(&token)
+            .open()
+    };
+    let a = open_trusting("a.db").await.expect("open a");
+    let b = open_trusting("b.db").await.expect("open b");
+    facts(&a, "tls", 5).await;
+    flush(&a).await;
+    assert_eq!(take(&a, 5).await.len(), 5);
+    let on_b = take(&b, 5).await;
+    assert_eq!(on_b.len(), 5, "the second client reads them over wss");
 
     // Without the CA the certificate is refused, and the status says so.
     let untrusting = Client::builder(&url, "tls")
         .identity(id)
-        .journal(dir.path().join("b.db"))
+        .journal(dir.path().join("c.db"))
+        .token(&token)
         .open()
         .await
         .expect("open");

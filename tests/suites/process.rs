@@ -355,3 +355,99 @@ async fn tokens_issued_and_revoked_while_the_relay_runs() {
         "a query string reached the relay's log:\n{log}"
     );
 }
+
+/// `wharf-relay serve --tls-cert --tls-key`: it announces https/wss, serves the pair, and on
+/// SIGHUP presents the renewed files (file polling is set to an hour, so only the signal can
+/// have done it). A half pair or a broken pair is refused before the relay announces anything.
+#[tokio::test]
+async fn the_binary_serves_tls_and_reloads_it_on_sighup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = wharf_tests::TestCa::new(dir.path());
+    let first = ca.leaf(dir.path(), "relay");
+    let (cert, key) = (
+        first.cert_path.to_str().expect("utf-8"),
+        first.key_path.to_str().expect("utf-8"),
+    );
+    let data = dir.path().join("data");
+    let relay = ChildRelay::start_with_args(
+        &data,
+        &["--tls-cert", cert, "--tls-key", key],
+        &[("WHARF_TLS__RELOAD_POLL", "1h")],
+    )
+    .await
+    .expect("start");
+    assert_eq!(
+        ca.served_certificate(relay.addr).await.expect("cert"),
+        first.der
+    );
+    let response = wharf_tests::http_get(
+        ca.connect(relay.addr).await.expect("tls"),
+        "localhost",
+        "/healthz",
+    )
+    .await
+    .expect("GET");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let renewed = ca.leaf(dir.path(), "relay");
+    let pid = relay.child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = tokio::time::Instant::now() + wharf_tests::PATIENCE;
+    loop {
+        let served = ca.served_certificate(relay.addr).await.expect("cert");
+        if served == renewed.der {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload the certificate"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    let data_arg = data.to_str().expect("utf-8");
+    let (code, _, err) = run(
+        wharf_tests::relay_binary(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data_arg,
+            "--tls-cert",
+            cert,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        code, 2,
+        "a certificate without a key is a usage error: {err}"
+    );
+    assert!(err.contains("--tls-key"), "{err}");
+    let other = ca.leaf(dir.path(), "other");
+    let other_key = other.key_path.to_str().expect("utf-8");
+    let (code, out, err) = run(
+        wharf_tests::relay_binary(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data_arg,
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            other_key,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty(), "nothing announced: {out}");
+    assert!(err.contains("does not belong"), "{err}");
+}

@@ -84,6 +84,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// TLS ([`TlsConfig`]); off unless `cert` and `key` are set.
     pub tls: TlsConfig,
+    /// Connection and rate limits ([`LimitsConfig`]).
+    pub limits: LimitsConfig,
 }
 
 /// The `[tls]` section: with `cert` and `key`, the relay serves `wss://` and `https://` itself.
@@ -112,6 +114,41 @@ impl Default for TlsConfig {
             key: None,
             reload_poll: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The `[limits]` section. `0` turns a limit off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// WebSocket connections the relay serves at once.
+    pub max_connections: usize,
+    /// WebSocket connections one tenant may hold at once.
+    pub max_connections_per_tenant: usize,
+    /// WebSocket connections from one client IP address at once. Behind a reverse proxy every
+    /// connection comes from the proxy's address: raise this or set it to 0 there.
+    pub max_connections_per_ip: usize,
+    /// `WriteEntries` messages per second one connection may send.
+    pub writes_per_second_per_connection: u32,
+    /// Bytes per second one connection may send (every frame counts).
+    pub bytes_per_second_per_connection: u32,
+    /// `WriteEntries` messages per second all connections of a tenant may send together.
+    pub writes_per_second_per_tenant: u32,
+    /// Bytes per second all connections of a tenant may send together.
+    pub bytes_per_second_per_tenant: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_connections_per_tenant: 2_000,
+            max_connections_per_ip: 1_000,
+            writes_per_second_per_connection: 50_000,
+            bytes_per_second_per_connection: 64 * 1024 * 1024,
+            writes_per_second_per_tenant: 100_000,
+            bytes_per_second_per_tenant: 128 * 1024 * 1024,
         }
     }
 }
@@ -224,6 +261,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             header_read_timeout: Duration::from_secs(10),
             tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }

@@ -8,6 +8,8 @@
 //!   per-message authorisation step, tokens ([`auth::token`]) and revocation
 //!   ([`auth::revocation`]).
 //! - [`counters`]: refusals, throttling, iv reuse and TLS reloads, counted.
+//! - [`limits`]: connection limits (total, per tenant, per IP) and write/byte rates per
+//!   connection and per tenant; a client over a rate is slowed, never closed.
 //! - [`session`]: one WebSocket connection: decoding, writes, subscriptions, outbound queues.
 //! - [`registry`]: tenant id → running actor, created race-free on first use.
 //! - [`tenant`]: the actor that owns a tenant's database, assigns sequences and group-commits.
@@ -21,6 +23,7 @@
 pub mod auth;
 pub mod config;
 pub mod counters;
+pub mod limits;
 pub mod registry;
 pub mod server;
 pub mod session;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::HeaderMap;
 use axum::http::StatusCode;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -26,6 +26,7 @@ use wharf_protocol::EXTENSION_SUBPROTOCOL;
 use crate::auth::{effective_mode, Admission, AuthError, Authenticator, Refusal};
 use crate::config::{AuthMode, Config, TenantId};
 use crate::counters::Counters;
+use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::session::{self, SessionInit, Shared};
 use crate::tls::{CertStore, TlsError};
@@ -63,6 +64,7 @@ impl Relay {
             shared: Arc::new(Shared {
                 registry: Registry::new(config.clone()),
                 counters: Counters::default(),
+                limits: Arc::new(Limits::new(config.limits.clone())),
                 config,
                 shutdown: CancellationToken::new(),
                 chunk_ids: AtomicU64::new(0),
@@ -82,9 +84,9 @@ impl Relay {
         &self.shared.counters
     }
 
-    /// Connections being served.
+    /// WebSocket connections being served.
     pub fn connections(&self) -> usize {
-        self.sessions.len()
+        self.shared.limits.connections()
     }
 
     /// Serves on an already-bound listener until `shutdown` resolves, then stops accepting,
@@ -266,6 +268,7 @@ fn router(state: AppState) -> Router {
 
 async fn connect(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(tenant): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -309,6 +312,15 @@ async fn connect(
             return (status, format!("{refusal}\n")).into_response();
         }
     };
+    let slot = match state.shared.limits.admit(&tenant, peer.ip()) {
+        Ok(slot) => slot,
+        Err(full) => {
+            Counters::bump(&state.shared.counters.refused_by_limit);
+            warn!(tenant = tenant.as_str(), %peer, reason = %full, "connection refused");
+            let status = full.status();
+            return (status, [(header::RETRY_AFTER, "5")], format!("{full}\n")).into_response();
+        }
+    };
     let config = &state.shared.config;
     let shared = state.shared.clone();
     let sessions = state.sessions.clone();
@@ -325,6 +337,7 @@ async fn connect(
                 conn,
                 extension,
                 grant,
+                slot,
             };
             sessions.track_future(session::run(socket, init, shared))
         })

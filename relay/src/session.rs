@@ -29,6 +29,7 @@ use wharf_protocol::{
 use crate::auth::{Grant, Refusal};
 use crate::config::{Config, TenantId};
 use crate::counters::Counters;
+use crate::limits::{Limits, Slot, Throttle};
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::tenant::{ConnId, LiveBatch, Subscribed, TailRead, TenantError, TenantHandle};
@@ -49,6 +50,7 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub registry: Registry,
     pub counters: Counters,
+    pub limits: Arc<Limits>,
     pub shutdown: CancellationToken,
     /// Chunk ids for relay → client `ChunkedMessage`s; one counter for all connections (as
     /// the reference relay does), so cached live frames can be shared between connections.
@@ -133,6 +135,8 @@ pub struct SessionInit {
     pub extension: bool,
     /// What the connection may do ([`crate::auth`]).
     pub grant: Grant,
+    /// Its place under the connection limits, held until it ends ([`crate::limits`]).
+    pub slot: Slot,
 }
 
 struct Session {
@@ -141,6 +145,9 @@ struct Session {
     conn: ConnId,
     extension: bool,
     grant: Grant,
+    throttle: Throttle,
+    /// Whether this connection's first throttling was logged (once per connection).
+    throttle_logged: bool,
     handle: TenantHandle,
     store: Store,
     control: mpsc::Sender<Out>,
@@ -170,7 +177,9 @@ async fn run_inner(socket: WebSocket, init: SessionInit, shared: Arc<Shared>) {
         conn,
         extension,
         grant,
+        slot,
     } = init;
+    let throttle = slot.throttle();
     let (sink, mut stream) = socket.split();
     let (control, control_rx) = mpsc::channel(64);
     let (bulk, bulk_rx) = mpsc::channel(shared.config.outbound_queue_messages.max(1));
@@ -205,6 +214,8 @@ async fn run_inner(socket: WebSocket, init: SessionInit, shared: Arc<Shared>) {
         conn,
         extension,
         grant,
+        throttle,
+        throttle_logged: false,
         handle,
         store: attached.store,
         control,
@@ -218,6 +229,8 @@ async fn run_inner(socket: WebSocket, init: SessionInit, shared: Arc<Shared>) {
     session.finish(end).await;
     let timeout = session.shared.config.shutdown_timeout;
     drop(session);
+    // The place under the connection limits is free once the session is.
+    drop(slot);
     // The writer ends after sending Close (or when the peer is gone).
     if tokio::time::timeout(timeout, writer).await.is_err() {
         debug!("peer did not take the close frame in time");
@@ -240,6 +253,9 @@ impl Session {
     ) -> End {
         let max_pending = self.shared.config.max_pending_writes_per_connection.max(1);
         let shutdown = self.shared.shutdown.clone();
+        // While over a rate limit, frames stay unread until this instant (Acks, Pongs and
+        // subscriptions go on).
+        let mut paused: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -258,12 +274,13 @@ impl Session {
                     return End::ShuttingDown;
                 }
                 refusal = self.grant.ended() => return End::Violation(self.refuse(refusal)),
+                () = sleep_until(paused) => paused = self.settle(false),
                 Some((id, result)) = self.pending.next(), if !self.pending.is_empty() => {
                     if let Err(v) = self.send_ack(id, result).await {
                         return End::Violation(v);
                     }
                 }
-                frame = stream.next(), if self.pending.len() < max_pending => {
+                frame = stream.next(), if paused.is_none() && self.pending.len() < max_pending => {
                     let result = match frame {
                         None | Some(Ok(Message::Close(_))) => return End::PeerGone,
                         Some(Ok(Message::Binary(frame))) => self.on_frame(frame).await,
@@ -284,9 +301,26 @@ impl Session {
                     if let Err(v) = result {
                         return End::Violation(v);
                     }
+                    paused = self.settle(true);
                 }
             }
         }
+    }
+
+    /// Pays for what the client sent; when over a rate, when to try again (reading stops
+    /// until then). `fresh`: the first wait after reading, counted and logged.
+    fn settle(&mut self, fresh: bool) -> Option<tokio::time::Instant> {
+        let wait = self.throttle.settle()?;
+        if fresh {
+            Counters::bump(&self.shared.counters.throttled);
+            if !std::mem::replace(&mut self.throttle_logged, true) {
+                info!(
+                    wait_ms = wait.as_millis(),
+                    "over a rate limit: reading paused (logged once per connection)"
+                );
+            }
+        }
+        Some(tokio::time::Instant::now() + wait)
     }
 
     /// Flushes the Acks of writes already handed to the actor, then closes.
@@ -349,6 +383,7 @@ impl Session {
     }
 
     async fn on_frame(&mut self, frame: Bytes) -> Result<(), Violation> {
+        self.throttle.charge_bytes(frame.len());
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let msg = match self.inbound.push(&frame, now) {
             Ok(Some(msg)) => msg,
@@ -481,6 +516,9 @@ impl Session {
         }
         self.check_iv(&w).await?;
         let id = w.id;
+        if !w.entries.is_empty() {
+            self.throttle.charge_write();
+        }
         if w.entries.is_empty() {
             // Nothing to make durable; the Ack still waits its turn behind earlier writes.
             self.pending
@@ -653,6 +691,14 @@ impl Feed {
 
     async fn send(&self, out: Out) -> Result<(), Option<TenantError>> {
         self.bulk.send(out).await.map_err(|_| None)
+    }
+}
+
+/// Resolves at `at`; never without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -226,6 +226,40 @@ impl Client {
         }
     }
 
+    /// Connects from the local address `from` (any of 127.0.0.0/8 on Linux), so one test can
+    /// be several client addresses. `Err((status, body))` when the upgrade is refused.
+    pub async fn connect_from(
+        url: &str,
+        from: std::net::IpAddr,
+    ) -> Result<Result<Self, (u16, String)>> {
+        let request = url.into_client_request()?;
+        let host = request.uri().host().context("url host")?.to_owned();
+        let port = request.uri().port_u16().context("url port")?;
+        let relay: SocketAddr = format!("{host}:{port}").parse()?;
+        let socket = match from {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(from, 0))?;
+        let tcp = socket.connect(relay).await?;
+        let upgrade = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp));
+        match tokio::time::timeout(PATIENCE, upgrade)
+            .await
+            .context("connect timed out")?
+        {
+            Ok((ws, _)) => Ok(Ok(Self::after_upgrade(ws, None).await?)),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Ok(Err((response.status().as_u16(), body)))
+            }
+            Err(e) => bail!("the upgrade failed without an HTTP response: {e}"),
+        }
+    }
+
     async fn after_upgrade(ws: Ws, protocol: Option<String>) -> Result<Self> {
         let mut client = Client {
             ws,

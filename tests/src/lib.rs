@@ -214,14 +214,7 @@ impl Client {
             .context("connect timed out")?
         {
             Ok(_) => bail!("the upgrade was accepted"),
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                let body = response
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                Ok((response.status().as_u16(), body))
-            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Ok(refusal(&response)),
             Err(e) => bail!("the upgrade failed without an HTTP response: {e}"),
         }
     }
@@ -249,12 +242,7 @@ impl Client {
         {
             Ok((ws, _)) => Ok(Ok(Self::after_upgrade(ws, None).await?)),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                let body = response
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                Ok(Err((response.status().as_u16(), body)))
+                Ok(Err(refusal(&response)))
             }
             Err(e) => bail!("the upgrade failed without an HTTP response: {e}"),
         }
@@ -411,6 +399,18 @@ impl Client {
         }
         Ok(out)
     }
+}
+
+/// The status and body of a refused upgrade.
+fn refusal(
+    response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
+) -> (u16, String) {
+    let body = response
+        .body()
+        .as_deref()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    (response.status().as_u16(), body)
 }
 
 /// Entries with distinct ids and recognisable content.
@@ -672,6 +672,20 @@ impl TestCa {
             .and_then(|c| c.first())
             .context("no peer certificate")?;
         Ok(leaf.to_vec())
+    }
+}
+
+/// Waits, bounded by [`PATIENCE`], until `check` holds, checking every few milliseconds: for
+/// what the relay does on its own clock (a file poll, a signal), which no message announces.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

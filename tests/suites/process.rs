@@ -211,6 +211,14 @@ async fn run(
     )
 }
 
+/// `wharf-relay serve` on `data` with more flags, run to its end: (exit code, stdout, stderr).
+async fn serve_with(data: &std::path::Path, flags: &[&str]) -> (i32, String, String) {
+    let data = data.to_str().expect("utf-8");
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data", data];
+    args.extend(flags);
+    run(wharf_tests::relay_binary(), &args, &[]).await
+}
+
 /// The `jti` claim of a JWT (read without checking it: the relay does that).
 fn jti(token: &str) -> String {
     use base64::Engine;
@@ -396,34 +404,12 @@ async fn the_binary_serves_tls_and_reloads_it_on_sighup() {
         .status()
         .expect("kill");
     assert!(status.success());
-    let deadline = tokio::time::Instant::now() + wharf_tests::PATIENCE;
-    loop {
-        let served = ca.served_certificate(relay.addr).await.expect("cert");
-        if served == renewed.der {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "SIGHUP did not reload the certificate"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-
-    let data_arg = data.to_str().expect("utf-8");
-    let (code, _, err) = run(
-        wharf_tests::relay_binary(),
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            data_arg,
-            "--tls-cert",
-            cert,
-        ],
-        &[],
-    )
+    wharf_tests::eventually("SIGHUP reloads the certificate", || async {
+        ca.served_certificate(relay.addr).await.ok().as_deref() == Some(&renewed.der[..])
+    })
     .await;
+
+    let (code, _, err) = serve_with(&data, &["--tls-cert", cert]).await;
     assert_eq!(
         code, 2,
         "a certificate without a key is a usage error: {err}"
@@ -431,22 +417,7 @@ async fn the_binary_serves_tls_and_reloads_it_on_sighup() {
     assert!(err.contains("--tls-key"), "{err}");
     let other = ca.leaf(dir.path(), "other");
     let other_key = other.key_path.to_str().expect("utf-8");
-    let (code, out, err) = run(
-        wharf_tests::relay_binary(),
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            data_arg,
-            "--tls-cert",
-            cert,
-            "--tls-key",
-            other_key,
-        ],
-        &[],
-    )
-    .await;
+    let (code, out, err) = serve_with(&data, &["--tls-cert", cert, "--tls-key", other_key]).await;
     assert_eq!(code, 1, "{err}");
     assert!(out.is_empty(), "nothing announced: {out}");
     assert!(err.contains("does not belong"), "{err}");

@@ -12,20 +12,9 @@ use wharf_relay::counters::Counters;
 use wharf_relay::server::ServeError;
 use wharf_relay::tls::TlsError;
 use wharf_relay::{Config, Relay};
-use wharf_tests::{closed_by_peer, http_get, replace_file, TestCa, TestRelay, PATIENCE};
-
-/// Waits, bounded by [`PATIENCE`], until `check` holds, checking every few milliseconds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use wharf_tests::{
+    closed_by_peer, eventually, http_get, replace_file, TestCa, TestRelay, PATIENCE,
+};
 
 #[tokio::test]
 async fn https_is_served_from_a_pem_pair() {

@@ -2,6 +2,9 @@
 //! process, on 127.0.0.1:0, durable settings) over real WebSockets.
 //!
 //! `cargo run --release -p wharf-tests --bin wharf-bench [-- --quick]`
+//! `cargo run --release -p wharf-tests --bin wharf-bench -- --auth-overhead [--quick]`: write
+//! throughput without access control and with token auth (a scoped token checked on every
+//! message), in alternated rounds on fresh relays, medians.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +12,9 @@ use anyhow::Result;
 use futures_util::future::join_all;
 use hdrhistogram::Histogram;
 use wharf_protocol::RelayMsg;
-use wharf_tests::{entries, Client, TestRelay};
+use wharf_relay::auth::token::Action;
+use wharf_relay::Durability;
+use wharf_tests::{claims, entries, Client, TestRelay};
 
 const PK: &str = "bench-log";
 
@@ -21,15 +26,19 @@ async fn main() -> Result<()> {
     } else {
         Duration::from_secs(5)
     };
+    if std::env::args().any(|a| a == "--auth-overhead") {
+        return auth_overhead(if quick { 1 } else { 3 }, run_for).await;
+    }
     println!(
         "wharf-bench: relay in-process, synchronous=FULL, data in {}",
         std::env::temp_dir().display()
     );
 
     let relay = TestRelay::start().await;
-    let rate = concurrent_batch1(&relay, 64, run_for).await?;
+    let url = |tenant: &str| relay.url(tenant);
+    let rate = concurrent_batch1(&url, 64, run_for).await?;
     println!("batch-1, 64 concurrent writers:        {rate:>9.0} acked entries/s");
-    let rate = pipelined(&relay, 100, 8, run_for).await?;
+    let rate = pipelined(&url("bench-b100"), 100, 8, run_for).await?;
     println!("batch-100, 8 in flight (1 connection): {rate:>9.0} acked entries/s");
     let h = ack_latency(&relay, if quick { 500 } else { 3000 }).await?;
     println!(
@@ -48,11 +57,97 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// Rounds of (no auth, token auth) on fresh relays; prints each round and the medians.
+async fn auth_overhead(rounds: usize, run_for: Duration) -> Result<()> {
+    println!(
+        "wharf-bench --auth-overhead: {rounds} alternated rounds of {} s per scenario, 256 B \
+         entries; fresh relay each time; the token names its tenant and 8 logs",
+        run_for.as_secs()
+    );
+    // (scenario, durability, [no auth, token] rates of each round)
+    let mut results: Vec<(&str, Durability, [Vec<f64>; 2])> = vec![
+        (
+            "batch-1, 8 in flight, 1 connection",
+            Durability::Normal,
+            Default::default(),
+        ),
+        (
+            "batch-1, 8 in flight, 1 connection",
+            Durability::Full,
+            Default::default(),
+        ),
+        (
+            "batch-1, 64 connections",
+            Durability::Full,
+            Default::default(),
+        ),
+    ];
+    for round in 0..rounds {
+        for (scenario, durability, rates) in &mut results {
+            for (mode, rates) in rates.iter_mut().enumerate() {
+                let tokens = mode == 1;
+                let relay = if tokens {
+                    TestRelay::start_with_tokens(|c| c.durability = *durability).await
+                } else {
+                    TestRelay::start_with(|c| c.durability = *durability).await
+                };
+                let mut grant = claims("bench", &[Action::Read, Action::Write]);
+                grant.logs = Some(
+                    (0..8)
+                        .map(|i| format!("{PK}-{i}"))
+                        .chain([PK.into()])
+                        .collect(),
+                );
+                let token = relay.mint(&grant);
+                let url = |_: &str| {
+                    if tokens {
+                        relay.url_with_token("bench", &token)
+                    } else {
+                        relay.url("bench")
+                    }
+                };
+                let rate = if scenario.contains("64") {
+                    concurrent_batch1(&url, 64, run_for).await?
+                } else {
+                    pipelined(&url("bench"), 1, 8, run_for).await?
+                };
+                println!(
+                    "round {}: {scenario:<36} {durability:?} {:<10} {rate:>9.0} acked entries/s",
+                    round + 1,
+                    if tokens { "token" } else { "no auth" },
+                );
+                rates.push(rate);
+                relay.shutdown().await;
+            }
+        }
+    }
+    println!("medians:");
+    for (scenario, durability, [open, token]) in &results {
+        let (open, token) = (median(open), median(token));
+        println!(
+            "  {scenario:<36} {durability:?}: no auth {open:>9.0}, token {token:>9.0} \
+             entries/s ({:+.1} %)",
+            (token / open - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// `writers` connections, each writing one entry and waiting for its Ack, for `run_for`.
-async fn concurrent_batch1(relay: &TestRelay, writers: u32, run_for: Duration) -> Result<f64> {
+async fn concurrent_batch1(
+    url: &dyn Fn(&str) -> String,
+    writers: u32,
+    run_for: Duration,
+) -> Result<f64> {
     let start = Instant::now();
     let counts = join_all((0..writers).map(|w| {
-        let url = relay.url("bench-b1");
+        let url = url("bench-b1");
         async move {
             let mut c = Client::connect(&url).await?;
             let mut n = 0u32;
@@ -70,13 +165,8 @@ async fn concurrent_batch1(relay: &TestRelay, writers: u32, run_for: Duration) -
 }
 
 /// One connection keeping `in_flight` writes of `batch` entries outstanding.
-async fn pipelined(
-    relay: &TestRelay,
-    batch: usize,
-    in_flight: usize,
-    run_for: Duration,
-) -> Result<f64> {
-    let mut c = relay.client("bench-b100").await;
+async fn pipelined(url: &str, batch: usize, in_flight: usize, run_for: Duration) -> Result<f64> {
+    let mut c = Client::connect(url).await?;
     let start = Instant::now();
     let (mut sent, mut acked) = (0u32, 0u64);
     loop {

@@ -121,6 +121,7 @@ async fn auth_overhead(rounds: usize, run_for: Duration) -> Result<()> {
             }
         }
     }
+    check_cost(&results).await?;
     println!("medians:");
     for (scenario, durability, [open, token]) in &results {
         let (open, token) = (median(open), median(token));
@@ -130,6 +131,92 @@ async fn auth_overhead(rounds: usize, run_for: Duration) -> Result<()> {
             (token / open - 1.0) * 100.0
         );
     }
+    Ok(())
+}
+
+/// The CPU cost of the checks themselves, timed in this process: admission (signature and
+/// claims) once per connection, `Grant::authorize` once per message. End-to-end rates move by
+/// several percent between rounds; this says how much of that the checks can be.
+async fn check_cost(results: &[(&str, Durability, [Vec<f64>; 2])]) -> Result<()> {
+    use wharf_relay::auth::{Admission, Authenticator};
+    let dir = tempfile::tempdir()?;
+    let mut config = wharf_relay::Config {
+        data: dir.path().to_path_buf(),
+        ..wharf_relay::Config::default()
+    };
+    config.auth.mode = Some(wharf_relay::config::AuthMode::Token);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let auth = Authenticator::tokens(&config, stop.clone()).await?;
+    let mut grant = claims("bench", &[Action::Read, Action::Write]);
+    grant.logs = Some(
+        (0..8)
+            .map(|i| format!("{PK}-{i}"))
+            .chain([PK.into()])
+            .collect(),
+    );
+    let token =
+        wharf_relay::auth::token::RelayKey::load_or_create(&config.key_path())?.mint(&grant)?;
+    let tenant = wharf_relay::TenantId::parse("bench").ok_or_else(|| anyhow::anyhow!("tenant"))?;
+    let mut headers = tokio_tungstenite::tungstenite::http::HeaderMap::new();
+    headers.insert(
+        tokio_tungstenite::tungstenite::http::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    let admission = Admission {
+        tenant: &tenant,
+        headers: &headers,
+        query: None,
+    };
+    let n = 2_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        auth.admit(&admission).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let admit = t.elapsed() / n;
+    let granted = auth.admit(&admission).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let msg = wharf_protocol::ClientMsg::WriteEntries(wharf_protocol::WriteEntries {
+        public_key: PK.into(),
+        id: 1u32.into(),
+        iv: bytes::Bytes::from_static(&[7; 12]),
+        entries: entries(1, 1, 256),
+    });
+    let n = 1_000_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(granted.authorize(std::hint::black_box(&msg)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let authorize = t.elapsed() / n;
+    stop.cancel();
+    // The rate-limit accounting every message also pays (default limits; both modes have it).
+    let limits = std::sync::Arc::new(wharf_relay::limits::Limits::new(config.limits.clone()));
+    let slot = limits
+        .admit(&tenant, std::net::Ipv4Addr::LOCALHOST.into())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut throttle = slot.throttle();
+    let n = 100_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        throttle.charge_bytes(300);
+        throttle.charge_write();
+        std::hint::black_box(throttle.settle());
+    }
+    let accounting = t.elapsed() / n;
+    let fastest = results
+        .iter()
+        .flat_map(|(_, _, [open, _])| open.iter().copied())
+        .fold(0.0, f64::max);
+    let per_write = Duration::from_secs_f64(1.0 / fastest.max(1.0));
+    println!(
+        "check cost: admission (EdDSA verify + claims) {:.1} us per connection; \
+         Grant::authorize {:.0} ns per message = {:.3} % of the fastest write above ({:.0} us); \
+         rate-limit accounting {:.0} ns per message",
+        admit.as_secs_f64() * 1e6,
+        authorize.as_secs_f64() * 1e9,
+        authorize.as_secs_f64() / per_write.as_secs_f64() * 100.0,
+        per_write.as_secs_f64() * 1e6,
+        accounting.as_secs_f64() * 1e9,
+    );
     Ok(())
 }
 

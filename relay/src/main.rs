@@ -301,6 +301,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let tls = wharf_relay::tls::check(&config.tls)?;
     // Handlers first: a SIGTERM that follows the line below must stop the relay gracefully.
     let shutdown = shutdown_signal()?;
+    if !tls {
+        // SIGHUP reloads the TLS certificate; without one it must not end the relay (its
+        // default action), which a service manager's "reload" would otherwise do.
+        ignore_sighup()?;
+    }
     // Scripts and tests read this line to find the port when listening on port 0.
     let (http, ws) = if tls {
         ("https", "wss")
@@ -309,6 +314,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     println!("wharf-relay listening on {http}://{addr} (WebSocket: {ws}://{addr}/t/<tenant>)");
     serve(listener, config, shutdown).await?;
+    Ok(())
+}
+
+/// Logs and otherwise ignores SIGHUP.
+fn ignore_sighup() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: no TLS certificate to reload; nothing to do");
+            }
+        });
+    }
     Ok(())
 }
 

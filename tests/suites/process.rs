@@ -160,15 +160,23 @@ async fn a_stalled_subscriber_blocks_nobody_and_memory_stays_bounded() {
 }
 
 #[tokio::test]
-async fn sigterm_closes_with_1001_and_exits_zero() {
+async fn sighup_is_harmless_and_sigterm_closes_with_1001_and_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut relay = ChildRelay::start(dir.path(), &[]).await.expect("start");
     let mut c = Client::connect(&relay.url("acme")).await.expect("connect");
     c.write_acked(PK, entries(1, 10, 10)).await.expect("ack");
+    let pid = relay.child.id().expect("pid");
+    // SIGHUP (a service manager's reload) reloads TLS when there is some; here it is ignored.
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    c.ping_pong().await.expect("still serving after SIGHUP");
+    c.write_acked(PK, entries(2, 1, 10)).await.expect("ack");
     c.send(&ClientMsg::Ping { id: 1u32.into() })
         .await
         .expect("ping");
-    let pid = relay.child.id().expect("pid");
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()

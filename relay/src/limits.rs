@@ -105,8 +105,9 @@ impl Limits {
                     )),
                 });
             if !under(share.connections, c.max_connections_per_tenant) {
+                // Full means it has connections: the share stays, and nothing was counted.
+                // (The map's lock goes before `slot` gives back its relay-wide place.)
                 drop(share);
-                self.release_tenant(tenant);
                 return Err(LimitRefusal::Tenant(c.max_connections_per_tenant));
             }
             share.connections += 1;
@@ -115,8 +116,8 @@ impl Limits {
         {
             let mut n = self.addresses.entry(ip).or_insert(0);
             if !under(*n, c.max_connections_per_ip) {
+                // Full means it has connections: the entry stays, and nothing was counted.
                 drop(n);
-                self.release_address(ip);
                 return Err(LimitRefusal::Address(c.max_connections_per_ip));
             }
             *n += 1;
@@ -131,11 +132,6 @@ impl Limits {
             share.connections = share.connections.saturating_sub(1);
             share.connections == 0
         });
-    }
-
-    /// The undo of a refused admission: nothing was counted yet, so only an empty entry goes.
-    fn release_address(&self, ip: IpAddr) {
-        self.addresses.remove_if(&ip, |_, n| *n == 0);
     }
 }
 
@@ -297,20 +293,26 @@ mod tests {
         );
         let s1 = limits.admit(&tenant("t1"), a).expect("first");
         let s2 = limits.admit(&tenant("t1"), b).expect("second");
-        assert_eq!(
-            limits.admit(&tenant("t1"), b).err(),
-            Some(LimitRefusal::Tenant(2))
-        );
+        for _ in 0..3 {
+            // Refusals count nothing: the tenant stays full.
+            assert_eq!(
+                limits.admit(&tenant("t1"), b).err(),
+                Some(LimitRefusal::Tenant(2))
+            );
+        }
         let s3 = limits.admit(&tenant("t2"), a).expect("third");
         assert_eq!(
             limits.admit(&tenant("t3"), b).err(),
             Some(LimitRefusal::Relay(3))
         );
         drop(s2);
-        assert_eq!(
-            limits.admit(&tenant("t3"), a).err(),
-            Some(LimitRefusal::Address(2))
-        );
+        for _ in 0..3 {
+            assert_eq!(
+                limits.admit(&tenant("t3"), a).err(),
+                Some(LimitRefusal::Address(2))
+            );
+        }
+        assert_eq!(limits.connections(), 2, "refusals hold no place");
         let s4 = limits.admit(&tenant("t3"), b).expect("a place came free");
         assert_eq!(limits.connections(), 3);
         drop((s1, s3, s4));

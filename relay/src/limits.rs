@@ -4,8 +4,9 @@
 //!
 //! Connection limits refuse the upgrade (HTTP 503 when the relay is full, 429 for a tenant or
 //! an address over its share). Rate limits never close anything: a connection over its rate is
-//! slowed. The session keeps serving Acks, Pongs and subscriptions, but stops reading the
-//! client's frames until what it sent is paid for, so TCP backpressure slows the client down.
+//! slowed. The session keeps sending Acks for what it has read and keeps its subscriptions
+//! flowing, but stops reading the client's frames (its Pings included) until what it sent is
+//! paid for, so TCP backpressure slows the client down.
 //! A v3 client never reconnects after a close, so a close would lose it for good.
 //!
 //! Rates use the GCRA limiters of `governor`: a bucket of one second's allowance that refills
@@ -77,10 +78,12 @@ impl Limits {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Takes a connection slot for `tenant` from `ip`, or says which limit is full. The slot
+    /// Takes a connection slot for `tenant` from `ip` (an IPv6 address counts for its /64),
+    /// or says which limit is full. The slot
     /// is given back when the returned [`Slot`] is dropped.
     pub fn admit(self: &Arc<Self>, tenant: &TenantId, ip: IpAddr) -> Result<Slot, LimitRefusal> {
         let c = &self.config;
+        let ip = client_key(ip);
         let under = |n: usize, max: usize| max == 0 || n < max;
         self.total
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -132,6 +135,20 @@ impl Limits {
             share.connections = share.connections.saturating_sub(1);
             share.connections == 0
         });
+    }
+}
+
+/// What the per-address limit counts: an IPv4 address (also when it arrives IPv4-mapped on an
+/// IPv6 socket), or the /64 of an IPv6 address, which one client usually holds whole.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 
@@ -205,14 +222,20 @@ impl Rate {
         })
     }
 
-    /// Pays `owed` cells in installments of at most one bucket; how long until the next
+    /// Pays what it can of `owed` cells now: installments of at most one bucket, halved while
+    /// the bucket holds less, down to a sixteenth of it. So a large debt is paid as the bucket
+    /// refills, even while small payers of the same tenant keep it low, and a paused
+    /// connection wakes at most about sixteen times a second. How long until the next
     /// installment can be paid, if some remain.
     fn pay(&self, owed: &mut u64, clock: &DefaultClock) -> Option<Duration> {
+        let burst = u64::from(self.burst.get());
+        let floor = (burst / 16).max(1);
+        let mut n = burst;
         while *owed > 0 {
-            let n = u32::try_from((*owed).min(u64::from(self.burst.get()))).unwrap_or(u32::MAX);
-            let n = NonZeroU32::new(n)?;
-            match self.limiter.check_n(n) {
-                Ok(Ok(())) => *owed -= u64::from(n.get()),
+            let cells = NonZeroU32::new(u32::try_from(n.min(*owed)).unwrap_or(u32::MAX))?;
+            match self.limiter.check_n(cells) {
+                Ok(Ok(())) => *owed -= u64::from(cells.get()),
+                Ok(Err(_)) if n > floor => n = (n / 2).max(floor),
                 Ok(Err(not_until)) => return Some(not_until.wait_time_from(clock.now())),
                 // Cannot happen (n never exceeds the burst); forgive rather than stall forever.
                 Err(_) => *owed = 0,
@@ -279,6 +302,10 @@ mod tests {
         TenantId::parse(s).expect("tenant")
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
     #[test]
     fn connection_slots_are_counted_and_given_back() {
         let limits = Arc::new(Limits::new(LimitsConfig {
@@ -321,6 +348,50 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_client_counts_for_its_slash_64() {
+        let limits = Arc::new(Limits::new(LimitsConfig {
+            max_connections_per_ip: 1,
+            ..LimitsConfig::default()
+        }));
+        let _a = limits
+            .admit(&tenant("t"), ip("2001:db8:1:2::1"))
+            .expect("first");
+        assert_eq!(
+            limits.admit(&tenant("t"), ip("2001:db8:1:2:ffff::9")).err(),
+            Some(LimitRefusal::Address(1))
+        );
+        let _b = limits
+            .admit(&tenant("t"), ip("2001:db8:1:3::1"))
+            .expect("another /64");
+        let _c = limits.admit(&tenant("t"), ip("192.0.2.1")).expect("v4");
+        assert_eq!(
+            limits.admit(&tenant("t"), ip("::ffff:192.0.2.1")).err(),
+            Some(LimitRefusal::Address(1)),
+            "IPv4-mapped is the same client"
+        );
+    }
+
+    #[test]
+    fn a_large_debt_is_paid_as_the_bucket_refills() {
+        let rate = Rate::per_second(1_000).expect("rate");
+        let clock = DefaultClock::default();
+        // Someone else left 300 cells in the bucket: a debt of 2,000 pays what fits now (in
+        // installments of 62 cells and up), and then waits for one more installment only.
+        let mut other = 700;
+        assert_eq!(rate.pay(&mut other, &clock), None);
+        let mut owed = 2_000;
+        let wait = rate.pay(&mut owed, &clock).expect("in debt");
+        assert!(
+            owed <= 2_000 - 200,
+            "paid most of what the bucket held: {owed} left"
+        );
+        assert!(
+            wait >= Duration::from_millis(10) && wait <= Duration::from_millis(63),
+            "waits for a sixteenth of the bucket: {wait:?}"
+        );
+    }
+
+    #[test]
     fn zero_turns_a_limit_off() {
         let limits = Arc::new(Limits::new(LimitsConfig {
             max_connections: 0,
@@ -344,7 +415,7 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_over_its_rate_owes_time_and_large_messages_pay_in_installments() {
+    fn a_connection_over_its_rate_owes_time_and_large_messages_pay_over_time() {
         let limits = Arc::new(Limits::new(LimitsConfig {
             writes_per_second_per_connection: 10,
             bytes_per_second_per_connection: 1_000,
@@ -367,12 +438,16 @@ mod tests {
             "{wait:?}"
         );
 
-        // 3.5 s worth of bytes in one message: it passes, then the connection waits.
+        // 3.5 s worth of bytes in one message: it passes, one bucket is paid at once, and the
+        // rest is paid a sixteenth of a bucket (62 bytes, 62 ms) at a time.
         let mut big = slot.throttle();
         big.charge_bytes(3_500);
         let wait = big.settle().expect("in debt");
-        assert!(wait >= Duration::from_millis(900), "{wait:?}");
-        assert!(big.owed[1] >= 1_500, "{:?}", big.owed);
+        assert_eq!(big.owed[1], 2_500, "{:?}", big.owed);
+        assert!(
+            wait >= Duration::from_millis(50) && wait <= Duration::from_millis(63),
+            "{wait:?}"
+        );
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Who may connect ([`AuthConfig`]).
     pub auth: AuthConfig,
-    /// A client's HTTP request (the upgrade) must arrive whole within this of connecting.
+    /// A client's HTTP request head (the upgrade) must arrive whole within this of connecting
+    /// (of the TLS handshake's end, with TLS).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// TLS ([`TlsConfig`]); off unless `cert` and `key` are set.
@@ -131,7 +132,8 @@ pub struct LimitsConfig {
     pub max_connections_per_ip: usize,
     /// `WriteEntries` messages per second one connection may send.
     pub writes_per_second_per_connection: u32,
-    /// Bytes per second one connection may send (every frame counts).
+    /// Bytes per second one connection may send (every message frame counts; WebSocket
+    /// control frames do not).
     pub bytes_per_second_per_connection: u32,
     /// `WriteEntries` messages per second all connections of a tenant may send together.
     pub writes_per_second_per_tenant: u32,
@@ -267,8 +269,12 @@ impl Default for Config {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(#[from] Box<figment::Error>);
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
 
 impl Config {
     /// Defaults, then the TOML file (if any), then `WHARF_*` variables, then `overrides`
@@ -293,8 +299,53 @@ impl Config {
                     }),
             )
             .merge(Serialized::defaults(overrides))
-            .extract()
-            .map_err(|e| ConfigError(Box::new(e)))
+            .extract::<Config>()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?
+            .validated()
+    }
+
+    /// Refuses settings that cannot work: a zero period would spin, a zero timeout would refuse
+    /// every connection.
+    pub fn validated(self) -> Result<Self, ConfigError> {
+        for (name, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("tls.handshake_timeout", self.tls.handshake_timeout),
+            ("tls.reload_poll", self.tls.reload_poll),
+            ("auth.revocation_poll", self.auth.revocation_poll),
+            ("checkpoint_interval", self.checkpoint_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid(format!("{name} must be more than 0")));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Settings that work but probably not as meant, for a warning at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let frame = self.max_frame_bytes as f64;
+        for (name, rate) in [
+            (
+                "limits.bytes_per_second_per_connection",
+                self.limits.bytes_per_second_per_connection,
+            ),
+            (
+                "limits.bytes_per_second_per_tenant",
+                self.limits.bytes_per_second_per_tenant,
+            ),
+        ] {
+            if rate > 0 && frame / f64::from(rate) > 5.0 {
+                warnings.push(format!(
+                    "{name} = {rate} lets one {}-byte frame pause its connection for {:.0} s; \
+                     clients whose pings go unanswered that long may reconnect (the SDK waits \
+                     10 s)",
+                    self.max_frame_bytes,
+                    frame / f64::from(rate)
+                ));
+            }
+        }
+        warnings
     }
 
     pub(crate) fn reassembler_limits(&self) -> ReassemblerLimits {
@@ -396,9 +447,17 @@ mod tests {
         assert_eq!(c.tenant_idle_timeout, Duration::from_secs(5));
         assert_eq!(c.durability, Durability::Normal);
         assert_eq!(c.max_public_key_bytes, 7, "flags win over the file");
+        std::fs::write(&file, "[tls]\nreload_poll = \"0s\"\n").expect("write");
+        #[derive(Serialize)]
+        struct NoFlags {}
+        let e = Config::load(Some(&file), NoFlags {}).expect_err("a zero period is refused");
+        assert!(e.to_string().contains("tls.reload_poll"), "{e}");
         std::fs::write(&file, "no_such_setting = 1\n").expect("write");
         assert!(
-            Config::load(Some(&file), ()).is_err(),
+            Config::load(Some(&file), NoFlags {})
+                .expect_err("refused")
+                .to_string()
+                .contains("no_such_setting"),
             "unknown settings are refused"
         );
     }

@@ -301,11 +301,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let tls = wharf_relay::tls::check(&config.tls)?;
     // Handlers first: a SIGTERM that follows the line below must stop the relay gracefully.
     let shutdown = shutdown_signal()?;
-    if !tls {
-        // SIGHUP reloads the TLS certificate; without one it must not end the relay (its
-        // default action), which a service manager's "reload" would otherwise do.
-        ignore_sighup()?;
-    }
+    // SIGHUP reloads the TLS certificate. Its default action ends a process: take it over now,
+    // before the line below, so a service manager's "reload" never ends the relay.
+    take_sighup(tls)?;
     // Scripts and tests read this line to find the port when listening on port 0.
     let (http, ws) = if tls {
         ("https", "wss")
@@ -317,18 +315,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs and otherwise ignores SIGHUP.
-fn ignore_sighup() -> anyhow::Result<()> {
+/// Installs a SIGHUP handler. With TLS, the relay's certificate watcher answers the signal
+/// (tokio keeps a handler installed for the life of the process once one is registered);
+/// without, it is logged and otherwise ignored.
+fn take_sighup(tls: bool) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: no TLS certificate to reload; nothing to do");
-            }
-        });
+        if !tls {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: no TLS certificate to reload; nothing to do");
+                }
+            });
+        }
     }
+    #[cfg(not(unix))]
+    let _ = tls;
     Ok(())
 }
 

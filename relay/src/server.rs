@@ -99,6 +99,9 @@ impl Relay {
     ) -> Result<(), ServeError> {
         let addr = listener.local_addr().map_err(ServeError::Addr)?;
         let config = self.shared.config.clone();
+        for warning in config.warnings() {
+            warn!("{warning}");
+        }
         let token = self.shared.shutdown.clone();
         let auth = match effective_mode(&config, addr)? {
             AuthMode::Token => Authenticator::tokens(&config, token.clone()).await?,
@@ -199,7 +202,13 @@ async fn accept_loop(
         });
     }
     connections.close();
-    connections.wait().await;
+    // Each finishes the response it is writing; one that stalls is not waited for forever.
+    if tokio::time::timeout(config.shutdown_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!("some HTTP connections did not finish in time");
+    }
     Ok(())
 }
 

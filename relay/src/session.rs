@@ -253,8 +253,8 @@ impl Session {
     ) -> End {
         let max_pending = self.shared.config.max_pending_writes_per_connection.max(1);
         let shutdown = self.shared.shutdown.clone();
-        // While over a rate limit, frames stay unread until this instant (Acks, Pongs and
-        // subscriptions go on).
+        // While over a rate limit, frames stay unread until this instant (Acks of what was read
+        // and subscriptions go on; Pings wait with the other frames).
         let mut paused: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {

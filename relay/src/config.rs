@@ -127,7 +127,7 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// WebSocket connections one tenant may hold at once.
     pub max_connections_per_tenant: usize,
-    /// WebSocket connections from one client IP address at once. Behind a reverse proxy every
+    /// WebSocket connections from one client IP address (an IPv6 /64) at once. Behind a reverse proxy every
     /// connection comes from the proxy's address: raise this or set it to 0 there.
     pub max_connections_per_ip: usize,
     /// `WriteEntries` messages per second one connection may send.

@@ -127,8 +127,9 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// WebSocket connections one tenant may hold at once.
     pub max_connections_per_tenant: usize,
-    /// WebSocket connections from one client IP address (an IPv6 /64) at once. Behind a reverse proxy every
-    /// connection comes from the proxy's address: raise this or set it to 0 there.
+    /// WebSocket connections from one client IP address (an IPv6 /64) at once. Behind a
+    /// reverse proxy every connection comes from the proxy's address: raise this or set it to
+    /// 0 there.
     pub max_connections_per_ip: usize,
     /// `WriteEntries` messages per second one connection may send.
     pub writes_per_second_per_connection: u32,

@@ -626,6 +626,24 @@ async fn cli_round_trip_and_clear_errors() {
     assert_eq!(code, 0, "{err}");
     let g: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     assert_eq!(g["log"], owner["log"]);
+    // A base64url key may start with `-` (one in 64): it is a value, not a flag.
+    let dashed = std::iter::repeat_with(|| {
+        wharf_protocol::crypto::GrantKeyPair::generate(&mut rand::rngs::OsRng).public_key_string()
+    })
+    .find(|k| k.starts_with('-'))
+    .expect("a key starting with -");
+    let (code, _, err) = run(
+        vec![
+            "grant".into(),
+            "-i".into(),
+            d("owner.id"),
+            "--to".into(),
+            dashed,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
     let mut tail = common("tail", "viewer.id");
     tail.extend([
         "--from".into(),

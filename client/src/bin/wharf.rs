@@ -57,8 +57,9 @@ enum Command {
     Grant {
         #[command(flatten)]
         identity: IdentityArgs,
-        /// The recipient's x25519 public key (base64url, as the viewer shows it, or hex).
-        #[arg(long)]
+        /// The recipient's x25519 public key (base64url, as the viewer shows it, or hex). It
+        /// may start with `-`.
+        #[arg(long, allow_hyphen_values = true)]
         to: String,
         /// Also print a viewer link carrying the grant in its #fragment, e.g.
         /// http://127.0.0.1:8787/viewer.
@@ -80,13 +81,13 @@ enum IdentityCmd {
     /// Turn an Effect identity (its encodeString form, or publicKey + key) into one Wharf loads.
     Import {
         /// Effect's `Identity.encodeString` output.
-        #[arg(long, conflicts_with_all = ["public_key", "key"])]
+        #[arg(long, conflicts_with_all = ["public_key", "key"], allow_hyphen_values = true)]
         effect_string: Option<String>,
         /// Effect's `publicKey` (the log name).
-        #[arg(long, requires = "key")]
+        #[arg(long, requires = "key", allow_hyphen_values = true)]
         public_key: Option<String>,
         /// The 32-byte key (Effect's `privateKey`), hex or base64.
-        #[arg(long, requires = "public_key")]
+        #[arg(long, requires = "public_key", allow_hyphen_values = true)]
         key: Option<String>,
         #[arg(short, long)]
         out: Option<PathBuf>,
@@ -146,7 +147,7 @@ struct PushArgs {
     #[arg(long)]
     event: Option<String>,
     /// Primary key of the event.
-    #[arg(long = "key", requires = "event")]
+    #[arg(long = "key", requires = "event", allow_hyphen_values = true)]
     primary_key: Option<String>,
     /// Payload as JSON.
     #[arg(long, requires = "event", default_value = "{}")]

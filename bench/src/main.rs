@@ -1,0 +1,352 @@
+//! `wharf-bench`: Wharf and Effect's own v3 servers, side by side, over the same wire protocol.
+//!
+//! Each server runs as a child process pinned to one core; this load generator pins itself to
+//! the other. Every scenario gets a fresh server; rounds alternate the order of the servers;
+//! the report gives medians and the spread.
+//!
+//! ```text
+//! cargo build --release -p wharf-relay -p wharf-bench
+//! (cd bench/effect && npm ci)
+//! target/release/wharf-bench                      # full run, ~15 min: writes target/bench/
+//! target/release/wharf-bench --docs docs/benchmarks.md
+//! target/release/wharf-bench --smoke              # seconds; what CI runs
+//! ```
+
+mod report;
+mod scenarios;
+mod servers;
+mod sys;
+mod wire;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use crate::report::{Results, Run};
+use crate::scenarios::Sizes;
+use crate::servers::{Kind, Programs, Server};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wharf-bench",
+    about = "Wharf against Effect's v3 servers, over the wire"
+)]
+struct Cli {
+    /// Servers to measure: any of wharf, effect-memory, effect-sql.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "wharf,effect-memory,effect-sql"
+    )]
+    servers: Vec<String>,
+    /// Scenarios to run (default: all): serial, pipelined-1x8, concurrent-64, pipelined-100x8,
+    /// tenants, fanout-lockstep, fanout-flat, catchup-small, catchup-large, idle,
+    /// active-tenants, cold-open.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Rounds (medians and spread are over these).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// A short run with small sizes: checks that everything works, measures little.
+    #[arg(long)]
+    smoke: bool,
+    /// Seconds each throughput scenario runs.
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Where results.json, table.md and the charts go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Also write this Markdown report (charts next to it, in `bench/`).
+    #[arg(long)]
+    docs: Option<PathBuf>,
+    /// The relay binary [default: wharf-relay next to this program].
+    #[arg(long)]
+    relay: Option<PathBuf>,
+    /// Effect's server script [default: bench/effect/server.mjs of this repository].
+    #[arg(long)]
+    effect_server: Option<PathBuf>,
+    /// Where servers keep their data (the disk under test) [default: the system temp dir].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Do not pin the servers and this program to separate cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+const ALL: &[&str] = &[
+    "serial",
+    "pipelined-1x8",
+    "concurrent-64",
+    "pipelined-100x8",
+    "tenants",
+    "fanout-lockstep",
+    "fanout-flat",
+    "catchup-small",
+    "catchup-large",
+    "idle",
+    "active-tenants",
+    "cold-open",
+];
+
+/// A Wharf tenant with no connections closes its database after this long.
+const IDLE_TIMEOUT: &str = "1s";
+const HIBERNATED_AFTER: Duration = Duration::from_millis(2_500);
+
+fn sizes(smoke: bool, seconds: Option<u64>) -> Sizes {
+    if smoke {
+        Sizes {
+            run_for: Duration::from_secs(seconds.unwrap_or(1)),
+            entry_bytes: 256,
+            concurrent_connections: 8,
+            tenants: 40,
+            tenant_writers: 8,
+            lockstep_subscribers: 10,
+            lockstep_rounds: 50,
+            flat_subscribers: 20,
+            catch_up: vec![2_000, 10_000],
+            idle_connections: 200,
+            active_tenants: 40,
+            cold_tenants: 5,
+        }
+    } else {
+        Sizes {
+            run_for: Duration::from_secs(seconds.unwrap_or(5)),
+            entry_bytes: 256,
+            concurrent_connections: 64,
+            tenants: 1_000,
+            tenant_writers: 64,
+            lockstep_subscribers: 100,
+            lockstep_rounds: 1_000,
+            flat_subscribers: 1_000,
+            catch_up: vec![100_000, 1_000_000],
+            idle_connections: 10_000,
+            active_tenants: 1_000,
+            cold_tenants: 50,
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let kinds = cli
+        .servers
+        .iter()
+        .map(|s| Kind::parse(s).with_context(|| format!("unknown server {s:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    let scenarios: Vec<String> = if cli.scenarios.is_empty() {
+        ALL.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        for s in &cli.scenarios {
+            if !ALL.contains(&s.as_str()) {
+                bail!("unknown scenario {s:?}; known: {}", ALL.join(", "));
+            }
+        }
+        cli.scenarios.clone()
+    };
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let pin = !cli.no_pin && cores >= 2;
+    if pin {
+        sys::pin_self(1)?;
+    }
+    let exe = std::env::current_exe()?;
+    let programs = Programs {
+        relay: cli
+            .relay
+            .clone()
+            .unwrap_or_else(|| exe.with_file_name("wharf-relay")),
+        effect_server: cli
+            .effect_server
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("effect/server.mjs")),
+        cpu: 0,
+    };
+    if !programs.relay.exists() {
+        bail!(
+            "{} is missing: cargo build --release -p wharf-relay",
+            programs.relay.display()
+        );
+    }
+    if kinds.iter().any(|k| *k != Kind::Wharf)
+        && !programs
+            .effect_server
+            .with_file_name("node_modules")
+            .exists()
+    {
+        bail!(
+            "Effect's server needs its packages: (cd {} && npm ci)",
+            programs
+                .effect_server
+                .parent()
+                .unwrap_or(&programs.effect_server)
+                .display()
+        );
+    }
+    let data_root = cli.data.clone().unwrap_or_else(std::env::temp_dir);
+    let z = sizes(cli.smoke, cli.seconds);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut results = Results {
+        machine: sys::machine(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        pinning: if pin {
+            "servers on CPU 0 (taskset), load generator on CPU 1".into()
+        } else {
+            "none".into()
+        },
+        rounds: cli.rounds,
+        ..Results::default()
+    };
+    runtime.block_on(async {
+        for round in 0..cli.rounds {
+            let fsync = sys::fdatasync_rate(&data_root, Duration::from_secs(2))?;
+            eprintln!("round {}: fdatasync {fsync:.0}/s", round + 1);
+            results.fdatasync_per_s.push(fsync);
+            let mut order = kinds.clone();
+            order.rotate_left(round % kinds.len().max(1));
+            for kind in order {
+                let mut kib_per_connection = 0.0;
+                for scenario in &scenarios {
+                    if scenario == "cold-open" && kind != Kind::Wharf {
+                        if round == 0 {
+                            results.not_applicable.push((
+                                scenario.clone(),
+                                kind,
+                                "Effect's server has no tenants to hibernate; everything stays in one process".into(),
+                            ));
+                        }
+                        continue;
+                    }
+                    let server = Server::start(kind, &programs, &data_root, IDLE_TIMEOUT).await?;
+                    let outcome = run(&server, scenario, &z, kib_per_connection).await;
+                    server.stop().await?;
+                    let (figures, curve) = match outcome {
+                        Ok(x) => x,
+                        Err(e) => {
+                            eprintln!("  {} / {scenario}: FAILED: {e:#}", kind.label());
+                            return Err(e.context(format!("{} / {scenario}", kind.label())));
+                        }
+                    };
+                    eprintln!("  {} / {scenario}: {figures:?}", kind.label());
+                    if scenario == "idle" {
+                        kib_per_connection = figures.get("kib_per_connection").copied().unwrap_or(0.0);
+                    }
+                    if let Some(curve) = curve {
+                        results.catch_up_curves.insert(kind.label().to_owned(), curve);
+                    }
+                    results.runs.push(Run {
+                        round,
+                        scenario: scenario.clone(),
+                        server: kind,
+                        figures,
+                    });
+                }
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    report::write(&results, &cli.out)?;
+    println!("{}", report::table(&results));
+    println!("results, table and charts in {}", cli.out.display());
+    if let Some(docs) = &cli.docs {
+        write_docs(&results, &cli, docs)?;
+        println!("wrote {}", docs.display());
+    }
+    Ok(())
+}
+
+async fn run(
+    server: &Server,
+    scenario: &str,
+    z: &Sizes,
+    kib_per_connection: f64,
+) -> Result<(scenarios::Figures, Option<Vec<(f64, f64)>>)> {
+    Ok(match scenario {
+        "serial" => (scenarios::serial(server, z).await?, None),
+        "pipelined-1x8" => (scenarios::pipelined(server, z, 1, 8).await?, None),
+        "concurrent-64" => (scenarios::concurrent(server, z).await?, None),
+        "pipelined-100x8" => (scenarios::pipelined(server, z, 100, 8).await?, None),
+        "tenants" => (scenarios::many_tenants(server, z).await?, None),
+        "fanout-lockstep" => (scenarios::fanout_lockstep(server, z).await?, None),
+        "fanout-flat" => (scenarios::fanout_flat(server, z).await?, None),
+        "catchup-small" => {
+            let (f, curve) = scenarios::catch_up(server, z, z.catch_up[0]).await?;
+            (f, Some(curve))
+        }
+        "catchup-large" => (scenarios::catch_up(server, z, z.catch_up[1]).await?.0, None),
+        "idle" => (scenarios::idle(server, z).await?, None),
+        "active-tenants" => (
+            scenarios::active_tenants(server, z, kib_per_connection).await?,
+            None,
+        ),
+        "cold-open" => (
+            scenarios::cold_open(server, z, HIBERNATED_AFTER).await?,
+            None,
+        ),
+        other => bail!("unknown scenario {other}"),
+    })
+}
+
+/// `docs/benchmarks.md`: the table, the charts, the machine, and how to run it again.
+fn write_docs(r: &Results, cli: &Cli, path: &std::path::Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let charts = dir.join("bench");
+    std::fs::create_dir_all(&charts)?;
+    for f in ["writes.svg", "latency.svg", "catchup.svg"] {
+        let from = cli.out.join(f);
+        if from.exists() {
+            std::fs::copy(&from, charts.join(f))?;
+        }
+    }
+    let z = sizes(cli.smoke, cli.seconds);
+    let text = format!(
+        "# Benchmarks\n\n\
+         Wharf against Effect's own v3 servers, measured in one run on one machine by a load \
+         generator that speaks the v3 wire protocol (`bench/`). Wharf acknowledges a write only \
+         after `fsync` (`synchronous=FULL`); Effect's memory server keeps everything in memory \
+         and loses it on restart; Effect's SQL server is `SqlEventLogServer` on SQLite \
+         (`@effect/sql-sqlite-node`, `synchronous=FULL`).\n\n\
+         - Machine: {machine}\n\
+         - Pinning: {pinning}\n\
+         - Rounds: {rounds} (medians; the small numbers are the lowest and highest round), a fresh \
+           server for every scenario, server order rotated each round\n\
+         - Sizes: 256-byte entries; {secs} s per throughput scenario; {conc} connections for the \
+           concurrent scenario; {tenants} tenants and {tw} writers for the tenant scenario; \
+           {lock} lockstep and {flat} flat-out subscribers; catch-up of {c0} and {c1} entries; \
+           {idle} idle connections; {active} active tenants; {cold} hibernated tenants\n\
+         - Command: `{command}`\n\n\
+         {table}\n\
+         ![Writes per second](bench/writes.svg)\n\n\
+         ![Latency](bench/latency.svg)\n\n\
+         ![Catch-up](bench/catchup.svg)\n\n\
+         ## Run it again\n\n\
+         ```sh\n\
+         cargo build --release -p wharf-relay -p wharf-bench\n\
+         (cd bench/effect && npm ci)      # Effect's servers (better-sqlite3 builds from source if needed)\n\
+         target/release/wharf-bench --docs docs/benchmarks.md     # ~15 minutes\n\
+         target/release/wharf-bench --smoke --rounds 1             # seconds: checks it all works\n\
+         ```\n\n\
+         What each scenario does is documented in `bench/src/scenarios.rs`. Figures move between \
+         machines and runs: compare only within one run.\n",
+        machine = r.machine,
+        pinning = r.pinning,
+        rounds = r.rounds,
+        secs = z.run_for.as_secs(),
+        conc = z.concurrent_connections,
+        tenants = z.tenants,
+        tw = z.tenant_writers,
+        lock = z.lockstep_subscribers,
+        flat = z.flat_subscribers,
+        c0 = z.catch_up[0],
+        c1 = z.catch_up[1],
+        idle = z.idle_connections,
+        active = z.active_tenants,
+        cold = z.cold_tenants,
+        command = r.command,
+        table = report::table(r),
+    );
+    std::fs::write(path, text)?;
+    Ok(())
+}

@@ -31,6 +31,9 @@ use crate::registry::Registry;
 use crate::session::{self, SessionInit, Shared};
 use crate::tls::{CertStore, TlsError};
 
+/// Bytes a connection reads from its socket at a time (and holds while idle).
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 #[derive(Clone, Debug)]
 struct AppState {
     shared: Arc<Shared>,
@@ -337,6 +340,11 @@ async fn connect(
     ws.protocols([EXTENSION_SUBPROTOCOL])
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
+        // tungstenite allocates its read buffer up front (128 KiB by default), per connection;
+        // a frame larger than this is still read whole (the buffer grows for it).
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Frames are written as they are sent; the writer task decides when to flush.
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let extension = socket
                 .protocol()

@@ -26,15 +26,24 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 static NEXT_ENTRY: AtomicU64 = AtomicU64::new(1);
 static NEXT_IV: AtomicU64 = AtomicU64::new(1);
 
-/// `count` entries of `size` bytes of ciphertext-like filler, each with a fresh 16-byte id.
+/// `count` entries of `size` bytes of ciphertext-like filler, each with a fresh id shaped
+/// like the UUIDv7 real clients use (Effect's memory server refuses ids that are not UUIDs):
+/// 48 bits of milliseconds, version 7, this process, variant, and a process-wide counter.
 pub fn entries(count: usize, size: usize) -> Vec<EncryptedEntry> {
     let first = NEXT_ENTRY.fetch_add(count as u64, Ordering::Relaxed);
     let filler = Bytes::from((0..size).map(|i| (i * 31 + 7) as u8).collect::<Vec<u8>>());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let pid = std::process::id();
     (0..count as u64)
         .map(|i| {
             let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&std::process::id().to_be_bytes().repeat(2));
+            id[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
+            id[6] = 0x70 | ((pid >> 8) & 0x0f) as u8;
+            id[7] = pid as u8;
             id[8..].copy_from_slice(&(first + i).to_be_bytes());
+            id[8] = 0x80 | (id[8] & 0x3f);
             EncryptedEntry {
                 entry_id: Bytes::copy_from_slice(&id),
                 encrypted_entry: filler.clone(),

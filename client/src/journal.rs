@@ -166,8 +166,9 @@ impl Journal {
             .await
             .map_err(|e| match e {
                 DbError::Sqlx(e) => Error::Sqlx(e),
-                DbError::CreateDir { .. } => Error::Io(e.to_string()),
                 DbError::NewerSchema { .. } => Error::Corrupt(format!("the journal was {e}")),
+                // Creating its directory, or (never here) another backend's error.
+                other => Error::Io(other.to_string()),
             })?;
         let mut conn = db.writer.acquire().await?;
         let progress = Progress {

@@ -64,6 +64,10 @@ pub struct Config {
     pub changes_max_entries: usize,
     /// Most entries committed in one transaction (group commit).
     pub commit_max_entries: usize,
+    /// OS threads that run every tenant's SQLite work (commits, reads, checkpoints): the
+    /// relay's thread count does not grow with its tenants. More overlap more fsyncs of
+    /// different tenants.
+    pub storage_threads: usize,
     /// Bytes of recent entries kept in memory per subscribed log; a subscriber that falls
     /// further behind reads storage instead.
     pub live_tail_bytes: usize,
@@ -257,6 +261,7 @@ impl Default for Config {
             changes_max_bytes: 256 * 1024,
             changes_max_entries: 1_000,
             commit_max_entries: 10_000,
+            storage_threads: 8,
             live_tail_bytes: 4 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(1),
             shutdown_read_grace: Duration::from_millis(100),

@@ -7,6 +7,7 @@ use dashmap::DashMap;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, TenantId};
+use crate::store::StorePool;
 use crate::tenant::{Attached, TenantActor, TenantError, TenantHandle};
 
 /// Cloneable; all clones share one map.
@@ -17,6 +18,8 @@ pub struct Registry(Arc<Inner>);
 struct Inner {
     tenants: DashMap<TenantId, TenantHandle>,
     config: Arc<Config>,
+    /// The storage threads every tenant's SQLite work runs on.
+    pool: StorePool,
     actors: TaskTracker,
     next_actor_id: AtomicU64,
 }
@@ -25,6 +28,7 @@ impl Registry {
     pub fn new(config: Arc<Config>) -> Self {
         Self(Arc::new(Inner {
             tenants: DashMap::new(),
+            pool: StorePool::new(config.storage_threads),
             config,
             actors: TaskTracker::new(),
             next_actor_id: AtomicU64::new(1),
@@ -53,6 +57,7 @@ impl Registry {
                     tenant.clone(),
                     id,
                     self.0.config.clone(),
+                    self.0.pool.clone(),
                     &self.0.actors,
                     retire,
                 )

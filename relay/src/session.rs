@@ -32,7 +32,7 @@ use crate::counters::Counters;
 use crate::limits::{Limits, Slot, Throttle};
 use crate::registry::Registry;
 use crate::store::Store;
-use crate::tenant::{ConnId, LiveBatch, Subscribed, TailRead, TenantError, TenantHandle};
+use crate::tenant::{Acked, ConnId, LiveBatch, Subscribed, TailRead, TenantError, TenantHandle};
 
 /// WebSocket close codes the relay uses. Never 1000: a v3 client treats it as "done for good".
 pub mod close_code {
@@ -123,8 +123,7 @@ impl Drop for SubscriptionTask {
     }
 }
 
-type PendingAck =
-    futures_util::future::BoxFuture<'static, (JsNumber, Result<Vec<u64>, TenantError>)>;
+type PendingAck = futures_util::future::BoxFuture<'static, (JsNumber, Result<Acked, TenantError>)>;
 
 /// Everything a session starts from, decided before the upgrade.
 #[derive(Debug)]
@@ -358,13 +357,16 @@ impl Session {
     async fn send_ack(
         &mut self,
         id: JsNumber,
-        result: Result<Vec<u64>, TenantError>,
+        result: Result<Acked, TenantError>,
     ) -> Result<(), Violation> {
         match result {
-            Ok(sequence_numbers) => {
+            Ok(acked) => {
+                if acked.iv_reused {
+                    self.iv_reused("its AES-GCM iv is already used in this log");
+                }
                 let ack = RelayMsg::Ack {
                     id,
-                    sequence_numbers,
+                    sequence_numbers: acked.sequences,
                 };
                 let _ = self
                     .control
@@ -372,7 +374,23 @@ impl Session {
                     .await;
                 Ok(())
             }
+            Err(e @ TenantError::IvRefused) => {
+                self.shared.counters.bump_iv_reuse(self.tenant.as_str());
+                Err(Violation::new(
+                    close_code::POLICY_VIOLATION,
+                    ErrorCode::UnsupportedData,
+                    e.to_string(),
+                ))
+            }
             Err(e) => Err(Violation::internal(&e)),
+        }
+    }
+
+    /// Counts a write whose iv was reused, and logs the first of this connection.
+    fn iv_reused(&mut self, why: &str) {
+        self.shared.counters.bump_iv_reuse(self.tenant.as_str());
+        if !std::mem::replace(&mut self.iv_warned, true) {
+            warn!("iv reuse: {why}; see SECURITY.md (logged once per connection)");
         }
     }
 
@@ -460,38 +478,24 @@ impl Session {
     }
 
     /// The guardrail on ciphertext metadata: a 12-byte iv is an AES-GCM nonce, which must never
-    /// encrypt twice under one key. Several entries of one write share its iv (Effect v3 does
-    /// this); an iv already stored in the log was used before. Counted per tenant and logged
-    /// once per connection; refused under `strict_iv`. The stored-iv lookup goes through the
-    /// reader pool, so it never waits for the tenant's writer; two writes racing with one iv
-    /// may both pass it (it detects misuse, it does not serialise).
-    async fn check_iv(&mut self, w: &WriteEntries) -> Result<(), Violation> {
-        if w.iv.len() != 12 || w.entries.is_empty() {
+    /// encrypt twice under one key. Several entries of one write sharing its iv (Effect v3 does
+    /// this) is seen here; an iv already stored in the log is seen by the tenant's commit,
+    /// which flags it in the Ack (or refuses the write under `strict_iv`). Counted per tenant
+    /// and logged once per connection.
+    fn check_iv(&mut self, w: &WriteEntries) -> Result<(), Violation> {
+        if w.iv.len() != 12 || w.entries.len() < 2 {
             return Ok(());
         }
-        let why = if w.entries.len() > 1 {
-            format!("{} entries share one AES-GCM iv", w.entries.len())
-        } else {
-            match self.store.gcm_iv_used(&w.public_key, &w.iv).await {
-                Ok(true) => "its AES-GCM iv is already used in this log".to_owned(),
-                Ok(false) => return Ok(()),
-                Err(e) => {
-                    warn!(error = %e, "iv guardrail lookup failed; write let through");
-                    return Ok(());
-                }
-            }
-        };
-        self.shared.counters.bump_iv_reuse(self.tenant.as_str());
+        let why = format!("{} entries share one AES-GCM iv", w.entries.len());
         if self.shared.config.strict_iv {
+            self.shared.counters.bump_iv_reuse(self.tenant.as_str());
             return Err(Violation::new(
                 close_code::POLICY_VIOLATION,
                 ErrorCode::UnsupportedData,
                 format!("write refused: {why} (nonce reuse; strict_iv is on)"),
             ));
         }
-        if !std::mem::replace(&mut self.iv_warned, true) {
-            warn!(public_key = %w.public_key, "iv reuse: {why}; see SECURITY.md (logged once per connection)");
-        }
+        self.iv_reused(&why);
         Ok(())
     }
 
@@ -514,15 +518,19 @@ impl Session {
         if w.entries.iter().any(|e| e.entry_id.is_empty()) {
             return Err(Violation::invalid("an entryId is empty"));
         }
-        self.check_iv(&w).await?;
+        self.check_iv(&w)?;
         let id = w.id;
         if !w.entries.is_empty() {
             self.throttle.charge_write();
         }
         if w.entries.is_empty() {
             // Nothing to make durable; the Ack still waits its turn behind earlier writes.
+            let acked = Acked {
+                sequences: Vec::new(),
+                iv_reused: false,
+            };
             self.pending
-                .push_back(async move { (id, Ok(Vec::new())) }.boxed());
+                .push_back(async move { (id, Ok(acked)) }.boxed());
             return Ok(());
         }
         let reply = self

@@ -2,10 +2,11 @@
 //! numbers. Sessions talk to it through a cloneable [`TenantHandle`].
 //!
 //! Writes that queue up while a transaction commits are committed together in the next one
-//! (group commit). Acks and broadcasts leave only after `COMMIT` returns, that is once the
-//! entries are on disk.
+//! (group commit), as one job on a storage thread. Acks and broadcasts leave only after
+//! `COMMIT` returns, that is once the entries are on disk.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use uuid::Uuid;
 use wharf_protocol::{EncryptedEntry, RemoteEntry};
 
 use crate::config::{Config, TenantId};
-use crate::store::{NewRow, Store, StoreError};
+use crate::store::{Outcome, Store, StoreError, StorePool, WriteReq, Writer};
 
 /// Identifies one WebSocket connection, to keep a writer's own entries out of its live feed.
 pub type ConnId = u64;
@@ -29,6 +30,10 @@ pub enum TenantError {
     Closed,
     #[error("storage failed: {0}")]
     Storage(Arc<StoreError>),
+    #[error(
+        "write refused: its AES-GCM iv is already used in this log (nonce reuse; strict_iv is on)"
+    )]
+    IvRefused,
 }
 
 impl From<StoreError> for TenantError {
@@ -158,6 +163,14 @@ pub struct Subscribed {
     pub next_sequence: u64,
 }
 
+/// A durable write: one sequence per submitted entry (a duplicate's original one), and
+/// whether its 12-byte iv was already stored in the log (the guardrail, SECURITY.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    pub sequences: Vec<u64>,
+    pub iv_reused: bool,
+}
+
 enum Msg {
     Attach(oneshot::Sender<Result<Attached, TenantError>>),
     Subscribe {
@@ -169,11 +182,9 @@ enum Msg {
 }
 
 struct Write {
-    public_key: String,
-    iv: Bytes,
-    entries: Vec<EncryptedEntry>,
+    req: WriteReq,
     origin: ConnId,
-    reply: oneshot::Sender<Result<Vec<u64>, TenantError>>,
+    reply: oneshot::Sender<Result<Acked, TenantError>>,
 }
 
 /// A cloneable handle to a tenant actor.
@@ -210,13 +221,15 @@ impl TenantHandle {
         iv: Bytes,
         entries: Vec<EncryptedEntry>,
         origin: ConnId,
-    ) -> Result<oneshot::Receiver<Result<Vec<u64>, TenantError>>, TenantError> {
+    ) -> Result<oneshot::Receiver<Result<Acked, TenantError>>, TenantError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Write(Write {
-                public_key,
-                iv,
-                entries,
+                req: WriteReq {
+                    public_key,
+                    iv,
+                    entries,
+                },
                 origin,
                 reply,
             }))
@@ -231,13 +244,6 @@ impl TenantHandle {
     }
 }
 
-struct LogState {
-    id: Option<i64>,
-    next: u64,
-    /// Present while the log has subscribers.
-    live: Option<Arc<LiveLog>>,
-}
-
 /// Called once when an actor stops taking new work, so whoever maps tenants to actors can
 /// forget this one (and only this one).
 pub(crate) type Retire = Box<dyn FnOnce() + Send>;
@@ -245,10 +251,36 @@ pub(crate) type Retire = Box<dyn FnOnce() + Send>;
 pub(crate) struct TenantActor {
     tenant: TenantId,
     config: Arc<Config>,
+    pool: StorePool,
     retire: Option<Retire>,
     rx: mpsc::Receiver<Msg>,
-    logs: HashMap<String, LogState>,
+    /// The live tail of every log that has (or recently had) subscribers.
+    live: HashMap<String, Arc<LiveLog>>,
     lease: Arc<()>,
+    /// Set after each commit, cleared by the checkpointer.
+    dirty: Arc<AtomicBool>,
+}
+
+/// The database as the actor holds it: the reading side it hands to sessions, and the writer,
+/// which is lent to a storage thread for each job. `writer` is `None` only if a job was lost
+/// (a panic on a storage thread); the actor then stops.
+struct Db {
+    store: Store,
+    writer: Option<Writer>,
+}
+
+impl Db {
+    /// Runs `f` with the writer on a storage thread.
+    async fn job<R, F>(&mut self, f: F) -> Result<R, TenantError>
+    where
+        F: FnOnce(&mut Writer) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let writer = self.writer.take().ok_or(TenantError::Closed)?;
+        let (writer, r) = self.store.with_writer(writer, f).await?;
+        self.writer = Some(writer);
+        Ok(r?)
+    }
 }
 
 impl TenantActor {
@@ -259,6 +291,7 @@ impl TenantActor {
         tenant: TenantId,
         actor_id: u64,
         config: Arc<Config>,
+        pool: StorePool,
         tracker: &TaskTracker,
         retire: Retire,
     ) -> TenantHandle {
@@ -267,10 +300,12 @@ impl TenantActor {
         let actor = TenantActor {
             tenant,
             config,
+            pool,
             retire: Some(retire),
             rx,
-            logs: HashMap::new(),
+            live: HashMap::new(),
             lease: Arc::new(()),
+            dirty: Arc::new(AtomicBool::new(false)),
         };
         tracker.spawn(actor.run().instrument(span));
         TenantHandle { actor_id, tx }
@@ -278,8 +313,8 @@ impl TenantActor {
 
     async fn run(mut self) {
         let path = self.config.tenant_path(&self.tenant);
-        let store = match Store::open(&path, self.config.durability).await {
-            Ok(store) => store,
+        let (store, writer) = match Store::open(&self.pool, &path, self.config.durability).await {
+            Ok(opened) => opened,
             Err(e) => {
                 warn!(error = %e, path = %path.display(), "cannot open tenant database");
                 self.retire();
@@ -292,14 +327,24 @@ impl TenantActor {
             }
         };
         debug!(remote_id = %store.remote_id(), "tenant opened");
-        let checkpointer = spawn_checkpointer(store.clone(), self.config.checkpoint_interval);
-        self.serve(&store).await;
+        let checkpointer = spawn_checkpointer(
+            store.clone(),
+            self.dirty.clone(),
+            self.config.checkpoint_interval,
+        );
+        let mut db = Db {
+            store,
+            writer: Some(writer),
+        };
+        self.serve(&mut db).await;
         checkpointer.abort();
-        store.close().await;
+        if let Some(writer) = db.writer.take() {
+            db.store.close(writer).await;
+        }
         debug!("tenant closed");
     }
 
-    async fn serve(&mut self, store: &Store) {
+    async fn serve(&mut self, db: &mut Db) {
         let idle_timeout = self.config.tenant_idle_timeout;
         let mut idle_since: Option<Instant> = Some(Instant::now());
         let mut batch: Vec<Msg> = Vec::new();
@@ -343,22 +388,22 @@ impl TenantActor {
                     Msg::Attach(reply) => {
                         idle_since = None;
                         let _ = reply.send(Ok(Attached {
-                            remote_id: store.remote_id(),
-                            store: store.clone(),
+                            remote_id: db.store.remote_id(),
+                            store: db.store.clone(),
                             lease: self.lease.clone(),
                         }));
                     }
                     Msg::Subscribe { public_key, reply } => {
-                        let r = self.subscribe(store, public_key).await;
+                        let r = self.subscribe(db, public_key).await;
                         let _ = reply.send(r);
                     }
                     Msg::Stop => stop = true,
                 }
             }
             if !writes.is_empty() {
-                self.commit(store, writes).await;
+                self.commit(db, writes).await;
             }
-            if stop {
+            if stop || db.writer.is_none() {
                 break;
             }
             if Arc::strong_count(&self.lease) == 1 && idle_since.is_none() {
@@ -376,7 +421,7 @@ impl TenantActor {
             }
         }
         if !writes.is_empty() {
-            self.commit(store, writes).await;
+            self.commit(db, writes).await;
         }
     }
 
@@ -386,180 +431,106 @@ impl TenantActor {
         }
     }
 
-    async fn log(&mut self, store: &Store, public_key: &str) -> Result<&mut LogState, StoreError> {
-        if !self.logs.contains_key(public_key) {
-            let (id, next) = match store.log_state(public_key).await? {
-                Some((id, next)) => (Some(id), next),
-                None => (None, 0),
-            };
-            self.logs.insert(
-                public_key.to_owned(),
-                LogState {
-                    id,
-                    next,
-                    live: None,
-                },
-            );
-        }
-        Ok(self
-            .logs
-            .get_mut(public_key)
-            .unwrap_or_else(|| unreachable!()))
-    }
-
     async fn subscribe(
         &mut self,
-        store: &Store,
+        db: &mut Db,
         public_key: String,
     ) -> Result<Subscribed, TenantError> {
-        let log = self.log(store, &public_key).await?;
-        let next = log.next;
-        let live = log
-            .live
-            .get_or_insert_with(|| Arc::new(LiveLog::new(next)))
-            .clone();
+        let live = match self.live.get(&public_key) {
+            Some(live) => live.clone(),
+            None => {
+                let pk = public_key.clone();
+                let next = db.job(move |w| w.next_sequence(&pk)).await?;
+                let live = Arc::new(LiveLog::new(next));
+                self.live.insert(public_key, live.clone());
+                live
+            }
+        };
+        let changes = live.watch();
+        let next_sequence = *changes.borrow();
         Ok(Subscribed {
-            changes: live.watch(),
+            changes,
             live,
-            next_sequence: next,
+            next_sequence,
         })
     }
 
-    async fn commit(&mut self, store: &Store, writes: Vec<Write>) {
-        match self.try_commit(store, &writes).await {
-            Ok((acks, batches)) => {
-                for (w, seqs) in writes.into_iter().zip(acks) {
-                    let _ = w.reply.send(Ok(seqs));
-                }
-                let max_bytes = self.config.live_tail_bytes;
-                for (public_key, batch) in batches {
-                    if let Some(log) = self.logs.get_mut(&public_key) {
-                        if let Some(live) = &log.live {
-                            if Arc::strong_count(live) == 1 {
-                                // Its last subscriber left: free the tail.
-                                log.live = None;
-                            } else {
-                                live.push(batch, max_bytes);
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                // Nothing in memory moved: sequence state advances only after COMMIT.
-                warn!(error = %e, writes = writes.len(), "commit failed; nothing acknowledged");
-                let err = TenantError::from(e);
-                for w in writes {
-                    let _ = w.reply.send(Err(err.clone()));
-                }
-            }
-        }
-    }
-
-    /// Assigns sequences and commits one transaction. Returns each write's sequence numbers
-    /// (index-aligned, duplicates getting their original sequence) and the new entries per log.
-    #[allow(clippy::type_complexity)]
-    async fn try_commit(
-        &mut self,
-        store: &Store,
-        writes: &[Write],
-    ) -> Result<(Vec<Vec<u64>>, Vec<(String, LiveBatch)>), StoreError> {
-        // Sequence state for every log touched, loaded before the transaction starts.
-        let mut touched: Vec<&str> = Vec::new();
-        for w in writes {
-            if !touched.contains(&w.public_key.as_str()) {
-                touched.push(&w.public_key);
-            }
-        }
-        for pk in &touched {
-            self.log(store, pk).await?;
-        }
-        let mut tx = store.writer().begin().await?;
-        // Per log: (log id, next sequence, known entry ids → sequence).
-        let mut plan: HashMap<&str, (i64, u64, HashMap<&[u8], u64>)> = HashMap::new();
-        for pk in &touched {
-            let log = &self.logs[*pk];
-            let id = match log.id {
-                Some(id) => id,
-                None => Store::insert_log(&mut tx, pk).await?,
-            };
-            let ids: Vec<&[u8]> = {
-                let mut seen = HashSet::new();
-                writes
-                    .iter()
-                    .filter(|w| w.public_key == *pk)
-                    .flat_map(|w| w.entries.iter().map(|e| &e.entry_id[..]))
-                    .filter(|id| seen.insert(*id))
-                    .collect()
-            };
-            let known = if log.id.is_some() {
-                Store::existing(&mut tx, id, &ids).await?
-            } else {
-                Vec::new()
-            };
-            // Key the map by the writes' own slices (O(n), no copies of the ids).
-            let by_value: HashSet<&[u8]> = ids.iter().copied().collect();
-            let mut map: HashMap<&[u8], u64> = HashMap::with_capacity(ids.len());
-            for (entry_id, seq) in known {
-                if let Some(id) = by_value.get(entry_id.as_slice()) {
-                    map.insert(id, seq);
-                }
-            }
-            plan.insert(pk, (id, log.next, map));
-        }
-        let mut acks = Vec::with_capacity(writes.len());
-        let mut rows = Vec::new();
+    async fn commit(&mut self, db: &mut Db, writes: Vec<Write>) {
+        let (reqs, rest): (Vec<WriteReq>, Vec<_>) = writes
+            .into_iter()
+            .map(|w| (w.req, (w.origin, w.reply)))
+            .unzip();
+        let strict = self.config.strict_iv;
+        let result = db
+            .job(move |w| {
+                let outcomes = w.commit(&reqs, strict);
+                Ok((reqs, outcomes))
+            })
+            .await;
+        let (reqs, outcomes) = match result {
+            Ok((reqs, Ok(outcomes))) => (reqs, outcomes),
+            Ok((_, Err(e))) => return fail_writes(rest, TenantError::from(e)),
+            Err(e) => return fail_writes(rest, e),
+        };
+        self.dirty.store(true, Ordering::Relaxed);
+        // Durable: acknowledge, then feed the live tails.
         let mut batches: HashMap<&str, LiveBatch> = HashMap::new();
-        for w in writes {
-            let (log_id, next, known) = plan
-                .get_mut(w.public_key.as_str())
-                .unwrap_or_else(|| unreachable!());
-            let mut seqs = Vec::with_capacity(w.entries.len());
-            for e in &w.entries {
-                if let Some(seq) = known.get(&e.entry_id[..]) {
-                    seqs.push(*seq);
+        for ((req, outcome), (origin, reply)) in reqs.iter().zip(outcomes).zip(rest) {
+            let (sequences, new, iv_reused) = match outcome {
+                Outcome::Written {
+                    sequences,
+                    new,
+                    iv_reused,
+                } => (sequences, new, iv_reused),
+                Outcome::IvRefused => {
+                    let _ = reply.send(Err(TenantError::IvRefused));
                     continue;
                 }
-                let seq = *next;
-                *next += 1;
-                known.insert(&e.entry_id[..], seq);
-                seqs.push(seq);
-                rows.push(NewRow {
-                    log_id: *log_id,
-                    sequence: seq,
-                    entry_id: &e.entry_id,
-                    iv: &w.iv,
-                    ciphertext: &e.encrypted_entry,
-                });
-                let batch = batches.entry(&w.public_key).or_insert_with(|| LiveBatch {
+            };
+            if self.live.contains_key(&req.public_key) && !new.is_empty() {
+                let batch = batches.entry(&req.public_key).or_insert_with(|| LiveBatch {
                     entries: Vec::new(),
                     origins: Vec::new(),
                     frames: OnceLock::new(),
                 });
-                batch.entries.push(RemoteEntry {
-                    sequence: seq,
-                    iv: w.iv.clone(),
-                    entry_id: e.entry_id.clone(),
-                    encrypted_entry: e.encrypted_entry.clone(),
-                });
-                batch.origins.push(w.origin);
+                for i in &new {
+                    let e = &req.entries[*i];
+                    batch.entries.push(RemoteEntry {
+                        sequence: sequences[*i],
+                        iv: req.iv.clone(),
+                        entry_id: e.entry_id.clone(),
+                        encrypted_entry: e.encrypted_entry.clone(),
+                    });
+                    batch.origins.push(origin);
+                }
             }
-            acks.push(seqs);
+            let _ = reply.send(Ok(Acked {
+                sequences,
+                iv_reused,
+            }));
         }
-        Store::insert_rows(&mut tx, &rows).await?;
-        tx.commit().await?;
-        // Durable: now the in-memory state may move on.
-        for (pk, (id, next, _)) in plan {
-            if let Some(log) = self.logs.get_mut(pk) {
-                log.id = Some(id);
-                log.next = next;
+        let max_bytes = self.config.live_tail_bytes;
+        for (public_key, batch) in batches {
+            if let Some(live) = self.live.get(public_key) {
+                if Arc::strong_count(live) == 1 {
+                    // Its last subscriber left: free the tail.
+                    self.live.remove(public_key);
+                } else {
+                    live.push(batch, max_bytes);
+                }
             }
         }
-        let batches = batches
-            .into_iter()
-            .map(|(pk, b)| (pk.to_owned(), b))
-            .collect();
-        Ok((acks, batches))
+    }
+}
+
+/// Nothing in memory moved (sequence state advances only after COMMIT): every write fails.
+fn fail_writes(
+    writes: Vec<(ConnId, oneshot::Sender<Result<Acked, TenantError>>)>,
+    err: TenantError,
+) {
+    warn!(error = %err, writes = writes.len(), "commit failed; nothing acknowledged");
+    for (_, reply) in writes {
+        let _ = reply.send(Err(err.clone()));
     }
 }
 
@@ -567,7 +538,7 @@ fn batch_entries(batch: &[Msg]) -> usize {
     batch
         .iter()
         .map(|m| match m {
-            Msg::Write(w) => w.entries.len().max(1),
+            Msg::Write(w) => w.req.entries.len().max(1),
             _ => 1,
         })
         .sum()
@@ -588,13 +559,21 @@ fn fail(msg: Msg, err: TenantError) {
     }
 }
 
-fn spawn_checkpointer(store: Store, every: Duration) -> tokio::task::JoinHandle<()> {
+/// Checkpoints the tenant's WAL every `every` while it has new commits, off the write path.
+fn spawn_checkpointer(
+    store: Store,
+    dirty: Arc<AtomicBool>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(
         async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                if !dirty.swap(false, Ordering::Relaxed) {
+                    continue;
+                }
                 if let Err(e) = store.checkpoint().await {
                     debug!(error = %e, "checkpoint skipped");
                 }

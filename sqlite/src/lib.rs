@@ -7,6 +7,8 @@
 //!   read-only pool for concurrent readers.
 //! - [`migrate`]: schema steps numbered by `PRAGMA user_version`, each applied in its own
 //!   transaction; a database from a newer program is refused.
+//! - [`blocking`] (feature `blocking`): the same for rusqlite connections, for code that runs
+//!   its SQLite work as synchronous calls on threads of its own.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -27,7 +29,13 @@ pub enum DbError {
     },
     #[error("written by a newer version (schema {found}; this one knows {known})")]
     NewerSchema { found: i64, known: i64 },
+    #[cfg(feature = "blocking")]
+    #[error("database error: {0}")]
+    Rusqlite(#[from] rusqlite::Error),
 }
+
+#[cfg(feature = "blocking")]
+pub mod blocking;
 
 /// How to open a database.
 #[derive(Clone, Debug)]

@@ -336,6 +336,7 @@ pub async fn active_tenants(s: &Server, z: &Sizes, kib_per_connection: f64) -> R
     let warm = Conn::connect(&s.url("warm")).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (before, threads_before) = (sys::rss_kib(pid)?, sys::threads(pid)?);
+    let parts_before = sys::rss_parts_kib(pid)?;
     let mut conns = Vec::with_capacity(z.active_tenants);
     for chunk in (0..z.active_tenants).collect::<Vec<_>>().chunks(64) {
         conns.extend(
@@ -347,10 +348,25 @@ pub async fn active_tenants(s: &Server, z: &Sizes, kib_per_connection: f64) -> R
             .await?,
         );
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // At rest: a server may give back caches a little after its last write (Wharf: 2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let (after, threads) = (sys::rss_kib(pid)?, sys::threads(pid)?);
+    let parts = sys::rss_parts_kib(pid)?;
     let per = after.saturating_sub(before) as f64 / conns.len().max(1) as f64;
+    let n = conns.len().max(1) as f64;
     let mut f = Figures::new();
+    f.insert(
+        "kib_anon_per_tenant".into(),
+        parts.0.saturating_sub(parts_before.0) as f64 / n,
+    );
+    f.insert(
+        "kib_file_per_tenant".into(),
+        parts.1.saturating_sub(parts_before.1) as f64 / n,
+    );
+    f.insert(
+        "kib_shmem_per_tenant".into(),
+        parts.2.saturating_sub(parts_before.2) as f64 / n,
+    );
     f.insert("threads".into(), threads as f64);
     f.insert("threads_before".into(), threads_before as f64);
     f.insert("kib_per_tenant_with_connection".into(), per);

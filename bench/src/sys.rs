@@ -28,6 +28,15 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
     status_field(pid, "VmRSS:")
 }
 
+/// Resident memory of `pid` by kind, in KiB: (anonymous, file-backed, shared memory).
+pub fn rss_parts_kib(pid: u32) -> Result<(u64, u64, u64)> {
+    Ok((
+        status_field(pid, "RssAnon:")?,
+        status_field(pid, "RssFile:")?,
+        status_field(pid, "RssShmem:")?,
+    ))
+}
+
 /// OS threads of `pid`.
 pub fn threads(pid: u32) -> Result<u64> {
     status_field(pid, "Threads:")

@@ -6,7 +6,7 @@
 //! `COMMIT` returns, that is once the entries are on disk.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -257,8 +257,10 @@ pub(crate) struct TenantActor {
     /// The live tail of every log that has (or recently had) subscribers.
     live: HashMap<String, Arc<LiveLog>>,
     lease: Arc<()>,
-    /// Set after each commit, cleared by the checkpointer.
-    dirty: Arc<AtomicBool>,
+    /// Bytes committed since the last checkpoint, and commits since the checkpointer's last
+    /// look (see [`spawn_checkpointer`]).
+    wal: Arc<WalGrowth>,
+    last_commit: Option<Instant>,
 }
 
 /// The database as the actor holds it: the reading side it hands to sessions, and the writer,
@@ -305,7 +307,8 @@ impl TenantActor {
             rx,
             live: HashMap::new(),
             lease: Arc::new(()),
-            dirty: Arc::new(AtomicBool::new(false)),
+            wal: Arc::new(WalGrowth::default()),
+            last_commit: None,
         };
         tracker.spawn(actor.run().instrument(span));
         TenantHandle { actor_id, tx }
@@ -329,7 +332,7 @@ impl TenantActor {
         debug!(remote_id = %store.remote_id(), "tenant opened");
         let checkpointer = spawn_checkpointer(
             store.clone(),
-            self.dirty.clone(),
+            self.wal.clone(),
             self.config.checkpoint_interval,
         );
         let mut db = Db {
@@ -347,12 +350,22 @@ impl TenantActor {
     async fn serve(&mut self, db: &mut Db) {
         let idle_timeout = self.config.tenant_idle_timeout;
         let mut idle_since: Option<Instant> = Some(Instant::now());
+        // When to give back memory after the last commit (see `Store::trim`).
+        let mut trim_at: Option<Instant> = None;
         let mut batch: Vec<Msg> = Vec::new();
         loop {
             // Wake up to check idleness at most every quarter of the timeout.
             let tick = idle_timeout.max(Duration::from_millis(40)) / 4;
             let msg = tokio::select! {
                 msg = self.rx.recv() => msg,
+                () = sleep_until(trim_at) => {
+                    trim_at = None;
+                    let store = db.store.clone();
+                    if let Err(e) = db.job(move |w| { store.trim(w); Ok(()) }).await {
+                        warn!(error = %e, "trimming the tenant's memory failed");
+                    }
+                    continue;
+                }
                 () = tokio::time::sleep(tick) => {
                     if Arc::strong_count(&self.lease) > 1 {
                         idle_since = None;
@@ -402,6 +415,7 @@ impl TenantActor {
             }
             if !writes.is_empty() {
                 self.commit(db, writes).await;
+                trim_at = Some(Instant::now() + TRIM_AFTER);
             }
             if stop || db.writer.is_none() {
                 break;
@@ -461,9 +475,19 @@ impl TenantActor {
             .map(|w| (w.req, (w.origin, w.reply)))
             .unzip();
         let strict = self.config.strict_iv;
+        // A tenant that commits rarely gives back the writer's page cache right after the
+        // commit (memory per idle tenant); one that commits often keeps it (speed).
+        let now = Instant::now();
+        let sparse = self
+            .last_commit
+            .replace(now)
+            .is_none_or(|last| now - last > SPARSE_COMMITS);
         let result = db
             .job(move |w| {
                 let outcomes = w.commit(&reqs, strict);
+                if sparse {
+                    w.release_memory();
+                }
                 Ok((reqs, outcomes))
             })
             .await;
@@ -472,7 +496,17 @@ impl TenantActor {
             Ok((_, Err(e))) => return fail_writes(rest, TenantError::from(e)),
             Err(e) => return fail_writes(rest, e),
         };
-        self.dirty.store(true, Ordering::Relaxed);
+        let bytes: usize = reqs
+            .iter()
+            .map(|r| {
+                r.entries
+                    .iter()
+                    .map(|e| e.encrypted_entry.len() + 64)
+                    .sum::<usize>()
+            })
+            .sum();
+        self.wal.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.wal.commits.fetch_add(1, Ordering::Relaxed);
         // Durable: acknowledge, then feed the live tails.
         let mut batches: HashMap<&str, LiveBatch> = HashMap::new();
         for ((req, outcome), (origin, reply)) in reqs.iter().zip(outcomes).zip(rest) {
@@ -559,10 +593,37 @@ fn fail(msg: Msg, err: TenantError) {
     }
 }
 
-/// Checkpoints the tenant's WAL every `every` while it has new commits, off the write path.
+/// A tenant quiet this long after its last commit gives back its caches (`Store::trim`).
+const TRIM_AFTER: Duration = Duration::from_secs(2);
+/// Commits further apart than this release the writer's page cache right away.
+const SPARSE_COMMITS: Duration = Duration::from_secs(1);
+
+/// Resolves at `at`; never without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the checkpointer watches.
+#[derive(Debug, Default)]
+struct WalGrowth {
+    bytes: AtomicU64,
+    commits: AtomicU64,
+}
+
+/// A tenant's WAL is checkpointed, off the write path, once it holds this much since the last
+/// checkpoint, whether or not writes go on.
+const CHECKPOINT_BYTES: u64 = 4 << 20;
+
+/// Checkpoints the tenant's WAL (`PASSIVE`: never blocks the writer), looking every `every`:
+/// when a quiet period follows writes, or once the WAL has grown by [`CHECKPOINT_BYTES`]. A
+/// busy small tenant is not checkpointed every tick: with many tenants, that would double
+/// the disk's fsyncs.
 fn spawn_checkpointer(
     store: Store,
-    dirty: Arc<AtomicBool>,
+    wal: Arc<WalGrowth>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(
@@ -571,9 +632,13 @@ fn spawn_checkpointer(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if !dirty.swap(false, Ordering::Relaxed) {
+                let commits = wal.commits.swap(0, Ordering::Relaxed);
+                let bytes = wal.bytes.load(Ordering::Relaxed);
+                let quiet = commits == 0 && bytes > 0;
+                if !quiet && bytes < CHECKPOINT_BYTES {
                     continue;
                 }
+                wal.bytes.fetch_sub(bytes, Ordering::Relaxed);
                 if let Err(e) = store.checkpoint().await {
                     debug!(error = %e, "checkpoint skipped");
                 }

@@ -252,6 +252,17 @@ impl Store {
             .await?
     }
 
+    /// Frees what a quiet tenant holds but does not need: its idle read connections and the
+    /// writer's page cache (sqlite3_db_release_memory). Run with the writer, between commits.
+    pub fn trim(&self, writer: &mut Writer) {
+        self.shared
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        writer.release_memory();
+    }
+
     /// Closes the database: the readers, the maintenance connection, and the writer after a
     /// last checkpoint that empties the WAL (best effort).
     pub async fn close(&self, writer: Writer) {
@@ -301,6 +312,11 @@ impl Shared {
 }
 
 impl Writer {
+    /// Gives back the page cache (best effort; the pages are read again when needed).
+    pub fn release_memory(&mut self) {
+        let _ = self.conn.release_memory();
+    }
+
     /// The sequence the next entry of `public_key` gets (loaded once, then kept).
     pub fn next_sequence(&mut self, public_key: &str) -> Result<u64, StoreError> {
         Ok(self.meta(public_key)?.next)

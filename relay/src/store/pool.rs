@@ -3,11 +3,11 @@
 //! group commit, a page of reads), so it costs one hop to a thread and one back, however many
 //! statements it runs. Threads are bounded by a setting, not by the number of tenants.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -30,22 +30,79 @@ pub struct StorePool {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
-    jobs: Sender<Job>,
-    queue: Receiver<Job>,
+    queue: Arc<Queue>,
     threads: usize,
     started: OnceLock<Result<Vec<JoinHandle<()>>, String>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorePool")
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The jobs waiting for a thread. Idle threads sleep on the condition variable (no spinning:
+/// on a small machine, spinning threads take the core from the ones doing work).
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+impl Queue {
+    fn push(&self, job: Job) -> Result<(), PoolError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.closed {
+            return Err(PoolError::Stopped);
+        }
+        state.jobs.push_back(job);
+        drop(state);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next job; `None` once the queue is closed and empty.
+    fn pop(&self) -> Option<Job> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                return Some(job);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.ready.notify_all();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The threads finish what is queued and end.
+        self.queue.close();
+    }
 }
 
 impl StorePool {
     /// A pool of `threads` storage threads (at least one), started on first use.
     pub fn new(threads: usize) -> Self {
-        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         Self {
             inner: Arc::new(Inner {
-                jobs,
-                queue,
+                queue: Arc::new(Queue::default()),
                 threads: threads.max(1),
                 started: OnceLock::new(),
             }),
@@ -65,7 +122,7 @@ impl StorePool {
                     std::thread::Builder::new()
                         .name(format!("wharf-store-{i}"))
                         .spawn(move || {
-                            while let Ok(job) = queue.recv() {
+                            while let Some(job) = queue.pop() {
                                 job();
                             }
                         })
@@ -99,7 +156,7 @@ impl StorePool {
             let _ = tx.send(result);
         });
         self.start()?;
-        self.inner.jobs.send(job).map_err(|_| PoolError::Stopped)?;
+        self.inner.queue.push(job)?;
         rx.await.map_err(|_| PoolError::Stopped)?
     }
 }

@@ -1,6 +1,8 @@
 //! Harness for the end-to-end suites: a real relay on `127.0.0.1:0` (in-process or as a child
 //! process) and a raw protocol client over real WebSockets.
 
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -455,6 +457,11 @@ pub fn close_code(c: CloseCode) -> u16 {
 /// The `wharf-relay` binary built next to the test executable (or `$RELAY_BIN`).
 pub fn relay_binary() -> PathBuf {
     built_binary("wharf-relay", "RELAY_BIN", "wharf-relay")
+}
+
+/// The `wharf-faultfs` binary built next to the test executable (or `$FAULTFS_BIN`).
+pub fn faultfs_binary() -> PathBuf {
+    built_binary("wharf-faultfs", "FAULTFS_BIN", "wharf-faultfs")
 }
 
 /// The `wharf` CLI binary built next to the test executable (or `$WHARF_BIN`).

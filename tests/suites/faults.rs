@@ -1,0 +1,484 @@
+//! Fault injection against the relay as a real process: a crash loop (SIGKILL during pipelined
+//! writes and live readers), power loss (the data directory on `wharf-faultfs`, which forgets
+//! whatever was not fsynced), a full disk (a small tmpfs), and a network that delays and cuts
+//! connections mid-frame under SDK clients. See docs/reliability.md.
+//!
+//! Mounting needs root. With `WHARF_FAULTS=require` (scripts/test sets it when it runs as
+//! root) a test that cannot mount fails; otherwise it says it skipped. Longer runs:
+//! `WHARF_CRASH_CYCLES=20 WHARF_POWER_CUTS=10 cargo test -p wharf-tests --test faults`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use wharf_protocol::{RelayMsg, RemoteEntry};
+use wharf_tests::proxy::{FaultProxy, Faults};
+use wharf_tests::{assert_dense, entries, eventually, ChildRelay, Client, TestRelay, PATIENCE};
+
+const PK: &str = "fault-log";
+/// The harness writes share one iv per batch; the relay's once-per-connection warning about
+/// that would fill the test output.
+const QUIET: &[(&str, &str)] = &[("WHARF_LOG", "error")];
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Whether this run may mount filesystems; a test that needs to and cannot either fails
+/// (`WHARF_FAULTS=require`) or says why it skips.
+fn can_mount(test: &str) -> bool {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if root {
+        return true;
+    }
+    assert!(
+        std::env::var("WHARF_FAULTS").as_deref() != Ok("require"),
+        "{test} needs root to mount a filesystem, and WHARF_FAULTS=require"
+    );
+    eprintln!("SKIPPED {test}: mounting a filesystem needs root (scripts/test as root runs it)");
+    false
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// entry id → the sequence its Ack gave it.
+type Acked = Arc<Mutex<HashMap<Bytes, u64>>>;
+
+/// Writes batches of 5 entries with up to 8 writes in flight, recording every Ack, until the
+/// connection fails.
+async fn writer(url: String, prefix: u32, acked: Acked) {
+    let Ok(mut c) = Client::connect(&url).await else {
+        return;
+    };
+    let mut in_flight: HashMap<String, Vec<Bytes>> = HashMap::new();
+    for batch in 0u32.. {
+        let es = entries(prefix * 100_000 + batch, 5, 200);
+        let ids = es.iter().map(|e| e.entry_id.clone()).collect();
+        let Ok(id) = c.write(PK, es).await else {
+            return;
+        };
+        in_flight.insert(id.to_string(), ids);
+        while in_flight.len() >= 8 {
+            match c.recv().await {
+                Ok(RelayMsg::Ack {
+                    id,
+                    sequence_numbers,
+                }) => {
+                    let ids = in_flight
+                        .remove(&id.to_string())
+                        .expect("an Ack for a write this writer sent");
+                    let mut acked = acked.lock().expect("lock");
+                    for (eid, seq) in ids.into_iter().zip(sequence_numbers) {
+                        acked.insert(eid, seq);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Follows the log from 0 until the connection fails; what it saw.
+async fn reader(url: String) -> Vec<RemoteEntry> {
+    let mut seen = Vec::new();
+    let Ok(mut c) = Client::connect(&url).await else {
+        return seen;
+    };
+    if c.subscribe(PK, 0).await.is_err() {
+        return seen;
+    }
+    while let Ok(msg) = c.recv().await {
+        if let RelayMsg::Changes { entries, .. } = msg {
+            seen.extend(entries);
+        }
+    }
+    seen
+}
+
+/// The whole log as the relay at `url` serves it, and its remoteId.
+async fn stored(url: &str) -> (Vec<RemoteEntry>, Bytes) {
+    let mut r = Client::connect(url).await.expect("connect");
+    r.subscribe(PK, 0).await.expect("subscribe");
+    let mut log = Vec::new();
+    loop {
+        let before = r.ping_pong().await.expect("pong");
+        let mut n = 0;
+        for m in before {
+            if let RelayMsg::Changes { entries, .. } = m {
+                n += entries.len();
+                log.extend(entries);
+            }
+        }
+        if n == 0 {
+            return (log, r.remote_id.clone());
+        }
+    }
+}
+
+/// Every acked entry at its acked sequence, each entry once, dense from 0; and every entry a
+/// live reader saw is stored where the reader saw it. Returns how many acked entries are
+/// missing (the caller decides whether that may be nonzero).
+fn missing_acked(log: &[RemoteEntry], acked: &HashMap<Bytes, u64>) -> usize {
+    assert_dense(log, 0);
+    let by_id: HashMap<&Bytes, u64> = log.iter().map(|e| (&e.entry_id, e.sequence)).collect();
+    assert_eq!(by_id.len(), log.len(), "an entry is stored twice");
+    let mut missing = 0;
+    for (id, seq) in acked {
+        match by_id.get(id) {
+            Some(s) => assert_eq!(s, seq, "an acked entry moved"),
+            None => missing += 1,
+        }
+    }
+    missing
+}
+
+fn assert_readers_agree(log: &[RemoteEntry], seen: &[RemoteEntry]) {
+    for e in seen {
+        let stored = log
+            .get(e.sequence as usize)
+            .unwrap_or_else(|| panic!("a reader saw sequence {} that is not stored", e.sequence));
+        assert_eq!(
+            stored.entry_id, e.entry_id,
+            "a reader saw another entry at {}",
+            e.sequence
+        );
+    }
+}
+
+/// Writers and readers against `relay` until `more` entries more than `base` are acked.
+async fn load_until(
+    relay: &ChildRelay,
+    prefix: u32,
+    acked: &Acked,
+    more: usize,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    Vec<tokio::task::JoinHandle<Vec<RemoteEntry>>>,
+) {
+    let base = acked.lock().expect("lock").len();
+    let writers = (0..4)
+        .map(|w| tokio::spawn(writer(relay.url("acme"), prefix + w, acked.clone())))
+        .collect();
+    let readers = (0..2)
+        .map(|_| tokio::spawn(reader(relay.url("acme"))))
+        .collect();
+    eventually("writes are acked", || async {
+        acked.lock().expect("lock").len() >= base + more
+    })
+    .await;
+    (writers, readers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_loses_no_acked_entry() {
+    let cycles = env_number("WHARF_CRASH_CYCLES", 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acked: Acked = Arc::default();
+    let mut seen = Vec::new();
+    let mut remote_id: Option<Bytes> = None;
+    for cycle in 0..cycles {
+        let mut relay = ChildRelay::start(dir.path(), QUIET).await.expect("start");
+        let hello = Client::connect(&relay.url("acme")).await.expect("connect");
+        match &remote_id {
+            None => remote_id = Some(hello.remote_id.clone()),
+            Some(id) => assert_eq!(id, &hello.remote_id, "remoteId changed after a crash"),
+        }
+        let (writers, readers) = load_until(&relay, cycle as u32 * 8, &acked, 500).await;
+        relay.child.start_kill().expect("SIGKILL");
+        relay.child.wait().await.expect("wait");
+        for w in writers {
+            w.await.expect("writer");
+        }
+        for r in readers {
+            seen.extend(r.await.expect("reader"));
+        }
+    }
+    let relay = ChildRelay::start(dir.path(), QUIET).await.expect("restart");
+    let (log, id) = stored(&relay.url("acme")).await;
+    assert_eq!(Some(id), remote_id, "remoteId changed");
+    let acked = acked.lock().expect("lock").clone();
+    assert_eq!(missing_acked(&log, &acked), 0, "acked entries lost");
+    assert_readers_agree(&log, &seen);
+    eprintln!(
+        "crash loop: {cycles} SIGKILLs, {} entries acked, {} stored, {} seen live",
+        acked.len(),
+        log.len(),
+        seen.len()
+    );
+}
+
+/// `wharf-faultfs` over `backing`, mounted at `mountpoint`.
+struct FaultFs {
+    child: tokio::process::Child,
+    mountpoint: PathBuf,
+}
+
+impl FaultFs {
+    async fn mount(backing: &Path, mountpoint: &Path) -> Self {
+        let mut child = tokio::process::Command::new(wharf_tests::faultfs_binary())
+            .arg(backing)
+            .arg(mountpoint)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start wharf-faultfs");
+        let stdout = child.stdout.take().expect("stdout");
+        let line = tokio::time::timeout(PATIENCE, BufReader::new(stdout).lines().next_line())
+            .await
+            .expect("mounted in time")
+            .expect("read")
+            .expect("wharf-faultfs exited before mounting");
+        assert_eq!(line, "mounted");
+        Self {
+            child,
+            mountpoint: mountpoint.to_owned(),
+        }
+    }
+
+    /// The power cut: the filesystem process dies with every unsynced write.
+    async fn cut(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("wait");
+        run("umount", &["-l", self.mountpoint.to_str().expect("utf-8")]);
+    }
+}
+
+/// Writes through a relay whose data directory is on `wharf-faultfs`, cuts the power (the
+/// filesystem and the relay die at once), restarts both, and returns (acked, missing).
+async fn power_cut(root: &Path, env: &[(&str, &str)], prefix: u32) -> (usize, usize) {
+    let (backing, mnt) = (root.join("backing"), root.join("mnt"));
+    std::fs::create_dir_all(&backing).expect("backing");
+    std::fs::create_dir_all(&mnt).expect("mountpoint");
+    let fs = FaultFs::mount(&backing, &mnt).await;
+    let data = mnt.join("data");
+    let mut relay = ChildRelay::start(&data, env)
+        .await
+        .expect("start on faultfs");
+    let acked: Acked = Arc::default();
+    let (writers, readers) = load_until(&relay, prefix, &acked, 1_000).await;
+    // Power off: the disk's volatile cache and the relay go together.
+    let (_, killed) = tokio::join!(fs.cut(), async {
+        relay.child.start_kill().expect("SIGKILL");
+        relay.child.wait().await
+    });
+    killed.expect("relay killed");
+    for w in writers {
+        w.await.expect("writer");
+    }
+    for r in readers {
+        r.await.expect("reader");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    // Power on: what reached the backing directory is all there is.
+    let fs = FaultFs::mount(&backing, &mnt).await;
+    let relay = ChildRelay::start(&data, env).await.expect("restart");
+    let (log, _) = stored(&relay.url("acme")).await;
+    let missing = missing_acked(&log, &acked);
+    drop(relay);
+    fs.cut().await;
+    (acked.len(), missing)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_loses_no_acked_entry() {
+    if !can_mount("power_loss_loses_no_acked_entry") {
+        return;
+    }
+    let cuts = env_number("WHARF_POWER_CUTS", 2);
+    for cut in 0..cuts {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (acked, missing) = power_cut(dir.path(), QUIET, cut as u32 * 8).await;
+        assert_eq!(
+            missing, 0,
+            "power cut {cut}: {missing} of {acked} acked entries lost"
+        );
+        eprintln!("power cut {cut}: {acked} acked, all present");
+    }
+    // The control: acknowledging before the WAL is synced (synchronous=NORMAL) loses acked
+    // entries on the same filesystem, so the check above can fail.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let normal = [("WHARF_DURABILITY", "normal"), QUIET[0]];
+    let (acked, missing) = power_cut(dir.path(), &normal, 900).await;
+    assert!(
+        missing > 0,
+        "with durability=normal a power cut should lose acked entries ({acked} acked, none lost): \
+         the filesystem does not model power loss"
+    );
+    eprintln!("control (durability=normal): {missing} of {acked} acked entries lost, as expected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_keeps_what_was_acked_and_recovers() {
+    if !can_mount("a_full_disk_refuses_writes_keeps_what_was_acked_and_recovers") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mnt = dir.path().join("small");
+    std::fs::create_dir_all(&mnt).expect("mountpoint");
+    let m = mnt.to_str().expect("utf-8");
+    run("mount", &["-t", "tmpfs", "-o", "size=2m", "tmpfs", m]);
+    let relay = ChildRelay::start(&mnt.join("data"), QUIET)
+        .await
+        .expect("start");
+    let url = relay.url("acme");
+    let mut c = Client::connect(&url).await.expect("connect");
+    let mut acked: HashMap<Bytes, u64> = HashMap::new();
+    let mut refusal = None;
+    for batch in 0..1_000u32 {
+        let es = entries(batch, 20, 2_000);
+        let ids: Vec<Bytes> = es.iter().map(|e| e.entry_id.clone()).collect();
+        match c.write_acked(PK, es).await {
+            Ok(seqs) => acked.extend(ids.into_iter().zip(seqs)),
+            Err(e) => {
+                refusal = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("the disk filled up");
+    assert!(
+        refusal.contains("full") && refusal.contains("Error"),
+        "a full disk closes with 1011 and says so: {refusal}"
+    );
+    // Nothing acked is lost, and the relay goes on serving reads.
+    let (log, _) = stored(&url).await;
+    assert_eq!(missing_acked(&log, &acked), 0);
+    assert!(!acked.is_empty(), "some writes fit");
+    // Space returns: writes are accepted again, after the ones already stored.
+    run("mount", &["-o", "remount,size=64m", m]);
+    let mut c = Client::connect(&url).await.expect("connect");
+    for batch in 0..5u32 {
+        let es = entries(10_000 + batch, 20, 2_000);
+        let ids: Vec<Bytes> = es.iter().map(|e| e.entry_id.clone()).collect();
+        let seqs = c
+            .write_acked(PK, es)
+            .await
+            .expect("acked after space returned");
+        acked.extend(ids.into_iter().zip(seqs));
+    }
+    let (log, _) = stored(&url).await;
+    assert_eq!(missing_acked(&log, &acked), 0);
+    assert_eq!(log.len(), acked.len());
+    drop(relay);
+    run("umount", &["-l", m]);
+    eprintln!("disk full after {} entries: {refusal}", log.len() - 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_converge_through_a_network_that_delays_and_cuts() {
+    use wharf_client::{Client as Sdk, Identity, NewEvent};
+    // Connections here die every few kilobytes, so messages must be smaller than that to get
+    // through at all: small Changes from the relay, small writes from the clients.
+    let relay = TestRelay::start_with(|c| c.changes_max_bytes = 4 * 1024).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = Identity::generate(&mut rand::rngs::OsRng);
+    let faults = |seed| Faults {
+        seed,
+        max_delay: Duration::from_millis(3),
+        cut_after: 3_000..30_000,
+    };
+    let proxies = [
+        FaultProxy::start(relay.addr, faults(1))
+            .await
+            .expect("proxy"),
+        FaultProxy::start(relay.addr, faults(2))
+            .await
+            .expect("proxy"),
+    ];
+    let open = |name: &str, proxy: &FaultProxy| {
+        Sdk::builder(format!("ws://{}", proxy.addr), "acme")
+            .identity(id.clone())
+            .journal(dir.path().join(format!("{name}.db")))
+            .configure(|c| {
+                c.backoff_base = Duration::from_millis(10);
+                c.backoff_max = Duration::from_millis(200);
+                c.ping_interval = Duration::from_millis(500);
+                c.ping_timeout = Duration::from_secs(2);
+                c.max_batch_entries = 10;
+            })
+            .open()
+    };
+    let a = open("a", &proxies[0]).await.expect("open a");
+    let b = open("b", &proxies[1]).await.expect("open b");
+    let per_client = 300u32;
+    let write = |client: &Sdk, name: &'static str| {
+        let client = client.clone();
+        async move {
+            for batch in 0..per_client / 10 {
+                let events = (0..10)
+                    .map(|i| {
+                        NewEvent::new("Noted", format!("{name}-{batch}-{i}"), &(batch, i))
+                            .expect("event")
+                    })
+                    .collect();
+                client
+                    .append_many(client.default_log(), events)
+                    .await
+                    .expect("append");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    tokio::join!(write(&a, "a"), write(&b, "b"));
+    let total = 2 * per_client as usize;
+    let take = |client: &Sdk| {
+        let client = client.clone();
+        async move {
+            let mut stream = client.entries();
+            let mut got = Vec::new();
+            while got.len() < total {
+                let next = tokio::time::timeout(Duration::from_secs(120), stream.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("{} of {total} entries converged", got.len()))
+                    .expect("stream");
+                got.push(next);
+            }
+            got
+        }
+    };
+    let (got_a, got_b) = tokio::join!(take(&a), take(&b));
+    let order = |got: &[wharf_client::Delivered]| {
+        got.iter()
+            .map(|d| (d.sequence, d.entry.id))
+            .collect::<Vec<_>>()
+    };
+    let (oa, ob) = (order(&got_a), order(&got_b));
+    let mut ids: Vec<_> = oa.iter().map(|(_, id)| *id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "nothing applied twice, nothing lost");
+    assert_eq!(oa, ob, "both replicas apply one order");
+    let cuts: u64 = proxies.iter().map(FaultProxy::cuts).sum();
+    assert!(cuts >= 10, "the network cut connections ({cuts} times)");
+    // The relay holds each entry once.
+    let mut raw = Client::connect(&relay.url("acme")).await.expect("connect");
+    raw.subscribe(id.log(), 0).await.expect("subscribe");
+    let log = raw.collect(id.log(), total).await.expect("collect");
+    assert_dense(&log, 0);
+    assert!(
+        raw.ping_pong().await.expect("pong").is_empty(),
+        "nothing more"
+    );
+    eprintln!("{total} entries converged through {cuts} connection cuts");
+}

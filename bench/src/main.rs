@@ -347,6 +347,11 @@ fn write_docs(r: &Results, cli: &Cli, path: &std::path::Path) -> Result<()> {
         command = r.command,
         table = report::table(r),
     );
-    std::fs::write(path, text)?;
+    // A hand-written `## Notes` section (what the numbers mean) survives regeneration.
+    let notes = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|old| old.find("\n## Notes\n").map(|i| old[i..].to_owned()))
+        .unwrap_or_default();
+    std::fs::write(path, text + &notes)?;
     Ok(())
 }

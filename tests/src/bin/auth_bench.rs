@@ -1,16 +1,17 @@
-//! `wharf-bench`: the relay's headline numbers, measured against a real relay (in this
-//! process, on 127.0.0.1:0, durable settings) over real WebSockets.
+//! `wharf-auth-bench`: what access control costs on the write path. Write throughput without
+//! access control and with token auth (a token scoped to its tenant and 9 logs, checked on
+//! every message), in alternated rounds on fresh in-process relays, medians; and the checks
+//! themselves timed in this process (admission per connection, `Grant::authorize` and rate
+//! accounting per message).
 //!
-//! `cargo run --release -p wharf-tests --bin wharf-bench [-- --quick]`
-//! `cargo run --release -p wharf-tests --bin wharf-bench -- --auth-overhead [--quick]`: write
-//! throughput without access control and with token auth (a scoped token checked on every
-//! message), in alternated rounds on fresh relays, medians.
+//! `cargo run --release -p wharf-tests --bin wharf-auth-bench [-- --quick]`
+//!
+//! The relay's other figures, against Effect's servers: `wharf-bench` (`bench/`).
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use futures_util::future::join_all;
-use hdrhistogram::Histogram;
 use wharf_protocol::RelayMsg;
 use wharf_relay::auth::token::Action;
 use wharf_relay::Durability;
@@ -26,41 +27,13 @@ async fn main() -> Result<()> {
     } else {
         Duration::from_secs(5)
     };
-    if std::env::args().any(|a| a == "--auth-overhead") {
-        return auth_overhead(if quick { 1 } else { 3 }, run_for).await;
-    }
-    println!(
-        "wharf-bench: relay in-process, synchronous=FULL, data in {}",
-        std::env::temp_dir().display()
-    );
-
-    let relay = TestRelay::start().await;
-    let url = |tenant: &str| relay.url(tenant);
-    let rate = concurrent_batch1(&url, 64, run_for).await?;
-    println!("batch-1, 64 concurrent writers:        {rate:>9.0} acked entries/s");
-    let rate = pipelined(&url("bench-b100"), 100, 8, run_for).await?;
-    println!("batch-100, 8 in flight (1 connection): {rate:>9.0} acked entries/s");
-    let h = ack_latency(&relay, if quick { 500 } else { 3000 }).await?;
-    println!(
-        "single writer Ack latency:             p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-        h.max() as f64 / 1000.0
-    );
-    let (first, all) = catch_up(&relay, 100_000, 256).await?;
-    println!(
-        "catch-up of 100,000 x 256 B:           first entry {:.1} ms, all {:.1} ms",
-        first.as_secs_f64() * 1000.0,
-        all.as_secs_f64() * 1000.0
-    );
-    relay.shutdown().await;
-    Ok(())
+    auth_overhead(if quick { 1 } else { 3 }, run_for).await
 }
 
 /// Rounds of (no auth, token auth) on fresh relays; prints each round and the medians.
 async fn auth_overhead(rounds: usize, run_for: Duration) -> Result<()> {
     println!(
-        "wharf-bench --auth-overhead: {rounds} alternated rounds of {} s per scenario, 256 B \
+        "wharf-auth-bench: {rounds} alternated rounds of {} s per scenario, 256 B \
          entries; fresh relay each time; the token names its tenant and 8 logs",
         run_for.as_secs()
     );
@@ -274,35 +247,4 @@ async fn pipelined(url: &str, batch: usize, in_flight: usize, run_for: Duration)
         }
     }
     Ok(acked as f64 / start.elapsed().as_secs_f64())
-}
-
-async fn ack_latency(relay: &TestRelay, writes: u32) -> Result<Histogram<u64>> {
-    let mut c = relay.client("bench-latency").await;
-    let mut h = Histogram::<u64>::new(3)?;
-    for i in 0..writes {
-        let es = entries(i, 1, 256);
-        let t = Instant::now();
-        c.write_acked(PK, es).await?;
-        h.record(t.elapsed().as_micros() as u64)?;
-    }
-    Ok(h)
-}
-
-async fn catch_up(relay: &TestRelay, count: usize, size: usize) -> Result<(Duration, Duration)> {
-    let mut w = relay.client("bench-catchup").await;
-    for chunk in entries(1, count, size).chunks(1_000) {
-        w.write_acked(PK, chunk.to_vec()).await?;
-    }
-    let mut r = relay.client("bench-catchup").await;
-    let start = Instant::now();
-    r.subscribe(PK, 0).await?;
-    let mut first = None;
-    let mut got = 0;
-    while got < count {
-        if let RelayMsg::Changes { entries, .. } = r.recv().await? {
-            first.get_or_insert_with(|| start.elapsed());
-            got += entries.len();
-        }
-    }
-    Ok((first.unwrap_or_default(), start.elapsed()))
 }

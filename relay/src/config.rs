@@ -290,11 +290,20 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
+        // Only variables named after a setting (or a section) are settings: the `wharf` CLI's
+        // WHARF_TOKEN, WHARF_RELAY and friends, WHARF_LOG (the log filter) and WHARF_CONFIG
+        // (the file) may share the environment.
+        let settings: Vec<String> = match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(fields)) => fields.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
         figment
-            // WHARF_CONFIG names the file and WHARF_LOG the log filter: not settings.
             .merge(
                 Env::prefixed("WHARF_")
-                    .ignore(&["config", "log"])
+                    .filter(move |key| {
+                        let top = key.as_str().split("__").next().unwrap_or_default();
+                        settings.iter().any(|s| s.eq_ignore_ascii_case(top))
+                    })
                     // `WHARF_AUTH=token` is the mode; `WHARF_AUTH__ISSUER` and friends the rest.
                     .map(|key| {
                         if key == "auth" {
@@ -431,7 +440,36 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail takes a closure returning its Error
+    fn only_wharf_variables_named_after_settings_are_read() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WHARF_TOKEN", "a token for the wharf CLI");
+            jail.set_env("WHARF_RELAY", "ws://elsewhere");
+            jail.set_env("WHARF_LOG", "debug");
+            jail.set_env("WHARF_TENANT_IDLE_TIMEOUT", "7s");
+            jail.set_env("WHARF_LIMITS__MAX_CONNECTIONS", "9");
+            jail.set_env("WHARF_AUTH", "token");
+            #[derive(Serialize)]
+            struct NoFlags {}
+            let c = Config::load(None, NoFlags {}).map_err(|e| e.to_string())?;
+            assert_eq!(c.tenant_idle_timeout, Duration::from_secs(7));
+            assert_eq!(c.limits.max_connections, 9);
+            assert_eq!(c.auth.mode, Some(AuthMode::Token));
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
     fn file_env_and_flags_layer_in_order() {
+        // In a jail: the environment is the process's, and the other test sets variables.
+        figment::Jail::expect_with(|_jail| {
+            file_env_and_flags();
+            Ok(())
+        });
+    }
+
+    fn file_env_and_flags() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("wharf.toml");
         std::fs::write(

@@ -362,7 +362,7 @@ impl Session {
         match result {
             Ok(acked) => {
                 if acked.iv_reused {
-                    self.iv_reused("its AES-GCM iv is already used in this log");
+                    self.iv_reused("its AES-GCM iv is already used in this log", None);
                 }
                 let ack = RelayMsg::Ack {
                     id,
@@ -387,10 +387,16 @@ impl Session {
     }
 
     /// Counts a write whose iv was reused, and logs the first of this connection.
-    fn iv_reused(&mut self, why: &str) {
+    fn iv_reused(&mut self, why: &str, public_key: Option<&str>) {
         self.shared.counters.bump_iv_reuse(self.tenant.as_str());
         if !std::mem::replace(&mut self.iv_warned, true) {
-            warn!("iv reuse: {why}; see SECURITY.md (logged once per connection)");
+            match public_key {
+                Some(public_key) => warn!(
+                    public_key,
+                    "iv reuse: {why}; see SECURITY.md (logged once per connection)"
+                ),
+                None => warn!("iv reuse: {why}; see SECURITY.md (logged once per connection)"),
+            }
         }
     }
 
@@ -495,7 +501,7 @@ impl Session {
                 format!("write refused: {why} (nonce reuse; strict_iv is on)"),
             ));
         }
-        self.iv_reused(&why);
+        self.iv_reused(&why, Some(&w.public_key));
         Ok(())
     }
 

@@ -225,8 +225,10 @@ fn main() -> Result<()> {
                     let (figures, curve) = match outcome {
                         Ok(x) => x,
                         Err(e) => {
+                            // Reported in the table; the other scenarios still run.
                             eprintln!("  {} / {scenario}: FAILED: {e:#}", kind.label());
-                            return Err(e.context(format!("{} / {scenario}", kind.label())));
+                            results.failures.push((round, scenario.clone(), kind, format!("{e:#}")));
+                            continue;
                         }
                     };
                     eprintln!("  {} / {scenario}: {figures:?}", kind.label());
@@ -253,6 +255,12 @@ fn main() -> Result<()> {
     if let Some(docs) = &cli.docs {
         write_docs(&results, &cli, docs)?;
         println!("wrote {}", docs.display());
+    }
+    if !results.failures.is_empty() {
+        bail!(
+            "{} scenario run(s) failed (listed above)",
+            results.failures.len()
+        );
     }
     Ok(())
 }

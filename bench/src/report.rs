@@ -36,6 +36,8 @@ pub struct Results {
     pub catch_up_curves: BTreeMap<String, Vec<(f64, f64)>>,
     /// Scenarios a server does not have (Effect has no tenants to hibernate), and why.
     pub not_applicable: Vec<(String, Kind, String)>,
+    /// Scenario runs that failed: (round, scenario, server, error).
+    pub failures: Vec<(usize, String, Kind, String)>,
 }
 
 /// Median, min and max of a figure over the rounds.
@@ -349,6 +351,14 @@ pub fn table(r: &Results) -> String {
     }
     for (scenario, kind, why) in &r.not_applicable {
         let _ = writeln!(s, "\n- {scenario} on {}: {why}", kind.label());
+    }
+    for (round, scenario, kind, error) in &r.failures {
+        let _ = writeln!(
+            s,
+            "\n- {scenario} on {} failed in round {}: {error}",
+            kind.label(),
+            round + 1
+        );
     }
     s
 }

@@ -99,8 +99,12 @@ impl Conn {
             tx: Sender { sink, next_id: 0 },
             rx: Receiver {
                 stream,
+                // Effect's memory server sends a whole backlog as one message: a million
+                // entries are ~650 chunks of 512 kB.
                 inbound: Inbound::new(ReassemblerLimits {
-                    max_bytes: 512 << 20,
+                    max_parts: 1 << 16,
+                    max_bytes: 4 << 30,
+                    max_age_ms: 10 * 60 * 1000,
                     ..ReassemblerLimits::default()
                 }),
                 started: Instant::now(),

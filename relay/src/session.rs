@@ -630,24 +630,34 @@ impl Feed {
         }
     }
 
-    /// Sends stored entries with `from <= sequence < to` and returns where it stopped.
-    async fn catch_up(&self, mut from: u64, to: u64) -> Result<u64, Option<TenantError>> {
-        let page = self.shared.config.changes_max_entries.max(1) * 4;
-        while from < to {
-            let entries = self
-                .store
-                .read(&self.public_key, from, to, page)
+    /// Sends stored entries with `from <= sequence < to` and returns where it stopped. The first
+    /// page is small, so the first entries leave quickly; later pages are read while the
+    /// previous one is being sent.
+    async fn catch_up(&self, from: u64, to: u64) -> Result<u64, Option<TenantError>> {
+        let per_message = self.shared.config.changes_max_entries.max(1);
+        let (first_page, page) = ((per_message / 4).max(1), per_message * 4);
+        let read = |from: u64, limit: usize| async move {
+            self.store
+                .read(&self.public_key, from, to, limit)
                 .await
-                .map_err(|e| Some(TenantError::from(e)))?;
-            let Some(last) = entries.last() else { break };
-            let next = last.sequence + 1;
-            let full = entries.len() == page;
+                .map_err(|e| Some(TenantError::from(e)))
+        };
+        if from >= to {
+            return Ok(from);
+        }
+        let (mut entries, mut limit) = (read(from, first_page).await?, first_page);
+        let mut from = from;
+        while let Some(last) = entries.last() {
+            from = last.sequence + 1;
+            let more = entries.len() == limit && from < to;
             let frames = self.frames(&entries);
-            self.send(Out::Frames(frames)).await?;
-            from = next;
-            if !full {
+            if !more {
+                self.send(Out::Frames(frames)).await?;
                 break;
             }
+            let (sent, next) = tokio::join!(self.send(Out::Frames(frames)), read(from, page));
+            sent?;
+            (entries, limit) = (next?, page);
         }
         Ok(from)
     }

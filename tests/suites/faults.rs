@@ -116,24 +116,34 @@ async fn reader(url: String) -> Vec<RemoteEntry> {
     seen
 }
 
-/// The whole log as the relay at `url` serves it, and its remoteId.
-async fn stored(url: &str) -> (Vec<RemoteEntry>, Bytes) {
+/// The whole log as the relay at `url` serves it, and its remoteId. The wire has no "caught
+/// up" marker, so how many entries the log holds is read from the tenant's database under
+/// `data` (read-only, beside the running relay; its Hello means the tenant is open and its
+/// schema in place); then exactly that many must arrive.
+async fn stored(url: &str, data: &Path) -> (Vec<RemoteEntry>, Bytes) {
     let mut r = Client::connect(url).await.expect("connect");
+    let count = stored_count(data);
     r.subscribe(PK, 0).await.expect("subscribe");
-    let mut log = Vec::new();
-    loop {
-        let before = r.ping_pong().await.expect("pong");
-        let mut n = 0;
-        for m in before {
-            if let RelayMsg::Changes { entries, .. } = m {
-                n += entries.len();
-                log.extend(entries);
-            }
-        }
-        if n == 0 {
-            return (log, r.remote_id.clone());
-        }
-    }
+    let log = r.collect(PK, count).await.expect("the whole log");
+    (log, r.remote_id.clone())
+}
+
+/// How many entries `PK` has in tenant `acme`'s database under `data`.
+fn stored_count(data: &Path) -> usize {
+    let db = rusqlite::Connection::open_with_flags(
+        data.join("tenants").join("acme.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the tenant database");
+    let n: i64 = db
+        .query_row(
+            "SELECT count(*) FROM entries JOIN logs ON logs.id = entries.log_id \
+             WHERE logs.public_key = ?1",
+            [PK],
+            |row| row.get(0),
+        )
+        .expect("count entries");
+    usize::try_from(n).expect("a count")
 }
 
 /// Every acked entry at its acked sequence, each entry once, dense from 0; and every entry a
@@ -215,7 +225,7 @@ async fn a_crash_loop_loses_no_acked_entry() {
         }
     }
     let relay = ChildRelay::start(dir.path(), QUIET).await.expect("restart");
-    let (log, id) = stored(&relay.url("acme")).await;
+    let (log, id) = stored(&relay.url("acme"), dir.path()).await;
     assert_eq!(Some(id), remote_id, "remoteId changed");
     let acked = acked.lock().expect("lock").clone();
     assert_eq!(missing_acked(&log, &acked), 0, "acked entries lost");
@@ -293,7 +303,7 @@ async fn power_cut(root: &Path, env: &[(&str, &str)], prefix: u32) -> (usize, us
     // Power on: what reached the backing directory is all there is.
     let fs = FaultFs::mount(&backing, &mnt).await;
     let relay = ChildRelay::start(&data, env).await.expect("restart");
-    let (log, _) = stored(&relay.url("acme")).await;
+    let (log, _) = stored(&relay.url("acme"), &data).await;
     let missing = missing_acked(&log, &acked);
     drop(relay);
     fs.cut().await;
@@ -362,7 +372,7 @@ async fn a_full_disk_refuses_writes_keeps_what_was_acked_and_recovers() {
         "a full disk closes with 1011 and says so: {refusal}"
     );
     // Nothing acked is lost, and the relay goes on serving reads.
-    let (log, _) = stored(&url).await;
+    let (log, _) = stored(&url, &mnt.join("data")).await;
     assert_eq!(missing_acked(&log, &acked), 0);
     assert!(!acked.is_empty(), "some writes fit");
     // Space returns: writes are accepted again, after the ones already stored.
@@ -377,7 +387,7 @@ async fn a_full_disk_refuses_writes_keeps_what_was_acked_and_recovers() {
             .expect("acked after space returned");
         acked.extend(ids.into_iter().zip(seqs));
     }
-    let (log, _) = stored(&url).await;
+    let (log, _) = stored(&url, &mnt.join("data")).await;
     assert_eq!(missing_acked(&log, &acked), 0);
     assert_eq!(log.len(), acked.len());
     drop(relay);

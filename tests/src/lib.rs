@@ -485,6 +485,27 @@ fn built_binary(name: &str, env: &str, package: &str) -> PathBuf {
     bin
 }
 
+/// How many entries log `public_key` of `tenant` holds in the relay's database under `data`,
+/// read beside a running relay (read-only). A catch-up has no end marker on the wire, so a
+/// test that must see a whole log after a crash counts it here, then collects that many.
+/// The tenant must have been opened (a Hello received) so its schema exists.
+pub fn stored_count(data: &Path, tenant: &str, public_key: &str) -> usize {
+    let db = rusqlite::Connection::open_with_flags(
+        data.join("tenants").join(format!("{tenant}.sqlite")),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the tenant database");
+    let n: i64 = db
+        .query_row(
+            "SELECT count(*) FROM entries JOIN logs ON logs.id = entries.log_id \
+             WHERE logs.public_key = ?1",
+            [public_key],
+            |row| row.get(0),
+        )
+        .expect("count entries");
+    usize::try_from(n).expect("a count")
+}
+
 /// A relay running as a child process on `127.0.0.1:0`.
 #[derive(Debug)]
 pub struct ChildRelay {

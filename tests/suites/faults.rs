@@ -17,7 +17,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use wharf_protocol::{RelayMsg, RemoteEntry};
 use wharf_tests::proxy::{FaultProxy, Faults};
-use wharf_tests::{assert_dense, entries, eventually, ChildRelay, Client, TestRelay, PATIENCE};
+use wharf_tests::{
+    assert_dense, entries, eventually, stored_count, ChildRelay, Client, TestRelay, PATIENCE,
+};
 
 const PK: &str = "fault-log";
 /// The harness writes share one iv per batch; the relay's once-per-connection warning about
@@ -122,28 +124,10 @@ async fn reader(url: String) -> Vec<RemoteEntry> {
 /// schema in place); then exactly that many must arrive.
 async fn stored(url: &str, data: &Path) -> (Vec<RemoteEntry>, Bytes) {
     let mut r = Client::connect(url).await.expect("connect");
-    let count = stored_count(data);
+    let count = stored_count(data, "acme", PK);
     r.subscribe(PK, 0).await.expect("subscribe");
     let log = r.collect(PK, count).await.expect("the whole log");
     (log, r.remote_id.clone())
-}
-
-/// How many entries `PK` has in tenant `acme`'s database under `data`.
-fn stored_count(data: &Path) -> usize {
-    let db = rusqlite::Connection::open_with_flags(
-        data.join("tenants").join("acme.sqlite"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open the tenant database");
-    let n: i64 = db
-        .query_row(
-            "SELECT count(*) FROM entries JOIN logs ON logs.id = entries.log_id \
-             WHERE logs.public_key = ?1",
-            [PK],
-            |row| row.get(0),
-        )
-        .expect("count entries");
-    usize::try_from(n).expect("a count")
 }
 
 /// Every acked entry at its acked sequence, each entry once, dense from 0; and every entry a

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use wharf_protocol::{ClientMsg, RelayMsg};
-use wharf_tests::{assert_dense, entries, ChildRelay, Client};
+use wharf_tests::{assert_dense, entries, stored_count, ChildRelay, Client};
 
 const PK: &str = "crash-log";
 
@@ -71,25 +71,8 @@ async fn every_acked_entry_survives_sigkill_exactly_once() {
     let relay = ChildRelay::start(dir.path(), &[]).await.expect("restart");
     let mut r = Client::connect(&relay.url("acme")).await.expect("connect");
     r.subscribe(PK, 0).await.expect("subscribe");
-    let mut stored = Vec::new();
-    loop {
-        let before = r.ping_pong().await.expect("pong");
-        let n: usize = before
-            .into_iter()
-            .filter_map(|m| match m {
-                RelayMsg::Changes { entries, .. } => Some(entries),
-                _ => None,
-            })
-            .map(|es| {
-                let n = es.len();
-                stored.extend(es);
-                n
-            })
-            .sum();
-        if n == 0 && stored.len() >= acked.len() {
-            break;
-        }
-    }
+    let count = stored_count(dir.path(), "acme", PK);
+    let stored = r.collect(PK, count).await.expect("the whole log");
     assert_dense(&stored, 0);
     let by_id: HashMap<&Bytes, u64> = stored.iter().map(|e| (&e.entry_id, e.sequence)).collect();
     assert_eq!(by_id.len(), stored.len(), "no entry stored twice");

@@ -1,5 +1,7 @@
-//! A TCP proxy that misbehaves: it delays what it forwards, and cuts each connection after a
-//! random number of bytes, often in the middle of a WebSocket frame. Deterministic for a seed.
+//! A TCP proxy that misbehaves: it delays what it forwards, and after a random number of bytes
+//! (often in the middle of a WebSocket frame) either cuts the connection or goes silent,
+//! dropping everything from then on while both sockets stay open, as a dead route does; only
+//! the endpoints' own timeouts can notice that. Deterministic for a seed.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -21,6 +23,8 @@ pub struct Faults {
     /// A connection is cut once this many bytes (both directions) have passed, drawn per
     /// connection; the chunk that crosses the line is forwarded only in part.
     pub cut_after: Range<usize>,
+    /// The share of connections that, at that point, go silent instead of closing.
+    pub silent: f64,
 }
 
 /// What happened.
@@ -28,6 +32,7 @@ pub struct Faults {
 pub struct ProxyStats {
     pub connections: AtomicU64,
     pub cuts: AtomicU64,
+    pub silences: AtomicU64,
     pub bytes: AtomicU64,
 }
 
@@ -57,6 +62,7 @@ impl FaultProxy {
                 while let Ok((client, _)) = listener.accept().await {
                     let n = stats.connections.fetch_add(1, Ordering::Relaxed);
                     let budget = rng.gen_range(faults.cut_after.clone());
+                    let silent = rng.gen_bool(faults.silent.clamp(0.0, 1.0));
                     let seed = faults.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
                     let (stats, max_delay) = (stats.clone(), faults.max_delay);
                     tokio::spawn(async move {
@@ -65,7 +71,13 @@ impl FaultProxy {
                         };
                         let _ = client.set_nodelay(true);
                         let _ = server.set_nodelay(true);
-                        relay_with_faults(client, server, budget, seed, max_delay, &stats).await;
+                        let fault = Fault {
+                            budget,
+                            silent,
+                            seed,
+                            max_delay,
+                        };
+                        relay_with_faults(client, server, fault, &stats).await;
                     });
                 }
             })
@@ -76,18 +88,30 @@ impl FaultProxy {
     pub fn cuts(&self) -> u64 {
         self.stats.cuts.load(Ordering::Relaxed)
     }
+
+    pub fn silences(&self) -> u64 {
+        self.stats.silences.load(Ordering::Relaxed)
+    }
 }
 
-/// Copies both ways until either side ends or `budget` bytes have passed, then drops both
-/// sockets (after forwarding only part of the chunk that crossed the budget).
-async fn relay_with_faults(
-    client: TcpStream,
-    server: TcpStream,
+/// What happens to one connection.
+struct Fault {
     budget: usize,
+    silent: bool,
     seed: u64,
     max_delay: Duration,
-    stats: &ProxyStats,
-) {
+}
+
+/// Copies both ways until either side ends or `budget` bytes have passed. Then it drops both
+/// sockets (after forwarding only part of the chunk that crossed the budget), or, for a silent
+/// connection, forwards nothing more and keeps both open until an endpoint gives up.
+async fn relay_with_faults(client: TcpStream, server: TcpStream, fault: Fault, stats: &ProxyStats) {
+    let Fault {
+        budget,
+        silent,
+        seed,
+        max_delay,
+    } = fault;
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
     let remaining = Arc::new(AtomicU64::new(budget as u64));
@@ -108,6 +132,13 @@ async fn relay_with_faults(
                     tokio::time::sleep(rng.gen_range(Duration::ZERO..=max_delay)).await;
                 }
                 let left = remaining.load(Ordering::Relaxed);
+                if silent && (n as u64) >= left {
+                    // The route died: this chunk and everything after it vanish.
+                    if remaining.swap(0, Ordering::Relaxed) > 0 {
+                        stats.silences.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
                 if (n as u64) >= left {
                     // Cut mid-chunk: part of it, then nothing.
                     let part = rng.gen_range(0..=left as usize).min(n);

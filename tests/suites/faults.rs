@@ -391,6 +391,7 @@ async fn sdk_clients_converge_through_a_network_that_delays_and_cuts() {
         seed,
         max_delay: Duration::from_millis(3),
         cut_after: 3_000..30_000,
+        silent: 0.25,
     };
     let proxies = [
         FaultProxy::start(relay.addr, faults(1))
@@ -407,8 +408,9 @@ async fn sdk_clients_converge_through_a_network_that_delays_and_cuts() {
             .configure(|c| {
                 c.backoff_base = Duration::from_millis(10);
                 c.backoff_max = Duration::from_millis(200);
-                c.ping_interval = Duration::from_millis(500);
-                c.ping_timeout = Duration::from_secs(2);
+                // A silent connection is noticed only by a late Pong.
+                c.ping_interval = Duration::from_millis(200);
+                c.ping_timeout = Duration::from_millis(800);
                 c.max_batch_entries = 10;
             })
             .open()
@@ -464,7 +466,11 @@ async fn sdk_clients_converge_through_a_network_that_delays_and_cuts() {
     assert_eq!(ids.len(), total, "nothing applied twice, nothing lost");
     assert_eq!(oa, ob, "both replicas apply one order");
     let cuts: u64 = proxies.iter().map(FaultProxy::cuts).sum();
-    assert!(cuts >= 10, "the network cut connections ({cuts} times)");
+    let silences: u64 = proxies.iter().map(FaultProxy::silences).sum();
+    assert!(
+        cuts >= 5 && silences >= 1 && cuts + silences >= 10,
+        "the network cut connections ({cuts} times) and went silent ({silences} times)"
+    );
     // The relay holds each entry once.
     let mut raw = Client::connect(&relay.url("acme")).await.expect("connect");
     raw.subscribe(id.log(), 0).await.expect("subscribe");
@@ -474,5 +480,5 @@ async fn sdk_clients_converge_through_a_network_that_delays_and_cuts() {
         raw.ping_pong().await.expect("pong").is_empty(),
         "nothing more"
     );
-    eprintln!("{total} entries converged through {cuts} connection cuts");
+    eprintln!("{total} entries converged through {cuts} connection cuts and {silences} silences");
 }

@@ -2,35 +2,41 @@
 //! speaks the Effect v3 `EventLogRemote` protocol.
 //!
 //! Module map:
-//! - [`server`]: routes (`/t/{tenant}`, `/healthz`) and [`serve`], which takes a bound
-//!   listener and a shutdown future.
+//! - [`server`]: [`Relay`] and [`serve`], which take a bound listener and a shutdown future.
+//! - `app`: the context every part shares (config, registry, limits, counters, sessions,
+//!   shutdown).
+//! - `http`: the accept loop and router; WebSocket upgrades, health probes and the viewer,
+//!   each in its own module, with one error type mapped to status codes.
 //! - [`auth`]: admission: the upgrade request to a [`auth::Grant`] or a refusal, the
 //!   per-message authorisation step, tokens ([`auth::token`]) and revocation
 //!   ([`auth::revocation`]).
 //! - [`counters`]: refusals, throttling, iv reuse and TLS reloads, counted.
 //! - [`limits`]: connection limits (total, per tenant, per IP) and write/byte rates per
 //!   connection and per tenant; a client over a rate is slowed, never closed.
-//! - [`session`]: one WebSocket connection: decoding, writes, subscriptions, outbound queues.
-//! - [`registry`]: tenant id → running actor, created race-free on first use.
-//! - [`tenant`]: the actor that owns a tenant's database, assigns sequences and group-commits.
-//! - [`store`]: the SQLite schema and queries (sqlx).
+//! - `session`: one WebSocket connection: decoding, writes, subscriptions, outbound queues.
+//! - `registry`: tenant id → running actor, created race-free on first use.
+//! - `tenant`: the actor that owns a tenant's database, assigns sequences and group-commits.
+//! - `store`: the SQLite schema and queries (rusqlite, on a bounded pool of storage threads).
+//! - `live`: the `Committed` event a tenant publishes after each durable commit, and the live
+//!   tail of each log, one of its consumers.
 //! - [`config`]: every setting, from defaults, TOML, `WHARF_*` and flags.
 //! - [`tls`]: rustls for `wss://` and `https://`, with certificate reload.
-//! - [`viewer`]: the browser viewer's files, built into the binary and served at `/viewer/`.
 //!
 //! The relay stores and forwards ciphertext; no key material ever reaches it.
 
+mod app;
 pub mod auth;
 pub mod config;
 pub mod counters;
+mod http;
 pub mod limits;
-pub mod registry;
+mod live;
+mod registry;
 pub mod server;
-pub mod session;
-pub mod store;
-pub mod tenant;
+mod session;
+mod store;
+mod tenant;
 pub mod tls;
-pub mod viewer;
 
 pub use config::{Config, Durability, TenantId};
 pub use server::{serve, Relay, ServeError};

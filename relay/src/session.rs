@@ -9,7 +9,7 @@
 //! the tenant, and the connection is never closed for being slow.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,20 +19,20 @@ use futures_util::stream::{FuturesOrdered, SplitSink, StreamExt};
 use futures_util::{FutureExt, SinkExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use wharf_protocol::message::encode_changes;
 use wharf_protocol::{
     ClientMsg, ErrorCode, Inbound, InboundError, JsNumber, RelayMsg, RemoteEntry, WriteEntries,
 };
 
+use crate::app::App;
 use crate::auth::{Grant, Refusal};
-use crate::config::{Config, TenantId};
+use crate::config::TenantId;
 use crate::counters::Counters;
-use crate::limits::{Limits, Slot, Throttle};
-use crate::registry::Registry;
+use crate::limits::{Slot, Throttle};
+use crate::live::{LiveBatch, TailRead};
 use crate::store::Store;
-use crate::tenant::{Acked, ConnId, LiveBatch, Subscribed, TailRead, TenantError, TenantHandle};
+use crate::tenant::{Acked, ConnId, Subscribed, TenantError, TenantHandle};
 
 /// WebSocket close codes the relay uses. Never 1000: a v3 client treats it as "done for good".
 pub mod close_code {
@@ -42,20 +42,6 @@ pub mod close_code {
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
-}
-
-/// What every session shares.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub registry: Registry,
-    pub counters: Counters,
-    pub limits: Arc<Limits>,
-    pub shutdown: CancellationToken,
-    /// Chunk ids for relay → client `ChunkedMessage`s; one counter for all connections (as
-    /// the reference relay does), so cached live frames can be shared between connections.
-    pub chunk_ids: AtomicU64,
-    pub conn_ids: AtomicU64,
 }
 
 enum Out {
@@ -139,7 +125,7 @@ pub struct SessionInit {
 }
 
 struct Session {
-    shared: Arc<Shared>,
+    app: Arc<App>,
     tenant: TenantId,
     conn: ConnId,
     extension: bool,
@@ -160,17 +146,17 @@ struct Session {
 }
 
 /// Runs a connection to its end.
-pub async fn run(socket: WebSocket, init: SessionInit, shared: Arc<Shared>) {
+pub async fn run(socket: WebSocket, init: SessionInit, app: Arc<App>) {
     let span = tracing::info_span!(
         "conn",
         tenant = init.tenant.as_str(),
         conn = init.conn,
         sub = init.grant.subject()
     );
-    tracing::Instrument::instrument(run_inner(socket, init, shared), span).await;
+    tracing::Instrument::instrument(run_inner(socket, init, app), span).await;
 }
 
-async fn run_inner(socket: WebSocket, init: SessionInit, shared: Arc<Shared>) {
+async fn run_inner(socket: WebSocket, init: SessionInit, app: Arc<App>) {
     let SessionInit {
         tenant,
         conn,
@@ -181,11 +167,11 @@ async fn run_inner(socket: WebSocket, init: SessionInit, shared: Arc<Shared>) {
     let throttle = slot.throttle();
     let (sink, mut stream) = socket.split();
     let (control, control_rx) = mpsc::channel(64);
-    let (bulk, bulk_rx) = mpsc::channel(shared.config.outbound_queue_messages.max(1));
+    let (bulk, bulk_rx) = mpsc::channel(app.config.outbound_queue_messages.max(1));
     let writer = tokio::spawn(write_loop(sink, control_rx, bulk_rx));
     debug!(extension, "connected");
 
-    let (handle, attached) = match shared.registry.attach(&tenant).await {
+    let (handle, attached) = match app.registry.attach(&tenant).await {
         Ok(x) => x,
         Err(e) => {
             warn!(error = %e, "cannot open tenant");
@@ -207,8 +193,8 @@ async fn run_inner(socket: WebSocket, init: SessionInit, shared: Arc<Shared>) {
     let _ = control.send(Out::Frame(Bytes::from(hello.encode()))).await;
 
     let mut session = Session {
-        inbound: Inbound::new(shared.config.reassembler_limits()),
-        shared,
+        inbound: Inbound::new(app.config.reassembler_limits()),
+        app,
         tenant,
         conn,
         extension,
@@ -226,7 +212,7 @@ async fn run_inner(socket: WebSocket, init: SessionInit, shared: Arc<Shared>) {
     };
     let end = session.read_loop(&mut stream).await;
     session.finish(end).await;
-    let timeout = session.shared.config.shutdown_timeout;
+    let timeout = session.app.config.shutdown_timeout;
     drop(session);
     // The place under the connection limits is free once the session is.
     drop(slot);
@@ -250,8 +236,8 @@ impl Session {
         &mut self,
         stream: &mut futures_util::stream::SplitStream<WebSocket>,
     ) -> End {
-        let max_pending = self.shared.config.max_pending_writes_per_connection.max(1);
-        let shutdown = self.shared.shutdown.clone();
+        let max_pending = self.app.config.max_pending_writes_per_connection.max(1);
+        let shutdown = self.app.shutdown.clone();
         // While over a rate limit, frames stay unread until this instant (Acks of what was read
         // and subscriptions go on; Pings wait with the other frames).
         let mut paused: Option<tokio::time::Instant> = None;
@@ -262,7 +248,7 @@ impl Session {
                     // Writes the client sent before the shutdown may still sit in the socket:
                     // read until it has been quiet for a moment, so they are committed and
                     // acked before the close rather than left for the client to resend.
-                    let grace = self.shared.config.shutdown_read_grace;
+                    let grace = self.app.config.shutdown_read_grace;
                     while let Ok(Some(Ok(frame))) = tokio::time::timeout(grace, stream.next()).await {
                         if let Message::Binary(frame) = frame {
                             if let Err(v) = self.on_frame(frame).await {
@@ -311,7 +297,7 @@ impl Session {
     fn settle(&mut self, fresh: bool) -> Option<tokio::time::Instant> {
         let wait = self.throttle.settle()?;
         if fresh {
-            Counters::bump(&self.shared.counters.throttled);
+            Counters::bump(&self.app.counters.throttled);
             if !std::mem::replace(&mut self.throttle_logged, true) {
                 info!(
                     wait_ms = wait.as_millis(),
@@ -375,7 +361,7 @@ impl Session {
                 Ok(())
             }
             Err(e @ TenantError::IvRefused) => {
-                self.shared.counters.bump_iv_reuse(self.tenant.as_str());
+                self.app.counters.bump_iv_reuse(self.tenant.as_str());
                 Err(Violation::new(
                     close_code::POLICY_VIOLATION,
                     ErrorCode::UnsupportedData,
@@ -388,7 +374,7 @@ impl Session {
 
     /// Counts a write whose iv was reused, and logs the first of this connection.
     fn iv_reused(&mut self, why: &str, public_key: Option<&str>) {
-        self.shared.counters.bump_iv_reuse(self.tenant.as_str());
+        self.app.counters.bump_iv_reuse(self.tenant.as_str());
         if !std::mem::replace(&mut self.iv_warned, true) {
             match public_key {
                 Some(public_key) => warn!(
@@ -402,7 +388,7 @@ impl Session {
 
     /// A policy close (1008), counted.
     fn refuse(&self, refusal: Refusal) -> Violation {
-        Counters::bump(&self.shared.counters.closed_by_policy);
+        Counters::bump(&self.app.counters.closed_by_policy);
         Violation::refused(refusal)
     }
 
@@ -438,12 +424,11 @@ impl Session {
                 self.check_public_key(&public_key)?;
                 debug!(%public_key, start_sequence, "subscribe");
                 if !self.subscriptions.contains_key(&public_key)
-                    && self.subscriptions.len()
-                        >= self.shared.config.max_subscriptions_per_connection
+                    && self.subscriptions.len() >= self.app.config.max_subscriptions_per_connection
                 {
                     return Err(Violation::limit(format!(
                         "more than {} subscriptions on one connection",
-                        self.shared.config.max_subscriptions_per_connection
+                        self.app.config.max_subscriptions_per_connection
                     )));
                 }
                 let feed = Feed {
@@ -453,7 +438,7 @@ impl Session {
                     store: self.store.clone(),
                     bulk: self.bulk.clone(),
                     control: self.control.clone(),
-                    shared: self.shared.clone(),
+                    app: self.app.clone(),
                 };
                 let handle = self.handle.clone();
                 let task = tokio::spawn(tracing::Instrument::in_current_span(
@@ -473,7 +458,7 @@ impl Session {
     }
 
     fn check_public_key(&self, public_key: &str) -> Result<(), Violation> {
-        let max = self.shared.config.max_public_key_bytes;
+        let max = self.app.config.max_public_key_bytes;
         if public_key.len() > max {
             return Err(Violation::limit(format!(
                 "publicKey is {} bytes; the limit is {max}",
@@ -493,8 +478,8 @@ impl Session {
             return Ok(());
         }
         let why = format!("{} entries share one AES-GCM iv", w.entries.len());
-        if self.shared.config.strict_iv {
-            self.shared.counters.bump_iv_reuse(self.tenant.as_str());
+        if self.app.config.strict_iv {
+            self.app.counters.bump_iv_reuse(self.tenant.as_str());
             return Err(Violation::new(
                 close_code::POLICY_VIOLATION,
                 ErrorCode::UnsupportedData,
@@ -506,7 +491,7 @@ impl Session {
     }
 
     async fn on_write(&mut self, w: WriteEntries) -> Result<(), Violation> {
-        let config = &self.shared.config;
+        let config = &self.app.config;
         self.check_public_key(&w.public_key)?;
         if w.entries.len() > config.max_entries_per_write {
             return Err(Violation::limit(format!(
@@ -564,7 +549,7 @@ struct Feed {
     store: Store,
     bulk: mpsc::Sender<Out>,
     control: mpsc::Sender<Out>,
-    shared: Arc<Shared>,
+    app: Arc<App>,
 }
 
 impl Feed {
@@ -634,7 +619,7 @@ impl Feed {
     /// page is small, so the first entries leave quickly; later pages are read while the
     /// previous one is being sent.
     async fn catch_up(&self, from: u64, to: u64) -> Result<u64, Option<TenantError>> {
-        let per_message = self.shared.config.changes_max_entries.max(1);
+        let per_message = self.app.config.changes_max_entries.max(1);
         let (first_page, page) = ((per_message / 4).max(1), per_message * 4);
         let read = |from: u64, limit: usize| async move {
             self.store
@@ -690,8 +675,8 @@ impl Feed {
     /// Encodes entries as `Changes` messages of bounded size, each chunked when it exceeds
     /// the chunk size (an entry larger than the bound travels alone).
     fn frames(&self, entries: &[RemoteEntry]) -> Arc<[Bytes]> {
-        let max_bytes = self.shared.config.changes_max_bytes;
-        let max_entries = self.shared.config.changes_max_entries.max(1);
+        let max_bytes = self.app.config.changes_max_bytes;
+        let max_entries = self.app.config.changes_max_entries.max(1);
         let mut frames = Vec::new();
         let mut start = 0;
         while start < entries.len() {
@@ -706,7 +691,7 @@ impl Feed {
                 end += 1;
             }
             let encoded = Bytes::from(encode_changes(&self.public_key, &entries[start..end]));
-            let id = JsNumber::from(self.shared.chunk_ids.fetch_add(1, Ordering::Relaxed));
+            let id = JsNumber::from(self.app.chunk_ids.fetch_add(1, Ordering::Relaxed));
             frames.extend(wharf_protocol::frames(encoded, id));
             start = end;
         }

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use wharf_protocol::{EncryptedEntry, RemoteEntry};
 
 use crate::config::{Config, TenantId};
+use crate::live::{CommitConsumer, Committed, LiveBatch, LiveLog, LiveTails};
 use crate::store::{Outcome, Store, StoreError, StorePool, WriteReq, Writer};
 
 /// Identifies one WebSocket connection, to keep a writer's own entries out of its live feed.
@@ -39,108 +40,6 @@ pub enum TenantError {
 impl From<StoreError> for TenantError {
     fn from(e: StoreError) -> Self {
         TenantError::Storage(Arc::new(e))
-    }
-}
-
-/// Entries of one log committed together, shared by every subscriber of that log.
-#[derive(Debug)]
-pub struct LiveBatch {
-    /// Dense, ascending sequences.
-    pub entries: Vec<RemoteEntry>,
-    /// The connection that wrote each entry.
-    pub origins: Vec<ConnId>,
-    /// The encoded `Changes` frames, built by the first subscriber that can use them whole.
-    pub frames: OnceLock<Arc<[Bytes]>>,
-}
-
-impl LiveBatch {
-    pub fn first(&self) -> u64 {
-        self.entries.first().map_or(0, |e| e.sequence)
-    }
-
-    /// One past the last sequence.
-    pub fn end(&self) -> u64 {
-        self.entries.last().map_or(0, |e| e.sequence + 1)
-    }
-}
-
-/// The recent tail of one log, shared by the actor (which appends after each commit) and
-/// the log's subscribers (which read it). Bounded in bytes: a subscriber whose cursor falls
-/// out of the tail reads storage instead, so a stalled reader costs nothing here.
-#[derive(Debug)]
-pub struct LiveLog {
-    tail: std::sync::Mutex<Tail>,
-    /// The log's next sequence; changes after every commit that added entries.
-    next: watch::Sender<u64>,
-}
-
-#[derive(Debug, Default)]
-struct Tail {
-    batches: std::collections::VecDeque<Arc<LiveBatch>>,
-    bytes: usize,
-}
-
-/// What a subscriber finds in the tail from its cursor on.
-#[derive(Debug)]
-pub enum TailRead {
-    /// Batches holding every entry from the cursor to the present (possibly none).
-    Batches(Vec<Arc<LiveBatch>>),
-    /// The tail no longer reaches back to the cursor: read storage up to this sequence.
-    Behind { tail_start: u64 },
-}
-
-impl LiveLog {
-    fn new(next: u64) -> Self {
-        Self {
-            tail: std::sync::Mutex::new(Tail::default()),
-            next: watch::channel(next).0,
-        }
-    }
-
-    fn push(&self, batch: LiveBatch, max_bytes: usize) {
-        let end = batch.end();
-        let size: usize = batch
-            .entries
-            .iter()
-            .map(RemoteEntry::encoded_len_bound)
-            .sum();
-        {
-            let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-            tail.batches.push_back(Arc::new(batch));
-            tail.bytes += size;
-            // Keep the newest batch whatever its size; drop the oldest beyond the budget.
-            while tail.bytes > max_bytes && tail.batches.len() > 1 {
-                if let Some(old) = tail.batches.pop_front() {
-                    tail.bytes -= old
-                        .entries
-                        .iter()
-                        .map(RemoteEntry::encoded_len_bound)
-                        .sum::<usize>();
-                }
-            }
-        }
-        self.next.send_replace(end);
-    }
-
-    /// Wakes up when the log's next sequence changes.
-    pub fn watch(&self) -> watch::Receiver<u64> {
-        self.next.subscribe()
-    }
-
-    pub fn read_from(&self, cursor: u64) -> TailRead {
-        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        match tail.batches.front() {
-            Some(first) if first.first() > cursor => TailRead::Behind {
-                tail_start: first.first(),
-            },
-            _ => TailRead::Batches(
-                tail.batches
-                    .iter()
-                    .filter(|b| b.end() > cursor)
-                    .cloned()
-                    .collect(),
-            ),
-        }
     }
 }
 
@@ -254,8 +153,9 @@ pub(crate) struct TenantActor {
     pool: StorePool,
     retire: Option<Retire>,
     rx: mpsc::Receiver<Msg>,
-    /// The live tail of every log that has (or recently had) subscribers.
-    live: HashMap<String, Arc<LiveLog>>,
+    /// The live tail of every log that has (or recently had) subscribers: the first consumer
+    /// of this tenant's [`Committed`] events.
+    live: LiveTails,
     lease: Arc<()>,
     /// Bytes committed since the last checkpoint, and commits since the checkpointer's last
     /// look (see [`spawn_checkpointer`]).
@@ -299,13 +199,14 @@ impl TenantActor {
     ) -> TenantHandle {
         let (tx, rx) = mpsc::channel(1024);
         let span = tracing::info_span!("tenant", tenant = tenant.as_str());
+        let live = LiveTails::new(config.live_tail_bytes);
         let actor = TenantActor {
             tenant,
             config,
             pool,
             retire: Some(retire),
             rx,
-            live: HashMap::new(),
+            live,
             lease: Arc::new(()),
             wal: Arc::new(WalGrowth::default()),
             last_commit: None,
@@ -496,19 +397,9 @@ impl TenantActor {
             Ok((_, Err(e))) => return fail_writes(rest, TenantError::from(e)),
             Err(e) => return fail_writes(rest, e),
         };
-        let bytes: usize = reqs
-            .iter()
-            .map(|r| {
-                r.entries
-                    .iter()
-                    .map(|e| e.encrypted_entry.len() + 64)
-                    .sum::<usize>()
-            })
-            .sum();
-        self.wal.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        self.wal.commits.fetch_add(1, Ordering::Relaxed);
-        // Durable: acknowledge, then feed the live tails.
+        // Durable: acknowledge, then publish what was committed.
         let mut batches: HashMap<&str, LiveBatch> = HashMap::new();
+        let (mut entries, mut bytes) = (0, 0);
         for ((req, outcome), (origin, reply)) in reqs.iter().zip(outcomes).zip(rest) {
             let (sequences, new, iv_reused) = match outcome {
                 Outcome::Written {
@@ -521,7 +412,7 @@ impl TenantActor {
                     continue;
                 }
             };
-            if self.live.contains_key(&req.public_key) && !new.is_empty() {
+            if !new.is_empty() {
                 let batch = batches.entry(&req.public_key).or_insert_with(|| LiveBatch {
                     entries: Vec::new(),
                     origins: Vec::new(),
@@ -529,6 +420,8 @@ impl TenantActor {
                 });
                 for i in &new {
                     let e = &req.entries[*i];
+                    entries += 1;
+                    bytes += e.encrypted_entry.len();
                     batch.entries.push(RemoteEntry {
                         sequence: sequences[*i],
                         iv: req.iv.clone(),
@@ -543,17 +436,18 @@ impl TenantActor {
                 iv_reused,
             }));
         }
-        let max_bytes = self.config.live_tail_bytes;
-        for (public_key, batch) in batches {
-            if let Some(live) = self.live.get(public_key) {
-                if Arc::strong_count(live) == 1 {
-                    // Its last subscriber left: free the tail.
-                    self.live.remove(public_key);
-                } else {
-                    live.push(batch, max_bytes);
-                }
-            }
-        }
+        // What the checkpointer watches: roughly what this commit appended to the WAL.
+        self.wal
+            .bytes
+            .fetch_add((bytes + 64 * entries) as u64, Ordering::Relaxed);
+        self.wal.commits.fetch_add(1, Ordering::Relaxed);
+        let event = Committed {
+            logs: batches
+                .into_iter()
+                .map(|(public_key, batch)| (public_key, Arc::new(batch)))
+                .collect(),
+        };
+        self.live.committed(&event);
     }
 }
 

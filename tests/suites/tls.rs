@@ -34,7 +34,7 @@ async fn https_is_served_from_a_pem_pair() {
     );
     let response = http_get(tls, "localhost", "/healthz").await.expect("GET");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.ends_with("ok"), "{response}");
+    assert!(response.ends_with("ok\n"), "{response}");
     assert_eq!(
         ca.served_certificate(relay.addr).await.expect("cert"),
         leaf.der

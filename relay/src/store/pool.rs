@@ -109,11 +109,6 @@ impl StorePool {
         }
     }
 
-    /// How many threads run jobs.
-    pub fn threads(&self) -> usize {
-        self.inner.threads
-    }
-
     fn start(&self) -> Result<(), PoolError> {
         let started = self.inner.started.get_or_init(|| {
             (0..self.inner.threads)

@@ -1,0 +1,194 @@
+//! HTTP, by concern: the accept loop and router here; WebSocket upgrades in [`ws`], health
+//! probes in [`health`], the browser viewer in [`viewer`]. Handlers answer errors with
+//! [`HttpError`], which maps each kind of failure to one status code.
+
+mod health;
+mod viewer;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::app::App;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::server::ServeError;
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub(crate) struct HttpState {
+    pub app: Arc<App>,
+    pub auth: Arc<Authenticator>,
+}
+
+/// A request the relay will not serve, and why; the reason goes to the client as plain text.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HttpError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    /// A connection limit: the client may retry after `retry_after` seconds.
+    #[error("{reason}")]
+    TooMany { reason: String, retry_after: u32 },
+    #[error("{reason}")]
+    Unavailable { reason: String, retry_after: u32 },
+}
+
+impl HttpError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
+            HttpError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+            HttpError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let retry_after = match &self {
+            HttpError::TooMany { retry_after, .. } | HttpError::Unavailable { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        };
+        let mut response = (status, format!("{self}\n")).into_response();
+        if let Some(seconds) = retry_after {
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+pub(crate) fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/t/{tenant}", get(ws::connect))
+        .route("/viewer", get(viewer::redirect))
+        .route("/viewer/", get(viewer::index))
+        .route("/viewer/{*file}", get(viewer::file))
+        .with_state(state)
+}
+
+/// Accepts connections until `stop`, each served on its own task: the TLS handshake (when on,
+/// bounded by `tls.handshake_timeout`), then HTTP/1.1 with upgrades, the request head bounded by
+/// `header_read_timeout`. On `stop` it stops accepting and lets each HTTP connection finish its
+/// current request (upgraded sockets are sessions by then, wound down by the caller).
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    config: Arc<Config>,
+    stop: CancellationToken,
+) -> Result<(), ServeError> {
+    let connections = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed; retrying in 100 ms");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (app, tls, config, stop) = (app.clone(), tls.clone(), config.clone(), stop.clone());
+        connections.spawn(async move {
+            let Some(acceptor) = tls else {
+                return serve_connection(tcp, peer, app, &config, stop).await;
+            };
+            let handshake =
+                tokio::time::timeout(config.tls.handshake_timeout, acceptor.accept(tcp));
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                done = handshake => match done {
+                    Ok(Ok(stream)) => serve_connection(stream, peer, app, &config, stop).await,
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                },
+            }
+        });
+    }
+    connections.close();
+    // Each finishes the response it is writing; one that stalls is not waited for forever.
+    if tokio::time::timeout(config.shutdown_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!("some HTTP connections did not finish in time");
+    }
+    Ok(())
+}
+
+/// Errors of one incoming connection, not of the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    app: Router,
+    config: &Config,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let mut request = request.map(axum::body::Body::new);
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let mut app = app.clone();
+        async move { tower_service::Service::call(&mut app, request).await }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+            return;
+        }
+        _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
+}

@@ -1,0 +1,110 @@
+//! `GET /t/{tenant}`: admission (token, then connection limits), then the WebSocket upgrade
+//! that hands the socket to a session.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use tracing::warn;
+use wharf_protocol::EXTENSION_SUBPROTOCOL;
+
+use super::{HttpError, HttpState};
+use crate::auth::{Admission, Refusal};
+use crate::config::TenantId;
+use crate::counters::Counters;
+use crate::session::{self, SessionInit};
+
+/// Bytes a connection reads from its socket at a time (and holds while idle).
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
+pub(crate) async fn connect(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(tenant): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, HttpError> {
+    let tenant = TenantId::parse(&tenant).ok_or_else(|| {
+        HttpError::BadRequest(
+            "tenant ids are 1-63 characters of [a-z0-9_-], starting with a letter or digit".into(),
+        )
+    })?;
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    let app = state.app;
+    if app.shutdown.is_cancelled() {
+        return Err(HttpError::Unavailable {
+            reason: "relay shutting down".into(),
+            retry_after: 5,
+        });
+    }
+    let admission = Admission {
+        tenant: &tenant,
+        headers: &headers,
+        query: query.as_deref(),
+    };
+    let grant = state.auth.admit(&admission).map_err(|refusal| {
+        let counters = &app.counters;
+        let error = match &refusal {
+            Refusal::Unauthenticated(_) => {
+                Counters::bump(&counters.refused_unauthenticated);
+                HttpError::Unauthorized(refusal.to_string())
+            }
+            Refusal::Forbidden(_) => {
+                Counters::bump(&counters.refused_forbidden);
+                HttpError::Forbidden(refusal.to_string())
+            }
+        };
+        // The reason never quotes the token; the query string is never logged.
+        warn!(tenant = tenant.as_str(), status = error.status().as_u16(), %refusal, "connection refused");
+        error
+    })?;
+    let slot = app.limits.admit(&tenant, peer.ip()).map_err(|full| {
+        Counters::bump(&app.counters.refused_by_limit);
+        warn!(tenant = tenant.as_str(), %peer, reason = %full, "connection refused");
+        let (reason, retry_after) = (full.to_string(), 5);
+        if full.status() == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+            HttpError::Unavailable {
+                reason,
+                retry_after,
+            }
+        } else {
+            HttpError::TooMany {
+                reason,
+                retry_after,
+            }
+        }
+    })?;
+    let config = &app.config;
+    let conn = app.conn_ids.fetch_add(1, Ordering::Relaxed);
+    let response = ws
+        .protocols([EXTENSION_SUBPROTOCOL])
+        .max_message_size(config.max_frame_bytes)
+        .max_frame_size(config.max_frame_bytes)
+        // tungstenite allocates its read buffer up front (128 KiB by default), per connection;
+        // a frame larger than this is still read whole (the buffer grows for it).
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Frames are written as they are sent; the writer task decides when to flush.
+        .write_buffer_size(0);
+    let sessions = app.sessions.clone();
+    Ok(response.on_upgrade(move |socket| {
+        let extension = socket
+            .protocol()
+            .is_some_and(|p| p.as_bytes() == EXTENSION_SUBPROTOCOL.as_bytes());
+        let init = SessionInit {
+            tenant,
+            conn,
+            extension,
+            grant,
+            slot,
+        };
+        sessions.track_future(session::run(socket, init, app))
+    }))
+}

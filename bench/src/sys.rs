@@ -74,7 +74,15 @@ pub fn machine() -> String {
         .lines()
         .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
         .map_or("unknown CPU".to_owned(), |m| m.trim().to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    // The machine's processors, not this process's share (it runs pinned to one of them).
+    let cores = match cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count()
+    {
+        0 => std::thread::available_parallelism().map_or(0, usize::from),
+        n => n,
+    };
     let mem_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {

@@ -10,6 +10,17 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use wharf_protocol::ReassemblerLimits;
 
+/// How the relay writes its logs (to stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object per line, with the connection's span fields, for log shippers.
+    Json,
+}
+
 /// How hard a commit waits for the disk before the relay acknowledges it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -26,6 +37,12 @@ pub enum Durability {
 pub struct Config {
     /// Address to listen on (`wharf-relay serve` only; tests pass a bound listener).
     pub listen: SocketAddr,
+    /// Serve `/metrics` (and the probes) on this address instead of `listen`, plain HTTP, for
+    /// a scraper on a private network. Unset: `/metrics` is on `listen`. (Serialized even when
+    /// unset: the names of the settings decide which `WHARF_*` variables are read.)
+    pub metrics_listen: Option<SocketAddr>,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
     /// Directory holding `tenants/{tenant}.sqlite`.
     pub data: PathBuf,
     pub durability: Durability,
@@ -244,6 +261,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            metrics_listen: None,
+            log_format: LogFormat::Text,
             data: PathBuf::from("./data"),
             durability: Durability::Full,
             tenant_idle_timeout: Duration::from_secs(60),

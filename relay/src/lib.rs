@@ -3,14 +3,16 @@
 //!
 //! Module map:
 //! - [`server`]: [`Relay`] and [`serve`], which take a bound listener and a shutdown future.
-//! - `app`: the context every part shares (config, registry, limits, counters, sessions,
+//! - `app`: the context every part shares (config, registry, limits, metrics, sessions,
 //!   shutdown).
 //! - `http`: the accept loop and router; WebSocket upgrades, health probes and the viewer,
 //!   each in its own module, with one error type mapped to status codes.
 //! - [`auth`]: admission: the upgrade request to a [`auth::Grant`] or a refusal, the
 //!   per-message authorisation step, tokens ([`auth::token`]) and revocation
 //!   ([`auth::revocation`]).
-//! - [`counters`]: refusals, throttling, iv reuse and TLS reloads, counted.
+//! - [`backup`]: online snapshots of every tenant database (`VACUUM INTO`) with a manifest,
+//!   and restores that check it.
+//! - [`metrics`]: what the relay measures, exported at `GET /metrics` (Prometheus).
 //! - [`limits`]: connection limits (total, per tenant, per IP) and write/byte rates per
 //!   connection and per tenant; a client over a rate is slowed, never closed.
 //! - `session`: one WebSocket connection: decoding, writes, subscriptions, outbound queues.
@@ -26,11 +28,12 @@
 
 mod app;
 pub mod auth;
+pub mod backup;
 pub mod config;
-pub mod counters;
 mod http;
 pub mod limits;
 mod live;
+pub mod metrics;
 mod registry;
 pub mod server;
 mod session;

@@ -78,6 +78,13 @@ impl Limits {
         self.total.load(Ordering::Relaxed)
     }
 
+    /// Connections of `tenant` being served.
+    pub fn tenant_connections(&self, tenant: &TenantId) -> usize {
+        self.tenants
+            .get(tenant)
+            .map_or(0, |share| share.connections)
+    }
+
     /// Takes a connection slot for `tenant` from `ip` (an IPv6 address counts for its /64),
     /// or says which limit is full. The slot
     /// is given back when the returned [`Slot`] is dropped.

@@ -2,12 +2,13 @@
 //!
 //! The tenant actor turns every group commit into one [`Committed`] event, after `COMMIT`
 //! returned and the Acks left, and hands it to each [`CommitConsumer`] in turn: the live tails
-//! (which wake the logs' subscribers) first, then the others (metrics). A consumer runs on
+//! (which wake the logs' subscribers) first, then the others (metrics, `CommitMetrics`). A consumer runs on
 //! the actor's task, so it must be quick and must not block; one that needs to do I/O hands
 //! the event on to a task of its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -18,13 +19,32 @@ use crate::tenant::ConnId;
 /// One group commit, durable.
 #[derive(Debug)]
 pub(crate) struct Committed<'a> {
-    /// The entries stored, one batch per log, in sequence order.
+    /// Writes in the group that were stored (including those whose entries were all
+    /// duplicates of stored ones).
+    pub writes: usize,
+    /// Entries stored by this commit (resent duplicates are not).
+    pub entries: usize,
+    /// Their ciphertext bytes.
+    pub bytes: usize,
+    /// How long the commit job took on its storage thread, `fsync` included.
+    pub duration: Duration,
+    /// The entries stored, one batch per log, in sequence order: for the logs some consumer
+    /// wants entries of ([`CommitConsumer::wants_entries`]); copying them for nobody would
+    /// cost the write path.
     pub logs: Vec<(&'a str, Arc<LiveBatch>)>,
 }
 
 /// Takes [`Committed`] events on the tenant actor's task.
 pub(crate) trait CommitConsumer: Send {
     fn committed(&mut self, event: &Committed<'_>);
+
+    /// Whether this consumer needs the entries of `public_key` in [`Committed::logs`].
+    fn wants_entries(&self, _public_key: &str) -> bool {
+        false
+    }
+
+    /// A group commit failed: nothing of it is stored, and each of its writes was refused.
+    fn failed(&mut self) {}
 }
 
 /// The live tails of one tenant's subscribed logs, fed by [`Committed`] events.
@@ -53,6 +73,10 @@ impl LiveTails {
 }
 
 impl CommitConsumer for LiveTails {
+    fn wants_entries(&self, public_key: &str) -> bool {
+        self.logs.contains_key(public_key)
+    }
+
     fn committed(&mut self, event: &Committed<'_>) {
         for (public_key, batch) in &event.logs {
             if let Some(live) = self.logs.get(*public_key) {

@@ -7,6 +7,7 @@ use dashmap::DashMap;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, TenantId};
+use crate::metrics::{CommitMetrics, Metrics};
 use crate::store::StorePool;
 use crate::tenant::{Attached, TenantActor, TenantError, TenantHandle};
 
@@ -18,32 +19,54 @@ pub struct Registry(Arc<Inner>);
 struct Inner {
     tenants: DashMap<TenantId, TenantHandle>,
     config: Arc<Config>,
+    metrics: Arc<Metrics>,
     /// The storage threads every tenant's SQLite work runs on.
     pool: StorePool,
     actors: TaskTracker,
     next_actor_id: AtomicU64,
+    /// Tenants an administrator is deleting or importing: no actor starts for them.
+    held: DashMap<TenantId, ()>,
+}
+
+/// A tenant held for an administrative operation; released on drop.
+#[derive(Debug)]
+pub struct Hold {
+    registry: Registry,
+    tenant: TenantId,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.registry.0.held.remove(&self.tenant);
+    }
 }
 
 impl Registry {
-    pub fn new(config: Arc<Config>) -> Self {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         Self(Arc::new(Inner {
             tenants: DashMap::new(),
+            metrics,
             pool: StorePool::new(config.storage_threads),
             config,
             actors: TaskTracker::new(),
             next_actor_id: AtomicU64::new(1),
+            held: DashMap::new(),
         }))
     }
 
-    /// The running actor for `tenant`, started if there is none. The actor is created inside
-    /// the map's entry lock, so simultaneous first connections share one actor.
-    pub fn get_or_spawn(&self, tenant: &TenantId) -> TenantHandle {
+    /// The running actor for `tenant`, started if there is none (and the tenant is not held).
+    /// The actor is created inside the map's entry lock, so simultaneous first connections
+    /// share one actor, and a [`Registry::hold`] taken before an eviction's look at the map
+    /// either sees this actor or stops it from starting.
+    pub fn get_or_spawn(&self, tenant: &TenantId) -> Result<TenantHandle, TenantError> {
         if let Some(h) = self.0.tenants.get(tenant) {
-            return h.clone();
+            return Ok(h.clone());
         }
-        self.0
-            .tenants
-            .entry(tenant.clone())
+        let entry = self.0.tenants.entry(tenant.clone());
+        if matches!(entry, dashmap::Entry::Vacant(_)) && self.0.held.contains_key(tenant) {
+            return Err(TenantError::Held);
+        }
+        Ok(entry
             .or_insert_with(|| {
                 let id = self.0.next_actor_id.fetch_add(1, Ordering::Relaxed);
                 let registry: Weak<Inner> = Arc::downgrade(&self.0);
@@ -59,17 +82,48 @@ impl Registry {
                     self.0.config.clone(),
                     self.0.pool.clone(),
                     &self.0.actors,
+                    vec![Box::new(CommitMetrics(self.0.metrics.clone()))],
                     retire,
                 )
             })
-            .clone()
+            .clone())
+    }
+
+    /// Holds `tenant` for an administrative operation: no actor starts for it until the
+    /// returned guard drops. Fails if another operation holds it.
+    pub fn hold(&self, tenant: &TenantId) -> Result<Hold, TenantError> {
+        match self.0.held.entry(tenant.clone()) {
+            dashmap::Entry::Occupied(_) => Err(TenantError::Held),
+            dashmap::Entry::Vacant(v) => {
+                v.insert(());
+                Ok(Hold {
+                    registry: self.clone(),
+                    tenant: tenant.clone(),
+                })
+            }
+        }
+    }
+
+    /// Closes the sessions of a held tenant, stops its actor (after it committed what it was
+    /// given) and waits until its database is closed. Nothing if it was not running.
+    pub async fn evict(&self, hold: &Hold) {
+        let running = self.0.tenants.get(&hold.tenant).map(|h| h.clone());
+        if let Some(handle) = running {
+            handle.evict().await;
+            self.remove(&hold.tenant, handle.actor_id);
+        }
+    }
+
+    /// Whether `tenant` has a running actor (its database is open).
+    pub fn is_active(&self, tenant: &TenantId) -> bool {
+        self.0.tenants.contains_key(tenant)
     }
 
     /// Joins a tenant, riding over the moment an idle actor retires.
     pub async fn attach(&self, tenant: &TenantId) -> Result<(TenantHandle, Attached), TenantError> {
         let mut last = TenantError::Closed;
         for _ in 0..8 {
-            let handle = self.get_or_spawn(tenant);
+            let handle = self.get_or_spawn(tenant)?;
             match handle.attach().await {
                 Ok(attached) => return Ok((handle, attached)),
                 Err(e) => {

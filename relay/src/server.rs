@@ -10,8 +10,8 @@ use tracing::{info, warn};
 use crate::app::App;
 use crate::auth::{effective_mode, AuthError, Authenticator};
 use crate::config::{AuthMode, Config};
-use crate::counters::Counters;
 use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
 use crate::tls::{CertStore, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +44,9 @@ impl Relay {
         self.app.registry.active_tenants()
     }
 
-    /// What the relay counted since it started (refusals, throttling, iv reuse, TLS reloads).
-    pub fn counters(&self) -> &Counters {
-        &self.app.counters
+    /// What the relay measured since it started (what `GET /metrics` exports).
+    pub fn metrics(&self) -> &Metrics {
+        &self.app.metrics
     }
 
     /// WebSocket connections being served.
@@ -56,10 +56,21 @@ impl Relay {
 
     /// Serves on an already-bound listener until `shutdown` resolves, then stops accepting,
     /// lets every connection flush its Acks and close with 1001, commits what the tenant
-    /// actors hold, and closes their databases.
+    /// actors hold, and closes their databases. `/metrics` is served on the same listener.
     pub async fn serve(
         &self,
         listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        self.serve_with(listener, None, shutdown).await
+    }
+
+    /// [`Relay::serve`], with `/metrics` (and the probes) on `metrics` instead, when given:
+    /// plain HTTP, for a scraper on a private network.
+    pub async fn serve_with(
+        &self,
+        listener: TcpListener,
+        metrics: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let addr = listener.local_addr().map_err(ServeError::Addr)?;
@@ -80,12 +91,12 @@ impl Relay {
                 let app = app.clone();
                 tokio::spawn(
                     certs.watch(config.tls.reload_poll, token.clone(), move |ok| {
-                        let counters = &app.counters;
-                        Counters::bump(if ok {
-                            &counters.tls_reloads
+                        let metrics = &app.metrics;
+                        if ok {
+                            metrics.tls_reloads.inc();
                         } else {
-                            &counters.tls_reload_failures
-                        });
+                            metrics.tls_reload_failures.inc();
+                        }
                     }),
                 );
                 Some(acceptor)
@@ -93,10 +104,23 @@ impl Relay {
             (None, None) => None,
             _ => return Err(TlsError::Half.into()),
         };
-        let router = http::router(HttpState {
+        let state = HttpState {
             app: app.clone(),
             auth: Arc::new(auth),
-        });
+        };
+        let router = http::router(state.clone(), metrics.is_none());
+        let metrics_server = match metrics {
+            Some(listener) => {
+                let addr = listener.local_addr().map_err(ServeError::Addr)?;
+                info!(%addr, "metrics listening");
+                let router = http::metrics_router(state);
+                let (config, stop) = (config.clone(), token.clone());
+                Some(tokio::spawn(http::accept_loop(
+                    listener, router, None, config, stop,
+                )))
+            }
+            None => None,
+        };
         info!(%addr, tls = tls.is_some(), data = %config.data.display(), durability = ?config.durability, "relay listening");
         let stop = token.clone();
         tokio::spawn(async move {
@@ -106,6 +130,9 @@ impl Relay {
         let result = http::accept_loop(listener, router, tls, config.clone(), token.clone()).await;
         // Whatever ended the server, every connection and actor is wound down.
         token.cancel();
+        if let Some(metrics_server) = metrics_server {
+            let _ = metrics_server.await;
+        }
         info!("shutting down: flushing connections");
         app.sessions.close();
         if tokio::time::timeout(config.shutdown_timeout, app.sessions.wait())

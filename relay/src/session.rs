@@ -28,9 +28,9 @@ use wharf_protocol::{
 use crate::app::App;
 use crate::auth::{Grant, Refusal};
 use crate::config::TenantId;
-use crate::counters::Counters;
 use crate::limits::{Slot, Throttle};
 use crate::live::{LiveBatch, TailRead};
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tenant::{Acked, ConnId, Subscribed, TenantError, TenantHandle};
 
@@ -109,7 +109,9 @@ impl Drop for SubscriptionTask {
     }
 }
 
-type PendingAck = futures_util::future::BoxFuture<'static, (JsNumber, Result<Acked, TenantError>)>;
+/// A write's id, when it arrived, and its outcome once the tenant has it.
+type PendingAck =
+    futures_util::future::BoxFuture<'static, (JsNumber, Instant, Result<Acked, TenantError>)>;
 
 /// Everything a session starts from, decided before the upgrade.
 #[derive(Debug)]
@@ -143,6 +145,8 @@ struct Session {
     started: Instant,
     /// Whether this connection's first reused iv was logged (once per connection).
     iv_warned: bool,
+    /// Cancelled when an administrator deletes or replaces the tenant.
+    evicted: tokio_util::sync::CancellationToken,
 }
 
 /// Runs a connection to its end.
@@ -168,7 +172,7 @@ async fn run_inner(socket: WebSocket, init: SessionInit, app: Arc<App>) {
     let (sink, mut stream) = socket.split();
     let (control, control_rx) = mpsc::channel(64);
     let (bulk, bulk_rx) = mpsc::channel(app.config.outbound_queue_messages.max(1));
-    let writer = tokio::spawn(write_loop(sink, control_rx, bulk_rx));
+    let writer = tokio::spawn(write_loop(sink, control_rx, bulk_rx, app.metrics.clone()));
     debug!(extension, "connected");
 
     let (handle, attached) = match app.registry.attach(&tenant).await {
@@ -203,6 +207,7 @@ async fn run_inner(socket: WebSocket, init: SessionInit, app: Arc<App>) {
         throttle_logged: false,
         handle,
         store: attached.store,
+        evicted: attached.evicted,
         control,
         bulk,
         subscriptions: HashMap::new(),
@@ -259,9 +264,16 @@ impl Session {
                     return End::ShuttingDown;
                 }
                 refusal = self.grant.ended() => return End::Violation(self.refuse(refusal)),
+                () = self.evicted.cancelled() => {
+                    return End::Violation(Violation::new(
+                        close_code::POLICY_VIOLATION,
+                        ErrorCode::Other("tenant_removed".into()),
+                        "the tenant was deleted or replaced by an administrator",
+                    ));
+                }
                 () = sleep_until(paused) => paused = self.settle(false),
-                Some((id, result)) = self.pending.next(), if !self.pending.is_empty() => {
-                    if let Err(v) = self.send_ack(id, result).await {
+                Some((id, arrived, result)) = self.pending.next(), if !self.pending.is_empty() => {
+                    if let Err(v) = self.send_ack(id, arrived, result).await {
                         return End::Violation(v);
                     }
                 }
@@ -297,7 +309,7 @@ impl Session {
     fn settle(&mut self, fresh: bool) -> Option<tokio::time::Instant> {
         let wait = self.throttle.settle()?;
         if fresh {
-            Counters::bump(&self.app.counters.throttled);
+            self.app.metrics.throttled.inc();
             if !std::mem::replace(&mut self.throttle_logged, true) {
                 info!(
                     wait_ms = wait.as_millis(),
@@ -324,11 +336,19 @@ impl Session {
             ),
             End::Violation(v) => {
                 warn!(close = v.close, reason = %v.reason, "closing connection");
+                let metrics = &self.app.metrics;
+                match v.close {
+                    // Counted where the refusal is decided (`refuse`).
+                    close_code::POLICY_VIOLATION => {}
+                    close_code::MESSAGE_TOO_BIG => metrics.closed_too_big.inc(),
+                    close_code::INTERNAL_ERROR => metrics.closed_internal.inc(),
+                    _ => metrics.closed_protocol.inc(),
+                }
                 (Some(v.close), v.reason.clone(), Some(v))
             }
         };
-        while let Some((id, result)) = self.pending.next().await {
-            if self.send_ack(id, result).await.is_err() {
+        while let Some((id, arrived, result)) = self.pending.next().await {
+            if self.send_ack(id, arrived, result).await.is_err() {
                 break;
             }
         }
@@ -343,10 +363,12 @@ impl Session {
     async fn send_ack(
         &mut self,
         id: JsNumber,
+        arrived: Instant,
         result: Result<Acked, TenantError>,
     ) -> Result<(), Violation> {
         match result {
             Ok(acked) => {
+                self.app.metrics.observe_ack(arrived.elapsed());
                 if acked.iv_reused {
                     self.iv_reused("its AES-GCM iv is already used in this log", None);
                 }
@@ -361,7 +383,7 @@ impl Session {
                 Ok(())
             }
             Err(e @ TenantError::IvRefused) => {
-                self.app.counters.bump_iv_reuse(self.tenant.as_str());
+                self.app.metrics.bump_iv_reuse(self.tenant.as_str());
                 Err(Violation::new(
                     close_code::POLICY_VIOLATION,
                     ErrorCode::UnsupportedData,
@@ -374,7 +396,7 @@ impl Session {
 
     /// Counts a write whose iv was reused, and logs the first of this connection.
     fn iv_reused(&mut self, why: &str, public_key: Option<&str>) {
-        self.app.counters.bump_iv_reuse(self.tenant.as_str());
+        self.app.metrics.bump_iv_reuse(self.tenant.as_str());
         if !std::mem::replace(&mut self.iv_warned, true) {
             match public_key {
                 Some(public_key) => warn!(
@@ -388,12 +410,13 @@ impl Session {
 
     /// A policy close (1008), counted.
     fn refuse(&self, refusal: Refusal) -> Violation {
-        Counters::bump(&self.app.counters.closed_by_policy);
+        self.app.metrics.closed_by_policy.inc();
         Violation::refused(refusal)
     }
 
     async fn on_frame(&mut self, frame: Bytes) -> Result<(), Violation> {
         self.throttle.charge_bytes(frame.len());
+        self.app.metrics.received_bytes.inc_by(frame.len() as u64);
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let msg = match self.inbound.push(&frame, now) {
             Ok(Some(msg)) => msg,
@@ -479,7 +502,7 @@ impl Session {
         }
         let why = format!("{} entries share one AES-GCM iv", w.entries.len());
         if self.app.config.strict_iv {
-            self.app.counters.bump_iv_reuse(self.tenant.as_str());
+            self.app.metrics.bump_iv_reuse(self.tenant.as_str());
             return Err(Violation::new(
                 close_code::POLICY_VIOLATION,
                 ErrorCode::UnsupportedData,
@@ -520,10 +543,12 @@ impl Session {
                 sequences: Vec::new(),
                 iv_reused: false,
             };
+            let arrived = Instant::now();
             self.pending
-                .push_back(async move { (id, Ok(acked)) }.boxed());
+                .push_back(async move { (id, arrived, Ok(acked)) }.boxed());
             return Ok(());
         }
+        let arrived = Instant::now();
         let reply = self
             .handle
             .write(w.public_key, w.iv, w.entries, self.conn)
@@ -532,7 +557,7 @@ impl Session {
         self.pending.push_back(
             async move {
                 let result = reply.await.unwrap_or(Err(TenantError::Closed));
-                (id, result)
+                (id, arrived, result)
             }
             .boxed(),
         );
@@ -593,6 +618,11 @@ impl Feed {
         loop {
             match live.read_from(cursor) {
                 TailRead::Behind { tail_start } => {
+                    let metrics = &self.app.metrics;
+                    metrics.subscriber_fallbacks.inc();
+                    metrics
+                        .subscriber_lag
+                        .observe(tail_start.saturating_sub(cursor) as f64);
                     debug!(
                         cursor,
                         tail_start, "subscriber fell behind; reading from storage"
@@ -635,6 +665,7 @@ impl Feed {
         while let Some(last) = entries.last() {
             from = last.sequence + 1;
             let more = entries.len() == limit && from < to;
+            self.app.metrics.entries_sent.inc_by(entries.len() as u64);
             let frames = self.frames(&entries);
             if !more {
                 self.send(Out::Frames(frames)).await?;
@@ -651,6 +682,10 @@ impl Feed {
         let own = batch.origins.contains(&self.conn);
         if batch.first() >= cursor && !own {
             // The common case: every subscriber of the log gets the same frames, built once.
+            self.app
+                .metrics
+                .entries_sent
+                .inc_by(batch.entries.len() as u64);
             let frames = batch
                 .frames
                 .get_or_init(|| self.frames(&batch.entries))
@@ -668,6 +703,7 @@ impl Feed {
         if entries.is_empty() {
             return Ok(());
         }
+        self.app.metrics.entries_sent.inc_by(entries.len() as u64);
         let frames = self.frames(&entries);
         self.send(Out::Frames(frames)).await
     }
@@ -715,6 +751,7 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut control: mpsc::Receiver<Out>,
     mut bulk: mpsc::Receiver<Out>,
+    metrics: Arc<Metrics>,
 ) {
     loop {
         let out = tokio::select! {
@@ -729,12 +766,13 @@ async fn write_loop(
             Out::Close(code, reason) => return close(&mut sink, code, reason).await,
         };
         for frame in frames.iter() {
+            metrics.sent_bytes.inc_by(frame.len() as u64);
             if sink.send(Message::Binary(frame.clone())).await.is_err() {
                 return;
             }
             // Control goes ahead of the rest of a multi-frame bulk item.
             while let Ok(out) = control.try_recv() {
-                if !send_control(&mut sink, out).await {
+                if !send_control(&mut sink, out, &metrics).await {
                     return;
                 }
             }
@@ -744,7 +782,11 @@ async fn write_loop(
 }
 
 /// Sends one control item; `false` once the socket is closed or gone.
-async fn send_control(sink: &mut SplitSink<WebSocket, Message>, out: Out) -> bool {
+async fn send_control(
+    sink: &mut SplitSink<WebSocket, Message>,
+    out: Out,
+    metrics: &Metrics,
+) -> bool {
     let frames: Arc<[Bytes]> = match out {
         Out::Frame(f) => Arc::from([f]),
         Out::Frames(f) => f,
@@ -754,6 +796,7 @@ async fn send_control(sink: &mut SplitSink<WebSocket, Message>, out: Out) -> boo
         }
     };
     for f in frames.iter() {
+        metrics.sent_bytes.inc_by(f.len() as u64);
         if sink.send(Message::Binary(f.clone())).await.is_err() {
             return false;
         }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 use uuid::Uuid;
@@ -31,6 +32,8 @@ pub enum TenantError {
     Closed,
     #[error("storage failed: {0}")]
     Storage(Arc<StoreError>),
+    #[error("the tenant is being deleted or imported by an administrator; retry")]
+    Held,
     #[error(
         "write refused: its AES-GCM iv is already used in this log (nonce reuse; strict_iv is on)"
     )]
@@ -46,6 +49,8 @@ impl From<StoreError> for TenantError {
 /// What a session gets when it joins a tenant.
 #[derive(Debug)]
 pub struct Attached {
+    /// Cancelled when an administrator deletes or replaces the tenant: the session closes.
+    pub evicted: CancellationToken,
     pub remote_id: Uuid,
     pub store: Store,
     /// Held for as long as the session lives; the actor counts these to know when it is idle.
@@ -83,8 +88,11 @@ enum Msg {
 struct Write {
     req: WriteReq,
     origin: ConnId,
-    reply: oneshot::Sender<Result<Acked, TenantError>>,
+    reply: Reply,
 }
+
+/// Where a write's outcome goes.
+type Reply = oneshot::Sender<Result<Acked, TenantError>>;
 
 /// A cloneable handle to a tenant actor.
 #[derive(Clone, Debug)]
@@ -92,6 +100,9 @@ pub struct TenantHandle {
     /// Unique per actor, so the registry can remove exactly this actor and never its successor.
     pub actor_id: u64,
     tx: mpsc::Sender<Msg>,
+    evicted: CancellationToken,
+    /// Cancelled once the actor has ended and its database is closed.
+    closed: CancellationToken,
 }
 
 impl TenantHandle {
@@ -141,6 +152,14 @@ impl TenantHandle {
     pub async fn stop(&self) {
         let _ = self.tx.send(Msg::Stop).await;
     }
+
+    /// Closes every session of the tenant, stops the actor and waits until its database is
+    /// closed.
+    pub async fn evict(&self) {
+        self.evicted.cancel();
+        self.stop().await;
+        self.closed.cancelled().await;
+    }
 }
 
 /// Called once when an actor stops taking new work, so whoever maps tenants to actors can
@@ -156,6 +175,10 @@ pub(crate) struct TenantActor {
     /// The live tail of every log that has (or recently had) subscribers: the first consumer
     /// of this tenant's [`Committed`] events.
     live: LiveTails,
+    /// The other consumers of [`Committed`] events (metrics).
+    consumers: Vec<Box<dyn CommitConsumer>>,
+    evicted: CancellationToken,
+    closed: CancellationToken,
     lease: Arc<()>,
     /// Bytes committed since the last checkpoint, and commits since the checkpointer's last
     /// look (see [`spawn_checkpointer`]).
@@ -195,27 +218,39 @@ impl TenantActor {
         config: Arc<Config>,
         pool: StorePool,
         tracker: &TaskTracker,
+        consumers: Vec<Box<dyn CommitConsumer>>,
         retire: Retire,
     ) -> TenantHandle {
         let (tx, rx) = mpsc::channel(1024);
         let span = tracing::info_span!("tenant", tenant = tenant.as_str());
         let live = LiveTails::new(config.live_tail_bytes);
+        let (evicted, closed) = (CancellationToken::new(), CancellationToken::new());
         let actor = TenantActor {
+            evicted: evicted.clone(),
+            closed: closed.clone(),
             tenant,
             config,
             pool,
             retire: Some(retire),
             rx,
             live,
+            consumers,
             lease: Arc::new(()),
             wal: Arc::new(WalGrowth::default()),
             last_commit: None,
         };
         tracker.spawn(actor.run().instrument(span));
-        TenantHandle { actor_id, tx }
+        TenantHandle {
+            actor_id,
+            tx,
+            evicted,
+            closed,
+        }
     }
 
     async fn run(mut self) {
+        // Whichever way this ends (even a panic), `closed` fires after the database is shut.
+        let _closed = self.closed.clone().drop_guard();
         let path = self.config.tenant_path(&self.tenant);
         let (store, writer) = match Store::open(&self.pool, &path, self.config.durability).await {
             Ok(opened) => opened,
@@ -302,6 +337,7 @@ impl TenantActor {
                     Msg::Attach(reply) => {
                         idle_since = None;
                         let _ = reply.send(Ok(Attached {
+                            evicted: self.evicted.clone(),
                             remote_id: db.store.remote_id(),
                             store: db.store.clone(),
                             lease: self.lease.clone(),
@@ -383,6 +419,7 @@ impl TenantActor {
             .last_commit
             .replace(now)
             .is_none_or(|last| now - last > SPARSE_COMMITS);
+        let started = std::time::Instant::now();
         let result = db
             .job(move |w| {
                 let outcomes = w.commit(&reqs, strict);
@@ -392,14 +429,15 @@ impl TenantActor {
                 Ok((reqs, outcomes))
             })
             .await;
+        let duration = started.elapsed();
         let (reqs, outcomes) = match result {
             Ok((reqs, Ok(outcomes))) => (reqs, outcomes),
-            Ok((_, Err(e))) => return fail_writes(rest, TenantError::from(e)),
-            Err(e) => return fail_writes(rest, e),
+            Ok((_, Err(e))) => return self.failed(rest, TenantError::from(e)),
+            Err(e) => return self.failed(rest, e),
         };
         // Durable: acknowledge, then publish what was committed.
         let mut batches: HashMap<&str, LiveBatch> = HashMap::new();
-        let (mut entries, mut bytes) = (0, 0);
+        let (mut writes, mut entries, mut bytes) = (0, 0, 0);
         for ((req, outcome), (origin, reply)) in reqs.iter().zip(outcomes).zip(rest) {
             let (sequences, new, iv_reused) = match outcome {
                 Outcome::Written {
@@ -412,7 +450,18 @@ impl TenantActor {
                     continue;
                 }
             };
-            if !new.is_empty() {
+            writes += 1;
+            for i in &new {
+                bytes += req.entries[*i].encrypted_entry.len();
+            }
+            entries += new.len();
+            let wanted = !new.is_empty()
+                && (self.live.wants_entries(&req.public_key)
+                    || self
+                        .consumers
+                        .iter()
+                        .any(|c| c.wants_entries(&req.public_key)));
+            if wanted {
                 let batch = batches.entry(&req.public_key).or_insert_with(|| LiveBatch {
                     entries: Vec::new(),
                     origins: Vec::new(),
@@ -420,8 +469,6 @@ impl TenantActor {
                 });
                 for i in &new {
                     let e = &req.entries[*i];
-                    entries += 1;
-                    bytes += e.encrypted_entry.len();
                     batch.entries.push(RemoteEntry {
                         sequence: sequences[*i],
                         iv: req.iv.clone(),
@@ -442,20 +489,31 @@ impl TenantActor {
             .fetch_add((bytes + 64 * entries) as u64, Ordering::Relaxed);
         self.wal.commits.fetch_add(1, Ordering::Relaxed);
         let event = Committed {
+            writes,
+            entries,
+            bytes,
+            duration,
             logs: batches
                 .into_iter()
                 .map(|(public_key, batch)| (public_key, Arc::new(batch)))
                 .collect(),
         };
         self.live.committed(&event);
+        for consumer in &mut self.consumers {
+            consumer.committed(&event);
+        }
+    }
+
+    fn failed(&mut self, writes: Vec<(ConnId, Reply)>, err: TenantError) {
+        for consumer in &mut self.consumers {
+            consumer.failed();
+        }
+        fail_writes(writes, err);
     }
 }
 
 /// Nothing in memory moved (sequence state advances only after COMMIT): every write fails.
-fn fail_writes(
-    writes: Vec<(ConnId, oneshot::Sender<Result<Acked, TenantError>>)>,
-    err: TenantError,
-) {
+fn fail_writes(writes: Vec<(ConnId, Reply)>, err: TenantError) {
     warn!(error = %err, writes = writes.len(), "commit failed; nothing acknowledged");
     for (_, reply) in writes {
         let _ = reply.send(Err(err.clone()));

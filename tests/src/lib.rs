@@ -275,6 +275,12 @@ impl Client {
         Ok(())
     }
 
+    /// A text frame, which the protocol does not allow.
+    pub async fn send_raw_text(&mut self, text: &str) -> Result<()> {
+        self.ws.send(Message::Text(text.into())).await?;
+        Ok(())
+    }
+
     /// The next message, reassembling chunks. Fails on close or after [`PATIENCE`].
     pub async fn recv(&mut self) -> Result<RelayMsg> {
         loop {
@@ -726,6 +732,79 @@ pub fn replace_file(path: &Path, bytes: &[u8]) {
 
 /// Sends one HTTP/1.1 request on `io` and reads the response to its end (the request asks
 /// the server to close).
+/// An HTTP answer: status, headers (names lower-case), body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A request to `addr` over plain HTTP/1.1 (hyper's client), with extra headers and a body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<HttpAnswer> {
+    use http_body_util::{BodyExt, Full};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::from(body)))?;
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .context("answer in time")??;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .context("body in time")??
+        .to_bytes()
+        .to_vec();
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// `GET path` from `addr`, with extra headers.
+pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<HttpAnswer> {
+    http_request(addr, "GET", path, headers, Vec::new()).await
+}
+
 pub async fn http_get<S>(mut io: S, host: &str, path: &str) -> Result<String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

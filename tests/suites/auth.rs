@@ -9,7 +9,6 @@ use wharf_relay::auth::revocation::RevocationStore;
 use wharf_relay::auth::token::{Action, Claims, RelayKey};
 use wharf_relay::auth::unix_now;
 use wharf_relay::config::{IssuerAlgorithm, TrustedIssuer};
-use wharf_relay::counters::Counters;
 use wharf_tests::{claims, entries, Client, TestRelay};
 
 const PK: &str = "5f0c2b9e-7d4a-4c1e-9b3f-2a6d8e1c4f70";
@@ -165,9 +164,9 @@ async fn every_bad_token_is_refused_before_the_upgrade() {
     assert_eq!(status, 401);
     assert!(body.contains("algorithm"), "{body}");
 
-    let counters = relay.relay.counters();
-    assert_eq!(Counters::get(&counters.refused_forbidden), 2);
-    assert!(Counters::get(&counters.refused_unauthenticated) >= 12);
+    let counters = relay.relay.metrics();
+    assert_eq!(counters.refused_forbidden.get(), 2);
+    assert!(counters.refused_unauthenticated.get() >= 12);
     relay.shutdown().await;
 }
 
@@ -252,7 +251,7 @@ async fn a_read_only_token_cannot_write() {
     a.write_acked(PK, entries(3, 1, 8)).await.expect("write");
     a.subscribe(PK, 0).await.expect("subscribe");
     assert_eq!(a.collect(PK, 4).await.expect("collect").len(), 4);
-    assert_eq!(Counters::get(&relay.relay.counters().closed_by_policy), 2);
+    assert_eq!(relay.relay.metrics().closed_by_policy.get(), 2);
     relay.shutdown().await;
 }
 

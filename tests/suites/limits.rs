@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use wharf_protocol::RelayMsg;
-use wharf_relay::counters::Counters;
 use wharf_tests::{entries, Client, TestRelay, PATIENCE};
 
 fn ip(s: &str) -> IpAddr {
@@ -67,7 +66,7 @@ async fn connection_limits_refuse_the_upgrade_and_free_their_place_on_close() {
         .await
         .expect("the new connection works");
     assert_eq!(
-        Counters::get(&relay.relay.counters().refused_by_limit),
+        relay.relay.metrics().refused_by_limit.get(),
         3,
         "every refusal is counted"
     );
@@ -112,7 +111,7 @@ async fn a_client_over_its_write_rate_is_slowed_not_closed() {
         elapsed >= Duration::from_millis(1_500),
         "40 writes over the bucket at 20/s took only {elapsed:?}"
     );
-    assert!(Counters::get(&relay.relay.counters().throttled) >= 1);
+    assert!(relay.relay.metrics().throttled.get() >= 1);
     // Still open and served.
     c.ping_pong().await.expect("pong after the throttling");
     relay.shutdown().await;
@@ -151,7 +150,7 @@ async fn a_tenant_over_its_byte_rate_is_slowed_and_other_tenants_are_not() {
         !waiting.is_finished(),
         "the heavy tenant's second write should still be waiting"
     );
-    assert!(Counters::get(&relay.relay.counters().throttled) >= 1);
+    assert!(relay.relay.metrics().throttled.get() >= 1);
     // Slowed, not closed: the write is acked when the debt is paid.
     let mut heavy = tokio::time::timeout(PATIENCE, waiting)
         .await

@@ -526,7 +526,7 @@ async fn write_with_iv(
 #[tokio::test]
 async fn reused_gcm_ivs_are_counted_per_tenant() {
     let relay = TestRelay::start().await;
-    let counters = relay.relay.counters();
+    let counters = relay.relay.metrics();
     let mut c = relay.client("acme").await;
     // Three entries under one 12-byte iv: AES-GCM nonce reuse, as Effect v3 batches do.
     assert_eq!(
@@ -592,5 +592,5 @@ async fn strict_iv_refuses_reused_gcm_ivs_and_stores_nothing() {
         closed.reason.contains("already used in this log"),
         "{closed:?}"
     );
-    assert_eq!(relay.relay.counters().iv_reuse("acme"), 2);
+    assert_eq!(relay.relay.metrics().iv_reuse("acme"), 2);
 }

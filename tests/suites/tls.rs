@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use wharf_relay::counters::Counters;
 use wharf_relay::server::ServeError;
 use wharf_relay::tls::TlsError;
 use wharf_relay::{Config, Relay};
@@ -74,8 +73,8 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         ca.served_certificate(relay.addr).await.ok().as_deref() == Some(&renewed.der[..])
     })
     .await;
-    let counters = relay.relay.counters();
-    assert!(Counters::get(&counters.tls_reloads) >= 1);
+    let counters = relay.relay.metrics();
+    assert!(counters.tls_reloads.get() >= 1);
 
     // A broken renewal is refused and the working certificate stays.
     replace_file(
@@ -83,7 +82,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         b"-----BEGIN CERTIFICATE-----\nnot base64\n",
     );
     eventually("the broken renewal is noticed", || async {
-        Counters::get(&counters.tls_reload_failures) >= 1
+        counters.tls_reload_failures.get() >= 1
     })
     .await;
     assert_eq!(

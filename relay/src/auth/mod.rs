@@ -159,6 +159,63 @@ impl Authenticator {
     }
 }
 
+/// The tenant claim of a token that administers every tenant (`--tenant '*'`, with the
+/// `admin` action).
+pub const ALL_TENANTS: &str = "*";
+
+impl Authenticator {
+    /// Admission to the admin API: without access control, everyone; with tokens, a valid,
+    /// unrevoked token with the `admin` action, for `tenant` or for every tenant (`*`).
+    /// `tenant: None` (listing tenants, revoking) needs the latter.
+    pub fn admit_admin(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        tenant: Option<&TenantId>,
+    ) -> Result<(), Refusal> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(());
+        };
+        let token = presented_token(headers, query).ok_or_else(|| {
+            Refusal::Unauthenticated(
+                "an admin token is required: send Authorization: Bearer <token>".to_owned(),
+            )
+        })?;
+        let claims = tokens
+            .verifier
+            .verify(&token)
+            .map_err(|e| Refusal::Unauthenticated(e.to_string()))?;
+        if tokens
+            .revocations
+            .borrow()
+            .revokes(&claims.tenant, &claims.jti, claims.iat)
+        {
+            return Err(Refusal::Unauthenticated("token revoked".to_owned()));
+        }
+        if !claims.actions.contains(&Action::Admin) {
+            return Err(Refusal::Forbidden(
+                "the token does not grant the admin action".to_owned(),
+            ));
+        }
+        let scope_ok =
+            claims.tenant == ALL_TENANTS || tenant.is_some_and(|t| t.as_str() == claims.tenant);
+        if !scope_ok {
+            return Err(Refusal::Forbidden(match tenant {
+                Some(t) => format!(
+                    "the token administers tenant {:?}, not {:?}",
+                    claims.tenant,
+                    t.as_str()
+                ),
+                None => format!(
+                    "this needs a token for every tenant (--tenant '*'); this one is for {:?}",
+                    claims.tenant
+                ),
+            }));
+        }
+        Ok(())
+    }
+}
+
 /// The token a request presents: `Authorization: Bearer`, then a `wharf.token.` subprotocol,
 /// then the `token` query parameter.
 fn presented_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {

@@ -1,7 +1,9 @@
 //! HTTP, by concern: the accept loop and router here; WebSocket upgrades in [`ws`], health
-//! probes in [`health`], the browser viewer in [`viewer`]. Handlers answer errors with
+//! probes and metrics in [`health`], the admin API in [`admin`], the browser viewer in
+//! [`viewer`]. Handlers answer errors with
 //! [`HttpError`], which maps each kind of failure to one status code.
 
+mod admin;
 mod health;
 mod viewer;
 mod ws;
@@ -44,11 +46,17 @@ pub(crate) enum HttpError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     /// A connection limit: the client may retry after `retry_after` seconds.
     #[error("{reason}")]
     TooMany { reason: String, retry_after: u32 },
     #[error("{reason}")]
     Unavailable { reason: String, retry_after: u32 },
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl HttpError {
@@ -57,8 +65,11 @@ impl HttpError {
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
+            HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::Conflict(_) => StatusCode::CONFLICT,
             HttpError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             HttpError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -82,13 +93,38 @@ impl IntoResponse for HttpError {
     }
 }
 
-pub(crate) fn router(state: HttpState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/t/{tenant}", get(ws::connect))
+/// The relay's routes. `/metrics` is among them unless it has a listener of its own.
+pub(crate) fn router(state: HttpState, with_metrics: bool) -> Router {
+    // The viewer's files are compressed for browsers that ask (the wasm module shrinks from
+    // ~380 KB to about a third); WebSocket upgrades and probes are left alone.
+    let viewer = Router::new()
         .route("/viewer", get(viewer::redirect))
         .route("/viewer/", get(viewer::index))
         .route("/viewer/{*file}", get(viewer::file))
+        .route("/favicon.ico", get(viewer::favicon))
+        .layer(tower_http::compression::CompressionLayer::new());
+    let router = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/t/{tenant}", get(ws::connect))
+        .merge(admin::routes())
+        .merge(viewer);
+    let router = if with_metrics {
+        router.route("/metrics", get(health::metrics))
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+/// The routes of a separate metrics listener (`metrics_listen`): `/metrics`, the probes and
+/// the admin API (a private address, plain HTTP, for operators and scrapers).
+pub(crate) fn metrics_router(state: HttpState) -> Router {
+    Router::new()
+        .merge(admin::routes())
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .with_state(state)
 }
 

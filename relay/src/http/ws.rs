@@ -15,7 +15,6 @@ use wharf_protocol::EXTENSION_SUBPROTOCOL;
 use super::{HttpError, HttpState};
 use crate::auth::{Admission, Refusal};
 use crate::config::TenantId;
-use crate::counters::Counters;
 use crate::session::{self, SessionInit};
 
 /// Bytes a connection reads from its socket at a time (and holds while idle).
@@ -40,6 +39,7 @@ pub(crate) async fn connect(
     };
     let app = state.app;
     if app.shutdown.is_cancelled() {
+        app.metrics.refused_shutting_down.inc();
         return Err(HttpError::Unavailable {
             reason: "relay shutting down".into(),
             retry_after: 5,
@@ -51,14 +51,14 @@ pub(crate) async fn connect(
         query: query.as_deref(),
     };
     let grant = state.auth.admit(&admission).map_err(|refusal| {
-        let counters = &app.counters;
+        let counters = &app.metrics;
         let error = match &refusal {
             Refusal::Unauthenticated(_) => {
-                Counters::bump(&counters.refused_unauthenticated);
+                counters.refused_unauthenticated.inc();
                 HttpError::Unauthorized(refusal.to_string())
             }
             Refusal::Forbidden(_) => {
-                Counters::bump(&counters.refused_forbidden);
+                counters.refused_forbidden.inc();
                 HttpError::Forbidden(refusal.to_string())
             }
         };
@@ -67,7 +67,7 @@ pub(crate) async fn connect(
         error
     })?;
     let slot = app.limits.admit(&tenant, peer.ip()).map_err(|full| {
-        Counters::bump(&app.counters.refused_by_limit);
+        app.metrics.refused_by_limit.inc();
         warn!(tenant = tenant.as_str(), %peer, reason = %full, "connection refused");
         let (reason, retry_after) = (full.to_string(), 5);
         if full.status() == axum::http::StatusCode::SERVICE_UNAVAILABLE {
@@ -84,6 +84,7 @@ pub(crate) async fn connect(
     })?;
     let config = &app.config;
     let conn = app.conn_ids.fetch_add(1, Ordering::Relaxed);
+    app.metrics.connections.inc();
     let response = ws
         .protocols([EXTENSION_SUBPROTOCOL])
         .max_message_size(config.max_frame_bytes)

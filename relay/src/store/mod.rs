@@ -6,6 +6,7 @@
 //! for a whole group commit (dedup, sequence assignment, inserts, `COMMIT`), and sessions read
 //! pages of a log through the [`Store`] (read-only connections beside the writer: WAL).
 
+pub mod admin;
 pub mod pool;
 
 use std::collections::HashMap;

@@ -1,0 +1,538 @@
+//! The admin API, `/admin/v1/…` (docs/openapi.yaml): tenants listed and shown, a log or a
+//! tenant deleted, tokens revoked, a tenant exported and imported. Every call needs an admin
+//! token (the `admin` action, for the tenant concerned or for every tenant, `*`), except on a
+//! relay without access control.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{HttpError, HttpState};
+use crate::auth::revocation::RevocationStore;
+use crate::auth::{unix_now, Refusal};
+use crate::config::TenantId;
+use crate::store::admin::{self as store_admin, Imported, LogState};
+
+pub(crate) fn routes() -> Router<HttpState> {
+    Router::new()
+        .route("/admin/v1/tenants", get(list_tenants))
+        .route(
+            "/admin/v1/tenants/{tenant}",
+            get(show_tenant).delete(delete_tenant),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant}/logs/{public_key}",
+            delete(delete_log),
+        )
+        .route("/admin/v1/tenants/{tenant}/export", get(export_tenant))
+        .route("/admin/v1/tenants/{tenant}/import", post(import_tenant))
+        .route("/admin/v1/revocations", post(revoke))
+}
+
+/// One tenant, as listed.
+#[derive(Debug, Serialize)]
+struct TenantSummary {
+    tenant: String,
+    /// `active` (its database is open) or `hibernated`.
+    state: &'static str,
+    /// The database and its write-ahead log, in bytes.
+    size_bytes: u64,
+    logs: usize,
+    entries: u64,
+    connections: usize,
+    /// The last change to its files (a commit or a checkpoint), milliseconds since the epoch.
+    last_write_unix_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct TenantDetail {
+    #[serde(flatten)]
+    summary: TenantSummary,
+    remote_id: String,
+    log_states: Vec<LogState>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Force {
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ImportOptions {
+    #[serde(default)]
+    replace: bool,
+}
+
+fn refused(refusal: Refusal) -> HttpError {
+    match refusal {
+        Refusal::Unauthenticated(r) => HttpError::Unauthorized(r),
+        Refusal::Forbidden(r) => HttpError::Forbidden(r),
+    }
+}
+
+fn admit(
+    state: &HttpState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    tenant: Option<&TenantId>,
+) -> Result<(), HttpError> {
+    state
+        .auth
+        .admit_admin(headers, query, tenant)
+        .map_err(refused)
+}
+
+fn tenant_id(raw: &str) -> Result<TenantId, HttpError> {
+    TenantId::parse(raw).ok_or_else(|| {
+        HttpError::BadRequest(format!(
+            "invalid tenant {raw:?}: tenant ids are 1-63 characters of [a-z0-9_-], starting \
+             with a letter or digit"
+        ))
+    })
+}
+
+fn internal(e: impl std::fmt::Display) -> HttpError {
+    HttpError::Internal(e.to_string())
+}
+
+/// Runs blocking storage work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, HttpError> + Send + 'static,
+) -> Result<T, HttpError> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)?
+}
+
+fn tenant_path(state: &HttpState, tenant: &TenantId) -> PathBuf {
+    state.app.config.tenant_path(tenant)
+}
+
+/// Sizes and modification time of the database and its WAL.
+fn files_of(path: &FsPath) -> (u64, Option<u64>) {
+    let mut size = 0;
+    let mut modified = None;
+    for suffix in ["", "-wal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        if let Ok(meta) = std::fs::metadata(&p) {
+            size += meta.len();
+            let ms = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            modified = modified.max(ms);
+        }
+    }
+    (size, modified)
+}
+
+fn summarize(state: &HttpState, tenant: &TenantId) -> Result<Option<TenantDetail>, HttpError> {
+    let path = tenant_path(state, tenant);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let (size_bytes, last_write_unix_ms) = files_of(&path);
+    let (remote_id, logs) = store_admin::describe(&path).map_err(internal)?;
+    let app = &state.app;
+    Ok(Some(TenantDetail {
+        summary: TenantSummary {
+            tenant: tenant.as_str().to_owned(),
+            state: if app.registry.is_active(tenant) {
+                "active"
+            } else {
+                "hibernated"
+            },
+            size_bytes,
+            logs: logs.len(),
+            entries: logs.iter().map(|l| l.entries).sum(),
+            connections: app.limits.tenant_connections(tenant),
+            last_write_unix_ms,
+        },
+        remote_id: remote_id.to_string(),
+        log_states: logs,
+    }))
+}
+
+/// `GET /admin/v1/tenants`
+async fn list_tenants(
+    State(state): State<HttpState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    admit(&state, &headers, query.as_deref(), None)?;
+    let st = state.clone();
+    let tenants = blocking(move || {
+        let dir = st.app.config.data.join("tenants");
+        let mut names: Vec<TenantId> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let path = e.path();
+                    (path.extension()? == "sqlite")
+                        .then(|| TenantId::parse(path.file_stem()?.to_str()?))?
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(internal(e)),
+        };
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        let mut out = Vec::with_capacity(names.len());
+        for tenant in names {
+            // A tenant deleted meanwhile is simply not listed.
+            if let Some(detail) = summarize(&st, &tenant)? {
+                out.push(detail.summary);
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "tenants": tenants })))
+}
+
+/// `GET /admin/v1/tenants/{tenant}`
+async fn show_tenant(
+    State(state): State<HttpState>,
+    Path(tenant): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<TenantDetail>, HttpError> {
+    let tenant = tenant_id(&tenant)?;
+    admit(&state, &headers, query.as_deref(), Some(&tenant))?;
+    let st = state.clone();
+    let t = tenant.clone();
+    blocking(move || summarize(&st, &t))
+        .await?
+        .map(Json)
+        .ok_or_else(|| HttpError::NotFound(format!("no tenant {:?}", tenant.as_str())))
+}
+
+/// Holds `tenant`, refuses if it has connections (unless `force`), then closes its sessions
+/// and stops its actor.
+async fn take(
+    state: &HttpState,
+    tenant: &TenantId,
+    force: bool,
+) -> Result<crate::registry::Hold, HttpError> {
+    let app = &state.app;
+    let hold = app
+        .registry
+        .hold(tenant)
+        .map_err(|e| HttpError::Conflict(e.to_string()))?;
+    let connections = app.limits.tenant_connections(tenant);
+    if connections > 0 && !force {
+        return Err(HttpError::Conflict(format!(
+            "tenant {:?} has {connections} open connections; add ?force=true to close them",
+            tenant.as_str()
+        )));
+    }
+    app.registry.evict(&hold).await;
+    Ok(hold)
+}
+
+/// `DELETE /admin/v1/tenants/{tenant}[?force=true]`
+async fn delete_tenant(
+    State(state): State<HttpState>,
+    Path(tenant): Path<String>,
+    Query(Force { force }): Query<Force>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<StatusCode, HttpError> {
+    let tenant = tenant_id(&tenant)?;
+    admit(&state, &headers, query.as_deref(), Some(&tenant))?;
+    let path = tenant_path(&state, &tenant);
+    if !path.exists() {
+        return Err(HttpError::NotFound(format!(
+            "no tenant {:?}",
+            tenant.as_str()
+        )));
+    }
+    let hold = take(&state, &tenant, force).await?;
+    blocking(move || {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(internal(e)),
+            }
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(internal)?;
+        }
+        Ok(())
+    })
+    .await?;
+    state.app.metrics.forget_tenant(tenant.as_str());
+    drop(hold);
+    info!(
+        tenant = tenant.as_str(),
+        force, "tenant deleted by an administrator"
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /admin/v1/tenants/{tenant}/logs/{public_key}[?force=true]`
+async fn delete_log(
+    State(state): State<HttpState>,
+    Path((tenant, public_key)): Path<(String, String)>,
+    Query(Force { force }): Query<Force>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<StatusCode, HttpError> {
+    let tenant = tenant_id(&tenant)?;
+    admit(&state, &headers, query.as_deref(), Some(&tenant))?;
+    let path = tenant_path(&state, &tenant);
+    if !path.exists() {
+        return Err(HttpError::NotFound(format!(
+            "no tenant {:?}",
+            tenant.as_str()
+        )));
+    }
+    let hold = take(&state, &tenant, force).await?;
+    let pk = public_key.clone();
+    let existed = blocking(move || store_admin::delete_log(&path, &pk).map_err(internal)).await?;
+    drop(hold);
+    if !existed {
+        return Err(HttpError::NotFound(format!(
+            "tenant {:?} has no log {public_key:?}",
+            tenant.as_str()
+        )));
+    }
+    info!(tenant = tenant.as_str(), %public_key, force, "log deleted by an administrator");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    /// Revoke one token by its `jti`…
+    jti: Option<String>,
+    /// …or every token of a tenant issued until now.
+    tenant: Option<String>,
+}
+
+/// `POST /admin/v1/revocations` with `{"jti": …}` or `{"tenant": …}`.
+async fn revoke(
+    State(state): State<HttpState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let request: RevokeRequest = serde_json::from_slice(&body).map_err(|e| {
+        HttpError::BadRequest(format!("expected {{\"jti\": …}} or {{\"tenant\": …}}: {e}"))
+    })?;
+    let tenant = match &request.tenant {
+        Some(t) => Some(tenant_id(t)?),
+        None => None,
+    };
+    // Revoking a tenant's tokens needs admin over that tenant; one token by jti, over all.
+    admit(&state, &headers, query.as_deref(), tenant.as_ref())?;
+    let store = RevocationStore::open(&state.app.config.revocations_path())
+        .await
+        .map_err(internal)?;
+    let now = unix_now();
+    let result = match (request.jti, tenant) {
+        (Some(jti), None) => store
+            .revoke(&jti, now)
+            .await
+            .map(|new| serde_json::json!({ "jti": jti, "newly_revoked": new })),
+        (None, Some(tenant)) => store
+            .revoke_tenant(tenant.as_str(), now + 1)
+            .await
+            .map(|()| serde_json::json!({ "tenant": tenant.as_str(), "not_before": now + 1 })),
+        _ => {
+            store.close().await;
+            return Err(HttpError::BadRequest(
+                "give exactly one of jti and tenant".into(),
+            ));
+        }
+    };
+    store.close().await;
+    let result = result.map_err(internal)?;
+    info!(%result, "revoked by an administrator");
+    Ok(Json(result))
+}
+
+/// `GET /admin/v1/tenants/{tenant}/export`: NDJSON, streamed from one read transaction.
+async fn export_tenant(
+    State(state): State<HttpState>,
+    Path(tenant): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let tenant = tenant_id(&tenant)?;
+    admit(&state, &headers, query.as_deref(), Some(&tenant))?;
+    let path = tenant_path(&state, &tenant);
+    if !path.exists() {
+        return Err(HttpError::NotFound(format!(
+            "no tenant {:?}",
+            tenant.as_str()
+        )));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    let name = tenant.as_str().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        if let Err(e) = store_admin::export(&path, &name, &mut out) {
+            warn!(tenant = %name, error = %e, "export failed");
+            // The client sees a cut stream: no end line, so an import refuses it.
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let mut response =
+        Body::from_stream(stream.map(|r| r.map(axum::body::Bytes::from))).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}.wharf.ndjson\"",
+        tenant.as_str()
+    )) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
+}
+
+const CHUNK: usize = 256 * 1024;
+
+/// A `Write` that sends 256 KiB chunks to the response body.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+/// `POST /admin/v1/tenants/{tenant}/import[?replace=true]` with an export as the body.
+async fn import_tenant(
+    State(state): State<HttpState>,
+    Path(tenant): Path<String>,
+    Query(ImportOptions { replace }): Query<ImportOptions>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Imported>), HttpError> {
+    let tenant = tenant_id(&tenant)?;
+    admit(&state, &headers, query.as_deref(), Some(&tenant))?;
+    let path = tenant_path(&state, &tenant);
+    let exists = path.exists();
+    if exists && !replace {
+        return Err(HttpError::Conflict(format!(
+            "tenant {:?} already has data; add ?replace=true to replace it",
+            tenant.as_str()
+        )));
+    }
+    let hold = take(&state, &tenant, replace).await?;
+    // The body arrives on this task; the import reads it on a blocking thread.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<axum::body::Bytes, std::io::Error>>(8);
+    let target = path.clone();
+    let worker = tokio::task::spawn_blocking(move || {
+        let mut input = std::io::BufReader::new(ChannelReader {
+            rx,
+            chunk: axum::body::Bytes::new(),
+        });
+        let staged = target.with_extension("replacing");
+        let imported = store_admin::import(&staged, &mut input)?;
+        replace_files(&staged, &target)?;
+        Ok::<_, store_admin::ImportError>(imported)
+    });
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+        let failed = chunk.is_err();
+        if tx.send(chunk).is_err() || failed {
+            break;
+        }
+    }
+    drop(tx);
+    let imported = worker.await.map_err(internal)?.map_err(|e| match e {
+        store_admin::ImportError::Invalid { .. } => HttpError::BadRequest(e.to_string()),
+        other => HttpError::Internal(other.to_string()),
+    })?;
+    drop(hold);
+    info!(
+        tenant = tenant.as_str(),
+        entries = imported.entries,
+        replace,
+        "tenant imported by an administrator"
+    );
+    Ok((StatusCode::CREATED, Json(imported)))
+}
+
+/// Moves an imported database into place, removing the old one's WAL and shared memory.
+fn replace_files(staged: &FsPath, target: &FsPath) -> Result<(), store_admin::ImportError> {
+    for suffix in ["-wal", "-shm"] {
+        let mut p = target.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    std::fs::rename(staged, target)?;
+    if let Some(dir) = target.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A `Read` over body chunks handed over from the async side.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>,
+    chunk: axum::body::Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.recv() {
+                Ok(chunk) => self.chunk = chunk?,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len());
+        out[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk = self.chunk.slice(n..);
+        Ok(n)
+    }
+}

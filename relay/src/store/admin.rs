@@ -1,0 +1,388 @@
+//! What the admin API and backups need from a tenant database, outside the actor: a
+//! description (`remoteId`, logs), deleting a log, and export and import in the documented
+//! NDJSON format (docs/operations.md). Blocking calls: run them on a blocking thread, and only
+//! while the tenant is held (no actor running) when they write.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use wharf_sqlite::{blocking, Synchronous};
+
+use super::{StoreError, BUSY_TIMEOUT, MIGRATIONS};
+
+/// The export format's name and version (the first line of every export).
+pub const EXPORT_FORMAT: &str = "wharf-export";
+pub const EXPORT_VERSION: u32 = 1;
+
+/// One log of a tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogState {
+    pub public_key: String,
+    pub entries: u64,
+    pub next_sequence: u64,
+}
+
+/// A tenant database's `remoteId` and logs, read from a read-only connection (beside a
+/// running relay, or from a snapshot).
+pub fn describe(path: &Path) -> Result<(Uuid, Vec<LogState>), StoreError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let remote_id: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'remote_id'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let remote_id = remote_id
+        .and_then(|b| Uuid::from_slice(&b).ok())
+        .ok_or_else(|| StoreError::Corrupt("no remote_id".into()))?;
+    let mut stmt = conn.prepare(
+        "SELECT logs.public_key, count(entries.seq), coalesce(max(entries.seq) + 1, 0) \
+         FROM logs LEFT JOIN entries ON entries.log_id = logs.id \
+         GROUP BY logs.id ORDER BY logs.public_key",
+    )?;
+    let logs = stmt
+        .query_map([], |r| {
+            Ok(LogState {
+                public_key: r.get(0)?,
+                entries: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                next_sequence: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((remote_id, logs))
+}
+
+/// Deletes log `public_key` and its entries; whether it existed. The tenant must be held.
+pub fn delete_log(path: &Path, public_key: &str) -> Result<bool, StoreError> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch("PRAGMA synchronous = FULL")?;
+    let tx = conn.transaction()?;
+    let id: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM logs WHERE public_key = ?1",
+            [public_key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(id) = id else { return Ok(false) };
+    tx.execute("DELETE FROM entries WHERE log_id = ?1", [id])?;
+    tx.execute("DELETE FROM logs WHERE id = ?1", [id])?;
+    tx.commit()?;
+    Ok(true)
+}
+
+/// The export's first line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportHeader {
+    pub format: String,
+    pub version: u32,
+    pub tenant: String,
+    pub remote_id: Uuid,
+    pub logs: Vec<LogState>,
+}
+
+/// One entry: a line per entry, in log order then sequence order. Binary fields in base64.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportEntry {
+    pub log: String,
+    pub seq: u64,
+    pub entry_id: String,
+    pub iv: String,
+    pub ciphertext: String,
+}
+
+/// The export's last line: its absence means the export was cut short.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportEnd {
+    pub end: bool,
+    pub entries: u64,
+}
+
+/// Writes the tenant at `path` as NDJSON to `out`, from one read transaction (a consistent
+/// snapshot while the relay serves); how many entries it wrote.
+pub fn export(path: &Path, tenant: &str, out: &mut dyn Write) -> Result<u64, ExportError> {
+    let mut conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(StoreError::from)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(StoreError::from)?;
+    let tx = conn.transaction().map_err(StoreError::from)?;
+    let (remote_id, logs) = describe_in(&tx)?;
+    let header = ExportHeader {
+        format: EXPORT_FORMAT.to_owned(),
+        version: EXPORT_VERSION,
+        tenant: tenant.to_owned(),
+        remote_id,
+        logs,
+    };
+    line(out, &header)?;
+    let mut stmt = tx
+        .prepare(
+            "SELECT logs.public_key, entries.seq, entries.entry_id, entries.iv, \
+             entries.ciphertext FROM entries JOIN logs ON logs.id = entries.log_id \
+             ORDER BY entries.log_id, entries.seq",
+        )
+        .map_err(StoreError::from)?;
+    let mut rows = stmt.query([]).map_err(StoreError::from)?;
+    let mut n = 0u64;
+    while let Some(row) = rows.next().map_err(StoreError::from)? {
+        let seq: i64 = row.get(1).map_err(StoreError::from)?;
+        let entry = ExportEntry {
+            log: row.get(0).map_err(StoreError::from)?,
+            seq: u64::try_from(seq).unwrap_or(0),
+            entry_id: B64.encode(
+                row.get_ref(2)
+                    .map_err(StoreError::from)?
+                    .as_blob()
+                    .unwrap_or_default(),
+            ),
+            iv: B64.encode(
+                row.get_ref(3)
+                    .map_err(StoreError::from)?
+                    .as_blob()
+                    .unwrap_or_default(),
+            ),
+            ciphertext: B64.encode(
+                row.get_ref(4)
+                    .map_err(StoreError::from)?
+                    .as_blob()
+                    .unwrap_or_default(),
+            ),
+        };
+        line(out, &entry)?;
+        n += 1;
+    }
+    line(
+        out,
+        &ExportEnd {
+            end: true,
+            entries: n,
+        },
+    )?;
+    out.flush().map_err(ExportError::Io)?;
+    Ok(n)
+}
+
+fn describe_in(conn: &Connection) -> Result<(Uuid, Vec<LogState>), StoreError> {
+    let raw: Vec<u8> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'remote_id'", [], |r| {
+            r.get(0)
+        })?;
+    let remote_id = Uuid::from_slice(&raw)
+        .map_err(|_| StoreError::Corrupt("remote_id is not 16 bytes".into()))?;
+    let mut stmt = conn.prepare(
+        "SELECT logs.public_key, count(entries.seq), coalesce(max(entries.seq) + 1, 0) \
+         FROM logs LEFT JOIN entries ON entries.log_id = logs.id \
+         GROUP BY logs.id ORDER BY logs.id",
+    )?;
+    let logs = stmt
+        .query_map([], |r| {
+            Ok(LogState {
+                public_key: r.get(0)?,
+                entries: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                next_sequence: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((remote_id, logs))
+}
+
+fn line(out: &mut dyn Write, value: &impl Serialize) -> Result<(), ExportError> {
+    serde_json::to_writer(&mut *out, value).map_err(|e| ExportError::Io(e.into()))?;
+    out.write_all(b"\n").map_err(ExportError::Io)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing the export failed: {0}")]
+    Io(std::io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reading the import failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("line {line}: {reason}")]
+    Invalid { line: u64, reason: String },
+}
+
+/// What an import brought in.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Imported {
+    pub remote_id: Uuid,
+    pub logs: usize,
+    pub entries: u64,
+}
+
+/// Builds a tenant database at `path` from the NDJSON export in `input`, keeping `remoteId`,
+/// entry ids and sequences (the header's tenant name is informational: an export may be
+/// imported under another name). Written to `path` + `.importing` first and renamed into place
+/// only when the whole export was read and checked (its header, dense sequences from 0 per
+/// log, its end line), so a failed import leaves nothing behind. `path` must not exist.
+pub fn import(path: &Path, input: &mut dyn BufRead) -> Result<Imported, ImportError> {
+    let partial = path.with_extension("importing");
+    let _ = std::fs::remove_file(&partial);
+    let result = import_into(&partial, input);
+    match result {
+        Ok(imported) => {
+            std::fs::rename(&partial, path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(imported)
+        }
+        Err(e) => {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = partial.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn import_into(partial: &Path, input: &mut dyn BufRead) -> Result<Imported, ImportError> {
+    let mut lines = input.lines();
+    let mut at = 1u64;
+    let invalid = |line: u64, reason: String| ImportError::Invalid { line, reason };
+    let first = lines
+        .next()
+        .transpose()?
+        .ok_or_else(|| invalid(1, "empty input".into()))?;
+    let header: ExportHeader = serde_json::from_str(&first)
+        .map_err(|e| invalid(1, format!("not an export header: {e}")))?;
+    if header.format != EXPORT_FORMAT || header.version != EXPORT_VERSION {
+        return Err(invalid(
+            1,
+            format!(
+                "format {:?} version {}; this relay reads {EXPORT_FORMAT:?} version {EXPORT_VERSION}",
+                header.format, header.version
+            ),
+        ));
+    }
+    let mut conn = blocking::open_writer(partial, Synchronous::Off, BUSY_TIMEOUT, MIGRATIONS)
+        .map_err(StoreError::from)?;
+    let tx = conn.transaction().map_err(StoreError::from)?;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('remote_id', ?1)",
+        [header.remote_id.as_bytes().as_slice()],
+    )
+    .map_err(StoreError::from)?;
+    let mut ids: std::collections::HashMap<String, (i64, u64)> = std::collections::HashMap::new();
+    for log in &header.logs {
+        tx.execute(
+            "INSERT INTO logs (public_key) VALUES (?1)",
+            [&log.public_key],
+        )
+        .map_err(StoreError::from)?;
+        ids.insert(log.public_key.clone(), (tx.last_insert_rowid(), 0));
+    }
+    let mut entries = 0u64;
+    let mut ended = false;
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO entries (log_id, seq, entry_id, iv, ciphertext) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(StoreError::from)?;
+        while let Some(text) = lines.next().transpose()? {
+            at += 1;
+            let line = at;
+            if text.trim().is_empty() {
+                continue;
+            }
+            if ended {
+                return Err(invalid(line, "data after the end line".into()));
+            }
+            if let Ok(end) = serde_json::from_str::<ExportEnd>(&text) {
+                if !end.end || end.entries != entries {
+                    return Err(invalid(
+                        line,
+                        format!(
+                            "the end line counts {} entries; {entries} were read",
+                            end.entries
+                        ),
+                    ));
+                }
+                ended = true;
+                continue;
+            }
+            let e: ExportEntry = serde_json::from_str(&text)
+                .map_err(|err| invalid(line, format!("not an entry: {err}")))?;
+            let (log_id, expected) = ids
+                .get_mut(&e.log)
+                .ok_or_else(|| invalid(line, format!("log {:?} is not in the header", e.log)))?;
+            if e.seq != *expected {
+                return Err(invalid(
+                    line,
+                    format!(
+                        "log {:?}: sequence {} where {} was due",
+                        e.log, e.seq, expected
+                    ),
+                ));
+            }
+            let blob = |field: &str, value: &str| {
+                B64.decode(value)
+                    .map_err(|err| invalid(line, format!("{field} is not base64: {err}")))
+            };
+            let seq =
+                i64::try_from(e.seq).map_err(|_| invalid(line, "sequence too large".into()))?;
+            insert
+                .execute(params![
+                    *log_id,
+                    seq,
+                    blob("entry_id", &e.entry_id)?,
+                    blob("iv", &e.iv)?,
+                    blob("ciphertext", &e.ciphertext)?
+                ])
+                .map_err(|err| match err {
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        invalid(line, format!("entry id repeated in log {:?}", e.log))
+                    }
+                    other => ImportError::Store(other.into()),
+                })?;
+            *expected += 1;
+            entries += 1;
+        }
+    }
+    if !ended {
+        return Err(invalid(at, "no end line: the export was cut short".into()));
+    }
+    for log in &header.logs {
+        let (_, got) = ids[&log.public_key];
+        if got != log.entries {
+            return Err(invalid(
+                at,
+                format!(
+                    "log {:?}: the header announces {} entries; {got} were read",
+                    log.public_key, log.entries
+                ),
+            ));
+        }
+    }
+    tx.commit().map_err(StoreError::from)?;
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
+        .map_err(StoreError::from)?;
+    let file = conn.path().map(std::path::PathBuf::from);
+    drop(conn);
+    if let Some(file) = file {
+        std::fs::File::open(file)?.sync_all()?;
+    }
+    Ok(Imported {
+        remote_id: header.remote_id,
+        logs: header.logs.len(),
+        entries,
+    })
+}

@@ -88,6 +88,7 @@ const ALL: &[&str] = &[
     "idle",
     "active-tenants",
     "cold-open",
+    "hibernated-tenants",
 ];
 
 /// A Wharf tenant with no connections closes its database after this long.
@@ -109,6 +110,8 @@ fn sizes(smoke: bool, seconds: Option<u64>) -> Sizes {
             idle_connections: 200,
             active_tenants: 40,
             cold_tenants: 5,
+            hibernated_tenants: 40,
+            awake_tenants: 10,
         }
     } else {
         Sizes {
@@ -124,6 +127,8 @@ fn sizes(smoke: bool, seconds: Option<u64>) -> Sizes {
             idle_connections: 10_000,
             active_tenants: 1_000,
             cold_tenants: 50,
+            hibernated_tenants: 1_000,
+            awake_tenants: 100,
         }
     }
 }
@@ -209,7 +214,8 @@ fn main() -> Result<()> {
             for kind in order {
                 let mut kib_per_connection = 0.0;
                 for scenario in &scenarios {
-                    if scenario == "cold-open" && kind != Kind::Wharf {
+                    let wharf_only = ["cold-open", "hibernated-tenants"];
+                    if wharf_only.contains(&scenario.as_str()) && kind != Kind::Wharf {
                         if round == 0 {
                             results.not_applicable.push((
                                 scenario.clone(),
@@ -293,6 +299,10 @@ async fn run(
             scenarios::cold_open(server, z, HIBERNATED_AFTER).await?,
             None,
         ),
+        "hibernated-tenants" => (
+            scenarios::hibernated_tenants(server, z, HIBERNATED_AFTER).await?,
+            None,
+        ),
         other => bail!("unknown scenario {other}"),
     })
 }
@@ -323,7 +333,8 @@ fn write_docs(r: &Results, cli: &Cli, path: &std::path::Path) -> Result<()> {
          - Sizes: 256-byte entries; {secs} s per throughput scenario; {conc} connections for the \
            concurrent scenario; {tenants} tenants and {tw} writers for the tenant scenario; \
            {lock} lockstep and {flat} flat-out subscribers; catch-up of {c0} and {c1} entries; \
-           {idle} idle connections; {active} active tenants; {cold} hibernated tenants\n\
+           {idle} idle connections; {active} active tenants; {cold} hibernated tenants opened cold; \
+           {hib} hibernated tenants beside {awake} active ones\n\
          - Command: `{command}`\n\n\
          {table}\n\
          ![Writes per second](bench/writes.svg)\n\n\
@@ -352,6 +363,8 @@ fn write_docs(r: &Results, cli: &Cli, path: &std::path::Path) -> Result<()> {
         idle = z.idle_connections,
         active = z.active_tenants,
         cold = z.cold_tenants,
+        hib = z.hibernated_tenants,
+        awake = z.awake_tenants,
         command = r.command,
         table = report::table(r),
     );

@@ -213,6 +213,22 @@ const ROWS: &[Row] = &[
         higher_is_better: false,
         target: "≤ 5 ms",
     },
+    Row {
+        scenario: "hibernated-tenants",
+        title: "hibernated tenants: memory each (beside active ones)",
+        figure: "kib_per_hibernated",
+        unit: "KiB",
+        higher_is_better: false,
+        target: "≤ 10 KB (1,000, beside 100 active)",
+    },
+    Row {
+        scenario: "hibernated-tenants",
+        title: "relay memory, 1,000 hibernated + 100 active tenants",
+        figure: "rss_mib",
+        unit: "MiB",
+        higher_is_better: false,
+        target: "",
+    },
 ];
 
 fn fmt_num(v: f64) -> String {
@@ -265,6 +281,7 @@ fn verdict(r: &Results, row: &Row) -> Option<bool> {
         }
         ("active-tenants", "kib_per_tenant") => w <= 100.0,
         ("cold-open", _) => w <= 5.0,
+        ("hibernated-tenants", "kib_per_hibernated") => w <= 10.0 * 1000.0 / 1024.0,
         _ => return None,
     })
 }

@@ -35,6 +35,9 @@ pub struct Sizes {
     pub idle_connections: usize,
     pub active_tenants: usize,
     pub cold_tenants: usize,
+    /// Tenants written once and left to hibernate, and active tenants kept beside them.
+    pub hibernated_tenants: usize,
+    pub awake_tenants: usize,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -400,5 +403,55 @@ pub async fn cold_open(s: &Server, z: &Sizes, hibernate_after: Duration) -> Resu
     let mut f = Figures::new();
     percentiles(&mut f, "cold_hello_", &cold);
     percentiles(&mut f, "warm_hello_", &warm);
+    Ok(f)
+}
+
+/// `hibernated_tenants` tenants written once and left to hibernate, then `awake_tenants`
+/// tenants that stay connected beside them: the relay's memory, what each hibernated tenant
+/// still costs (an upper bound: the allocator may keep freed memory), and each awake one.
+pub async fn hibernated_tenants(
+    s: &Server,
+    z: &Sizes,
+    hibernate_after: Duration,
+) -> Result<Figures> {
+    let pid = s.pid()?;
+    let warm = Conn::connect(&s.url("warm")).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = sys::rss_kib(pid)?;
+    for chunk in (0..z.hibernated_tenants).collect::<Vec<_>>().chunks(64) {
+        try_join_all(chunk.iter().map(|i| async move {
+            let mut c = Conn::connect(&s.url(&format!("sleepy-{i}"))).await?;
+            c.write_acked(LOG, entries(1, 256)).await?;
+            anyhow::Ok(())
+        }))
+        .await?;
+    }
+    // Closed within the idle timeout and a quarter of it; then a moment for trims.
+    tokio::time::sleep(hibernate_after + Duration::from_secs(1)).await;
+    let hibernated = sys::rss_kib(pid)?;
+    let mut awake = Vec::with_capacity(z.awake_tenants);
+    for chunk in (0..z.awake_tenants).collect::<Vec<_>>().chunks(64) {
+        awake.extend(
+            try_join_all(chunk.iter().map(|i| async move {
+                let mut c = Conn::connect(&s.url(&format!("awake-{i}"))).await?;
+                c.write_acked(LOG, entries(1, 256)).await?;
+                anyhow::Ok(c)
+            }))
+            .await?,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = sys::rss_kib(pid)?;
+    let mut f = Figures::new();
+    f.insert(
+        "kib_per_hibernated".into(),
+        hibernated.saturating_sub(before) as f64 / z.hibernated_tenants.max(1) as f64,
+    );
+    f.insert(
+        "kib_per_awake_with_connection".into(),
+        after.saturating_sub(hibernated) as f64 / z.awake_tenants.max(1) as f64,
+    );
+    f.insert("rss_mib".into(), after as f64 / 1024.0);
+    drop((warm, awake));
     Ok(f)
 }

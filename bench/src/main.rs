@@ -110,7 +110,7 @@ fn sizes(smoke: bool, seconds: Option<u64>) -> Sizes {
             idle_connections: 200,
             active_tenants: 40,
             cold_tenants: 5,
-            hibernated_tenants: 40,
+            hibernated_tenants: 20,
             awake_tenants: 10,
         }
     } else {

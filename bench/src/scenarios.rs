@@ -406,29 +406,36 @@ pub async fn cold_open(s: &Server, z: &Sizes, hibernate_after: Duration) -> Resu
     Ok(f)
 }
 
-/// `hibernated_tenants` tenants written once and left to hibernate, then `awake_tenants`
-/// tenants that stay connected beside them: the relay's memory, what each hibernated tenant
-/// still costs (an upper bound: the allocator may keep freed memory), and each awake one.
-pub async fn hibernated_tenants(
-    s: &Server,
-    z: &Sizes,
-    hibernate_after: Duration,
-) -> Result<Figures> {
+/// `hibernated_tenants` tenants written once and left to hibernate, in waves of a tenth of
+/// them (so no more than a wave is open at once), then `awake_tenants` tenants that stay
+/// connected beside them. What a hibernated tenant costs is the slope between the first and
+/// the second half of the waves: memory the allocator kept from the first wave's open
+/// databases, reused by later ones, is not a cost of each hibernated tenant.
+pub async fn hibernated_tenants(s: &Server, z: &Sizes, hibernate_after: Duration) -> Result<Figures> {
     let pid = s.pid()?;
     let warm = Conn::connect(&s.url("warm")).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = sys::rss_kib(pid)?;
-    for chunk in (0..z.hibernated_tenants).collect::<Vec<_>>().chunks(64) {
-        try_join_all(chunk.iter().map(|i| async move {
+    let n = z.hibernated_tenants.max(2);
+    let wave = (n / 10).max(1);
+    let mut half = None;
+    let mut done = 0;
+    while done < n {
+        let upto = (done + wave).min(n);
+        try_join_all((done..upto).map(|i| async move {
             let mut c = Conn::connect(&s.url(&format!("sleepy-{i}"))).await?;
             c.write_acked(LOG, entries(1, 256)).await?;
             anyhow::Ok(())
         }))
         .await?;
+        // Closed within the idle timeout and a quarter of it.
+        tokio::time::sleep(hibernate_after).await;
+        done = upto;
+        if half.is_none() && done >= n / 2 {
+            half = Some((done, sys::rss_kib(pid)?));
+        }
     }
-    // Closed within the idle timeout and a quarter of it; then a moment for trims.
-    tokio::time::sleep(hibernate_after + Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let hibernated = sys::rss_kib(pid)?;
+    let (half_n, half_rss) = half.unwrap_or((0, hibernated));
     let mut awake = Vec::with_capacity(z.awake_tenants);
     for chunk in (0..z.awake_tenants).collect::<Vec<_>>().chunks(64) {
         awake.extend(
@@ -445,8 +452,9 @@ pub async fn hibernated_tenants(
     let mut f = Figures::new();
     f.insert(
         "kib_per_hibernated".into(),
-        hibernated.saturating_sub(before) as f64 / z.hibernated_tenants.max(1) as f64,
+        hibernated.saturating_sub(half_rss) as f64 / (n - half_n).max(1) as f64,
     );
+    f.insert("rss_mib_hibernated".into(), hibernated as f64 / 1024.0);
     f.insert(
         "kib_per_awake_with_connection".into(),
         after.saturating_sub(hibernated) as f64 / z.awake_tenants.max(1) as f64,

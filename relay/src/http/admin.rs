@@ -7,7 +7,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -22,7 +22,7 @@ use crate::auth::{unix_now, Refusal};
 use crate::config::TenantId;
 use crate::store::admin::{self as store_admin, Imported, LogState};
 
-pub(crate) fn routes() -> Router<HttpState> {
+pub(crate) fn routes(state: HttpState) -> Router<HttpState> {
     Router::new()
         .route("/admin/v1/tenants", get(list_tenants))
         .route(
@@ -36,6 +36,27 @@ pub(crate) fn routes() -> Router<HttpState> {
         .route("/admin/v1/tenants/{tenant}/export", get(export_tenant))
         .route("/admin/v1/tenants/{tenant}/import", post(import_tenant))
         .route("/admin/v1/revocations", post(revoke))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            loopback_unless_tokens,
+        ))
+}
+
+/// Without access control, the admin API answers loopback clients only: a relay exposed with
+/// `--insecure-no-auth` must not let the network delete its tenants.
+async fn loopback_unless_tokens(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !peer_allowed(state.auth.requires_tokens(), peer.ip()) {
+        return HttpError::Forbidden(
+            "this relay has no access control; its admin API answers loopback clients only".into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// One tenant, as listed.
@@ -161,6 +182,11 @@ fn summarize(state: &HttpState, tenant: &TenantId) -> Result<Option<TenantDetail
         remote_id: remote_id.to_string(),
         log_states: logs,
     }))
+}
+
+/// Whether a client at `ip` may use the admin API (its token is checked next, if any).
+fn peer_allowed(requires_tokens: bool, ip: std::net::IpAddr) -> bool {
+    requires_tokens || ip.to_canonical().is_loopback()
 }
 
 /// `GET /admin/v1/tenants`
@@ -534,5 +560,22 @@ impl std::io::Read for ChannelReader {
         out[..n].copy_from_slice(&self.chunk[..n]);
         self.chunk = self.chunk.slice(n..);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_allowed;
+
+    #[test]
+    fn without_tokens_only_loopback_clients_administer() {
+        let ip = |s: &str| s.parse().expect("ip");
+        for local in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(peer_allowed(false, ip(local)), "{local}");
+        }
+        for remote in ["10.0.0.5", "192.168.1.2", "2001:db8::1", "::ffff:10.0.0.5"] {
+            assert!(!peer_allowed(false, ip(remote)), "{remote}");
+            assert!(peer_allowed(true, ip(remote)), "tokens decide for {remote}");
+        }
     }
 }

@@ -107,7 +107,7 @@ pub(crate) fn router(state: HttpState, with_metrics: bool) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/t/{tenant}", get(ws::connect))
-        .merge(admin::routes())
+        .merge(admin::routes(state.clone()))
         .merge(viewer);
     let router = if with_metrics {
         router.route("/metrics", get(health::metrics))
@@ -121,7 +121,7 @@ pub(crate) fn router(state: HttpState, with_metrics: bool) -> Router {
 /// the admin API (a private address, plain HTTP, for operators and scrapers).
 pub(crate) fn metrics_router(state: HttpState) -> Router {
     Router::new()
-        .merge(admin::routes())
+        .merge(admin::routes(state.clone()))
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -411,7 +411,11 @@ pub async fn cold_open(s: &Server, z: &Sizes, hibernate_after: Duration) -> Resu
 /// connected beside them. What a hibernated tenant costs is the slope between the first and
 /// the second half of the waves: memory the allocator kept from the first wave's open
 /// databases, reused by later ones, is not a cost of each hibernated tenant.
-pub async fn hibernated_tenants(s: &Server, z: &Sizes, hibernate_after: Duration) -> Result<Figures> {
+pub async fn hibernated_tenants(
+    s: &Server,
+    z: &Sizes,
+    hibernate_after: Duration,
+) -> Result<Figures> {
     let pid = s.pid()?;
     let warm = Conn::connect(&s.url("warm")).await?;
     let n = z.hibernated_tenants.max(2);

@@ -489,7 +489,7 @@ async fn import_tenant(
     }
     let hold = take(&state, &tenant, replace).await?;
     // The body arrives on this task; the import reads it on a blocking thread.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<axum::body::Bytes, std::io::Error>>(8);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(8);
     let target = path.clone();
     let worker = tokio::task::spawn_blocking(move || {
         let mut input = std::io::BufReader::new(ChannelReader {
@@ -505,14 +505,20 @@ async fn import_tenant(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
         let failed = chunk.is_err();
-        if tx.send(chunk).is_err() || failed {
+        if failed || tx.send(chunk).await.is_err() {
+            // The import gave up (its reason is below). Read the rest of the upload, so the
+            // client gets to read the answer instead of a reset connection.
+            while stream.next().await.is_some() {}
             break;
         }
     }
     drop(tx);
-    let imported = worker.await.map_err(internal)?.map_err(|e| match e {
-        store_admin::ImportError::Invalid { .. } => HttpError::BadRequest(e.to_string()),
-        other => HttpError::Internal(other.to_string()),
+    let imported = worker.await.map_err(internal)?.map_err(|e| {
+        warn!(tenant = tenant.as_str(), error = %e, "import failed; nothing changed");
+        match e {
+            store_admin::ImportError::Invalid { .. } => HttpError::BadRequest(e.to_string()),
+            other => HttpError::Internal(other.to_string()),
+        }
     })?;
     drop(hold);
     info!(
@@ -544,16 +550,16 @@ fn replace_files(staged: &FsPath, target: &FsPath) -> Result<(), store_admin::Im
 
 /// A `Read` over body chunks handed over from the async side.
 struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>,
+    rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>,
     chunk: axum::body::Bytes,
 }
 
 impl std::io::Read for ChannelReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.chunk.is_empty() {
-            match self.rx.recv() {
-                Ok(chunk) => self.chunk = chunk?,
-                Err(_) => return Ok(0),
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk?,
+                None => return Ok(0),
             }
         }
         let n = out.len().min(self.chunk.len());

@@ -76,6 +76,8 @@ test("the viewer decrypts both suites live, shows locked rows, and reconnects by
   })
   // First visit: the page makes its x25519 key pair and shows the public key.
   await page.goto(`${relay.http}/viewer`)
+  // The key appears once the wasm module has loaded (a placeholder shows until then).
+  await page.waitForFunction(() => /^[A-Za-z0-9_-]{43}$/.test((document.querySelector("#pubkey")?.textContent ?? "").trim()))
   const publicKey = (await page.locator("#pubkey").textContent()).trim()
   assert.match(publicKey, /^[A-Za-z0-9_-]{43}$/)
   assert.equal(await page.locator("#relay").inputValue(), relay.base, "prefilled from the page's origin")
@@ -159,6 +161,7 @@ test("jump to a sequence and scroll back through history with a bounded window",
   // A window of 200 rows: only the newest 200 of 600 are fetched and kept.
   await page.evaluate(() => localStorage.setItem("wharf.viewer.window", "200"))
   await page.reload()
+  await page.waitForFunction(() => /^[A-Za-z0-9_-]{43}$/.test((document.querySelector("#pubkey")?.textContent ?? "").trim()))
   const publicKey = (await page.locator("#pubkey").textContent()).trim()
   const grant = JSON.parse(await wharf(["grant", "--json", "-i", join(dir, "history.id"), "--to", publicKey])).grant
   await page.goto(`${relay.http}/viewer/#${new URLSearchParams({ tenant, grant, token: viewerToken })}`)

@@ -172,6 +172,7 @@ impl Sender {
         self.send(&ClientMsg::RequestChanges {
             public_key: public_key.to_owned(),
             start_sequence,
+            snapshot: false,
         })
         .await
     }

@@ -10,6 +10,8 @@
 //!   reference client, and a bounded [`Reassembler`] for the other direction.
 //! - [`entry`]: [`Entry`], the plaintext of one event, encoded exactly as Effect encodes it.
 //! - [`crypto`]: identities (native and Effect), the two entry suites, and key grants.
+//! - [`snapshot`]: the plaintext of a log snapshot (entries compacted by event and primary key)
+//!   and its encryption under the log's key.
 //! - [`payload`]: an event payload (msgpack) to and from JSON, for tools and the viewer.
 //! - [`number`]: [`JsNumber`], a JavaScript number as msgpackr writes and reads it.
 //! - `msgpack` (private): the frame walker and the primitive writers.
@@ -25,6 +27,7 @@ pub mod message;
 mod msgpack;
 pub mod number;
 pub mod payload;
+pub mod snapshot;
 
 pub use chunk::{split_into_chunks, ChunkError, Reassembler, ReassemblerLimits, CHUNK_SIZE};
 pub use codec::{frames, Frames, Inbound, InboundError, Incoming};
@@ -35,8 +38,10 @@ pub use crypto::{
 pub use entry::{Entry, EntryError};
 pub use message::{
     Chunk, ClientMsg, DecodeError, EncryptedEntry, ErrorCode, RelayMsg, RemoteEntry, WriteEntries,
+    WriteSnapshot,
 };
 pub use number::JsNumber;
+pub use snapshot::{SnapshotContent, SnapshotEntry, SnapshotError};
 
 /// The WebSocket subprotocol a client offers to opt in to the Wharf extension messages
 /// ([`RelayMsg::Error`], [`RelayMsg::CaughtUp`]). A plain v3 client offers none and never

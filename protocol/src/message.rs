@@ -27,7 +27,13 @@ pub enum ClientMsg {
     RequestChanges {
         public_key: String,
         start_sequence: u64,
+        /// Extension (`snapshot: true` on the wire, written only when set): start from the
+        /// log's newest snapshot when it covers `start_sequence`, then the entries after it.
+        snapshot: bool,
     },
+    /// Extension: an encrypted snapshot of a log's state covering every entry up to and
+    /// including `sequence`. Answered by [`RelayMsg::SnapshotAck`] once durable.
+    WriteSnapshot(WriteSnapshot),
     StopChanges {
         public_key: String,
     },
@@ -45,6 +51,19 @@ pub struct WriteEntries {
     pub id: JsNumber,
     pub iv: Bytes,
     pub entries: Vec<EncryptedEntry>,
+}
+
+/// An encrypted snapshot of one log (extension). The relay stores it as it is and never
+/// interprets `iv` or `data`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteSnapshot {
+    pub public_key: String,
+    /// Echoed by the [`RelayMsg::SnapshotAck`].
+    pub id: JsNumber,
+    /// The last sequence the snapshot covers; the log must have reached it.
+    pub sequence: u64,
+    pub iv: Bytes,
+    pub data: Bytes,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +118,25 @@ pub enum RelayMsg {
         public_key: String,
         next_sequence: u64,
     },
+    /// Extension: the snapshot of `public_key` was stored durably.
+    SnapshotAck {
+        id: JsNumber,
+        sequence: u64,
+    },
+    /// Extension: the log's newest snapshot, covering every entry up to and including
+    /// `sequence`; the entries that follow start after it.
+    Snapshot {
+        public_key: String,
+        sequence: u64,
+        iv: Bytes,
+        data: Bytes,
+    },
+    /// Extension: the log's history below `first_sequence` was deleted by a retention policy;
+    /// the entries that follow start there.
+    HistoryStarts {
+        public_key: String,
+        first_sequence: u64,
+    },
 }
 
 /// A stored entry as the relay returns it.
@@ -136,6 +174,11 @@ pub enum ErrorCode {
     Unauthorized,
     /// The connection's token does not allow this message (action or log out of scope).
     Forbidden,
+    /// The write would take the tenant over a quota (stored bytes or logs); nothing stored
+    /// was touched.
+    QuotaExceeded,
+    /// A snapshot was refused: it names a sequence the log has not reached, or it is too large.
+    SnapshotRefused,
     Other(String),
 }
 
@@ -149,6 +192,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::SnapshotRefused => "snapshot_refused",
             ErrorCode::Other(s) => s,
         }
     }
@@ -162,6 +207,8 @@ impl ErrorCode {
             "shutting_down" => ErrorCode::ShuttingDown,
             "unauthorized" => ErrorCode::Unauthorized,
             "forbidden" => ErrorCode::Forbidden,
+            "quota_exceeded" => ErrorCode::QuotaExceeded,
+            "snapshot_refused" => ErrorCode::SnapshotRefused,
             other => ErrorCode::Other(other.to_owned()),
         }
     }
@@ -227,13 +274,33 @@ impl ClientMsg {
             ClientMsg::RequestChanges {
                 public_key,
                 start_sequence,
+                snapshot,
             } => {
-                write_map(&mut b, 3);
+                write_map(&mut b, if *snapshot { 4 } else { 3 });
                 write_key(&mut b, "publicKey");
                 write_str(&mut b, public_key);
                 write_key(&mut b, "startSequence");
                 write_u64(&mut b, *start_sequence);
+                if *snapshot {
+                    write_key(&mut b, "snapshot");
+                    b.push(0xc3);
+                }
                 write_tag(&mut b, "RequestChanges");
+            }
+            ClientMsg::WriteSnapshot(w) => {
+                b.reserve(w.data.len() + w.public_key.len() + 64);
+                write_map(&mut b, 6);
+                write_key(&mut b, "publicKey");
+                write_str(&mut b, &w.public_key);
+                write_key(&mut b, "id");
+                write_number(&mut b, w.id.0);
+                write_key(&mut b, "sequence");
+                write_u64(&mut b, w.sequence);
+                write_key(&mut b, "iv");
+                write_bin(&mut b, &w.iv);
+                write_key(&mut b, "data");
+                write_bin(&mut b, &w.data);
+                write_tag(&mut b, "WriteSnapshot");
             }
             ClientMsg::StopChanges { public_key } => {
                 write_map(&mut b, 2);
@@ -304,6 +371,43 @@ impl RelayMsg {
                 public_key,
                 next_sequence,
             } => write_position(&mut b, public_key, *next_sequence, "Head"),
+            RelayMsg::SnapshotAck { id, sequence } => {
+                write_map(&mut b, 3);
+                write_key(&mut b, "id");
+                write_number(&mut b, id.0);
+                write_key(&mut b, "sequence");
+                write_u64(&mut b, *sequence);
+                write_tag(&mut b, "SnapshotAck");
+            }
+            RelayMsg::Snapshot {
+                public_key,
+                sequence,
+                iv,
+                data,
+            } => {
+                b.reserve(data.len() + public_key.len() + 48);
+                write_map(&mut b, 5);
+                write_key(&mut b, "publicKey");
+                write_str(&mut b, public_key);
+                write_key(&mut b, "sequence");
+                write_u64(&mut b, *sequence);
+                write_key(&mut b, "iv");
+                write_bin(&mut b, iv);
+                write_key(&mut b, "data");
+                write_bin(&mut b, data);
+                write_tag(&mut b, "Snapshot");
+            }
+            RelayMsg::HistoryStarts {
+                public_key,
+                first_sequence,
+            } => {
+                write_map(&mut b, 3);
+                write_key(&mut b, "publicKey");
+                write_str(&mut b, public_key);
+                write_key(&mut b, "firstSequence");
+                write_u64(&mut b, *first_sequence);
+                write_tag(&mut b, "HistoryStarts");
+            }
         }
         b
     }
@@ -319,6 +423,9 @@ impl RelayMsg {
             RelayMsg::Error { .. } => "Error",
             RelayMsg::CaughtUp { .. } => "CaughtUp",
             RelayMsg::Head { .. } => "Head",
+            RelayMsg::SnapshotAck { .. } => "SnapshotAck",
+            RelayMsg::Snapshot { .. } => "Snapshot",
+            RelayMsg::HistoryStarts { .. } => "HistoryStarts",
         }
     }
 
@@ -327,7 +434,12 @@ impl RelayMsg {
     pub fn is_extension(&self) -> bool {
         matches!(
             self,
-            RelayMsg::Error { .. } | RelayMsg::CaughtUp { .. } | RelayMsg::Head { .. }
+            RelayMsg::Error { .. }
+                | RelayMsg::CaughtUp { .. }
+                | RelayMsg::Head { .. }
+                | RelayMsg::SnapshotAck { .. }
+                | RelayMsg::Snapshot { .. }
+                | RelayMsg::HistoryStarts { .. }
         )
     }
 }
@@ -436,6 +548,46 @@ struct WireRequestChanges<'a> {
     public_key: Str<'a>,
     #[serde(rename = "startSequence")]
     start_sequence: JsNumber,
+    /// Extension; absent from every v3 client's messages.
+    #[serde(default)]
+    snapshot: Option<bool>,
+}
+
+#[derive(DeriveDeserialize)]
+struct WireWriteSnapshot<'a> {
+    #[serde(rename = "publicKey", borrow)]
+    public_key: Str<'a>,
+    id: JsNumber,
+    sequence: JsNumber,
+    #[serde(borrow)]
+    iv: Bin<'a>,
+    #[serde(borrow)]
+    data: Bin<'a>,
+}
+
+#[derive(DeriveDeserialize)]
+struct WireSnapshotAck {
+    id: JsNumber,
+    sequence: JsNumber,
+}
+
+#[derive(DeriveDeserialize)]
+struct WireSnapshot<'a> {
+    #[serde(rename = "publicKey", borrow)]
+    public_key: Str<'a>,
+    sequence: JsNumber,
+    #[serde(borrow)]
+    iv: Bin<'a>,
+    #[serde(borrow)]
+    data: Bin<'a>,
+}
+
+#[derive(DeriveDeserialize)]
+struct WireHistoryStarts<'a> {
+    #[serde(rename = "publicKey", borrow)]
+    public_key: Str<'a>,
+    #[serde(rename = "firstSequence")]
+    first_sequence: JsNumber,
 }
 
 #[derive(DeriveDeserialize)]
@@ -589,7 +741,19 @@ impl ClientMsg {
                 ClientMsg::RequestChanges {
                     public_key: w.public_key.0.to_owned(),
                     start_sequence: start_sequence(w.start_sequence),
+                    snapshot: w.snapshot.unwrap_or(false),
                 }
+            }
+            "WriteSnapshot" => {
+                const TAG: &str = "WriteSnapshot";
+                let w: WireWriteSnapshot<'_> = parse(TAG, frame)?;
+                ClientMsg::WriteSnapshot(WriteSnapshot {
+                    public_key: w.public_key.0.to_owned(),
+                    id: w.id,
+                    sequence: sequence(TAG, w.sequence)?,
+                    iv: share(frame, w.iv),
+                    data: share(frame, w.data),
+                })
             }
             "StopChanges" => {
                 let w: WirePublicKey<'_> = parse("StopChanges", frame)?;
@@ -685,6 +849,29 @@ impl RelayMsg {
                 RelayMsg::Head {
                     public_key: w.public_key.0.to_owned(),
                     next_sequence: sequence("Head", w.next_sequence)?,
+                }
+            }
+            "SnapshotAck" => {
+                let w: WireSnapshotAck = parse("SnapshotAck", frame)?;
+                RelayMsg::SnapshotAck {
+                    id: w.id,
+                    sequence: sequence("SnapshotAck", w.sequence)?,
+                }
+            }
+            "Snapshot" => {
+                let w: WireSnapshot<'_> = parse("Snapshot", frame)?;
+                RelayMsg::Snapshot {
+                    public_key: w.public_key.0.to_owned(),
+                    sequence: sequence("Snapshot", w.sequence)?,
+                    iv: share(frame, w.iv),
+                    data: share(frame, w.data),
+                }
+            }
+            "HistoryStarts" => {
+                let w: WireHistoryStarts<'_> = parse("HistoryStarts", frame)?;
+                RelayMsg::HistoryStarts {
+                    public_key: w.public_key.0.to_owned(),
+                    first_sequence: sequence("HistoryStarts", w.first_sequence)?,
                 }
             }
             other => return Err(DecodeError::UnknownTag(other.to_owned())),

@@ -126,6 +126,7 @@ fn client_messages(g: &Value) -> Vec<(&'static str, ClientMsg)> {
             ClientMsg::RequestChanges {
                 public_key: public_key(g),
                 start_sequence: 0,
+                snapshot: false,
             },
         ),
         (
@@ -133,6 +134,7 @@ fn client_messages(g: &Value) -> Vec<(&'static str, ClientMsg)> {
             ClientMsg::RequestChanges {
                 public_key: public_key(g),
                 start_sequence: 42,
+                snapshot: false,
             },
         ),
         (
@@ -425,7 +427,8 @@ fn start_sequence_is_read_like_the_reference() {
             ClientMsg::decode(&frame).expect("decode"),
             ClientMsg::RequestChanges {
                 public_key: "pk".into(),
-                start_sequence: want
+                start_sequence: want,
+                snapshot: false,
             }
         );
     }

@@ -59,6 +59,7 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
             ClientMsg::RequestChanges {
                 public_key,
                 start_sequence,
+                snapshot: false,
             }
         }),
         ".{0,40}".prop_map(|public_key| ClientMsg::StopChanges { public_key }),

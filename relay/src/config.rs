@@ -10,6 +10,8 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use wharf_protocol::ReassemblerLimits;
 
+use crate::policy::{Effective, Quota, Retention, TenantSettings, TenantTables, WebhooksConfig};
+
 /// How the relay writes its logs (to stderr).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -108,6 +110,24 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Connection and rate limits ([`LimitsConfig`]).
     pub limits: LimitsConfig,
+    /// How often each open tenant applies its retention policy (off the write path, in
+    /// bounded steps). A tenant also applies it when it opens.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// The retention policy of every tenant ([`Retention`]); `[tenants.<id>]` overrides it.
+    pub retention: Retention,
+    /// Every tenant's quota ([`Quota`]); `[tenants.<id>]` overrides it.
+    pub quota: Quota,
+    /// Snapshots kept per log (the newest).
+    pub snapshots_per_log: usize,
+    /// Largest snapshot accepted, in bytes (it travels as one message: at most
+    /// `max_message_bytes`).
+    pub max_snapshot_bytes: usize,
+    /// How webhook notifications are delivered ([`WebhooksConfig`]).
+    pub webhooks: WebhooksConfig,
+    /// Per-tenant overrides: `[tenants.acme.retention]`, `[tenants.acme.quota]`,
+    /// `[[tenants.acme.webhooks]]`.
+    pub tenants: TenantTables,
 }
 
 /// The `[tls]` section: with `cert` and `key`, the relay serves `wss://` and `https://` itself.
@@ -289,6 +309,13 @@ impl Default for Config {
             header_read_timeout: Duration::from_secs(10),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            retention_interval: Duration::from_secs(60),
+            retention: Retention::default(),
+            quota: Quota::default(),
+            snapshots_per_log: 2,
+            max_snapshot_bytes: 32 * 1024 * 1024,
+            webhooks: WebhooksConfig::default(),
+            tenants: TenantTables::default(),
         }
     }
 }
@@ -347,10 +374,26 @@ impl Config {
             ("tls.reload_poll", self.tls.reload_poll),
             ("auth.revocation_poll", self.auth.revocation_poll),
             ("checkpoint_interval", self.checkpoint_interval),
+            ("retention_interval", self.retention_interval),
+            ("webhooks.timeout", self.webhooks.timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Invalid(format!("{name} must be more than 0")));
             }
+        }
+        let global = self.global_settings();
+        global
+            .validate(&self.webhooks)
+            .map_err(ConfigError::Invalid)?;
+        for (tenant, settings) in &self.tenants {
+            if TenantId::parse(tenant).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "[tenants.{tenant}]: not a tenant id ([a-z0-9][a-z0-9_-]{{0,62}})"
+                )));
+            }
+            settings
+                .validate(&self.webhooks)
+                .map_err(|e| ConfigError::Invalid(format!("[tenants.{tenant}]: {e}")))?;
         }
         Ok(self)
     }
@@ -404,6 +447,25 @@ impl Config {
     /// The revocation list.
     pub fn revocations_path(&self) -> PathBuf {
         self.data.join("auth").join("revocations.sqlite")
+    }
+
+    /// The relay-wide layer of every tenant's settings.
+    pub fn global_settings(&self) -> TenantSettings {
+        TenantSettings {
+            retention: self.retention.clone(),
+            quota: self.quota.clone(),
+            webhooks: None,
+        }
+    }
+
+    /// A tenant's settings with the relay's and the config file's layers applied, and
+    /// `stored` (what an administrator set through the admin API) on top.
+    pub fn effective(&self, tenant: &TenantId, stored: Option<&TenantSettings>) -> Effective {
+        Effective::resolve(
+            &self.global_settings(),
+            self.tenants.get(tenant.as_str()),
+            stored,
+        )
     }
 
     pub(crate) fn tenant_path(&self, tenant: &TenantId) -> PathBuf {

@@ -21,6 +21,9 @@
 //! - `store`: the SQLite schema and queries (rusqlite, on a bounded pool of storage threads).
 //! - `live`: the `Committed` event a tenant publishes after each durable commit, and the live
 //!   tail of each log, one of its consumers.
+//! - [`policy`]: per-tenant retention, quotas and webhooks, layered from the config file and
+//!   the admin API.
+//! - `webhook`: Standard Webhooks signing, the link-local guard, and delivery.
 //! - [`config`]: every setting, from defaults, TOML, `WHARF_*` and flags.
 //! - [`tls`]: rustls for `wss://` and `https://`, with certificate reload.
 //!
@@ -34,12 +37,14 @@ mod http;
 pub mod limits;
 mod live;
 pub mod metrics;
+pub mod policy;
 mod registry;
 pub mod server;
 mod session;
 mod store;
 mod tenant;
 pub mod tls;
+mod webhook;
 
 pub use config::{Config, Durability, TenantId};
 pub use server::{serve, Relay, ServeError};

@@ -77,6 +77,16 @@ pub struct Metrics {
     /// previous certificate stayed in use).
     pub tls_reloads: IntCounter,
     pub tls_reload_failures: IntCounter,
+    /// Writes and snapshots refused because the tenant is at a quota.
+    pub quota_refusals: IntCounter,
+    /// Snapshots stored.
+    pub snapshots_written: IntCounter,
+    /// Entries deleted by retention policies.
+    pub retention_deleted: IntCounter,
+    /// Webhook delivery attempts, by outcome (`delivered`, `failed`, `given_up`).
+    pub webhook_deliveries: IntCounterVec,
+    /// One webhook delivery attempt, answer included.
+    pub webhook_latency: Histogram,
     /// The same iv-reuse count per tenant, for the admin API (never a metric label).
     iv_reuse: DashMap<String, u64>,
 }
@@ -208,6 +218,25 @@ impl Metrics {
             iv_reuse_total: counter(
                 "iv_reuse_total",
                 "Writes whose 12-byte AES-GCM iv was reused (see SECURITY.md).",
+            )?,
+            quota_refusals: counter(
+                "quota_refusals_total",
+                "Writes and snapshots refused because the tenant is at a quota.",
+            )?,
+            snapshots_written: counter("snapshots_written_total", "Log snapshots stored.")?,
+            retention_deleted: counter(
+                "retention_deleted_entries_total",
+                "Entries deleted by retention policies.",
+            )?,
+            webhook_deliveries: vec(
+                "webhook_deliveries_total",
+                "Webhook delivery attempts, by outcome (delivered, failed, given_up).",
+                "outcome",
+            )?,
+            webhook_latency: histogram(
+                "webhook_delivery_seconds",
+                "One webhook delivery attempt, the endpoint's answer included.",
+                vec![0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
             )?,
             tls_reloads: tls.with_label_values(&["ok"]),
             tls_reload_failures: tls.with_label_values(&["failed"]),

@@ -83,6 +83,7 @@ impl Registry {
                     self.0.pool.clone(),
                     &self.0.actors,
                     vec![Box::new(CommitMetrics(self.0.metrics.clone()))],
+                    self.0.metrics.clone(),
                     retire,
                 )
             })

@@ -122,6 +122,7 @@ impl Relay {
             None => None,
         };
         info!(%addr, tls = tls.is_some(), data = %config.data.display(), durability = ?config.durability, "relay listening");
+        tokio::spawn(resume_webhooks(app.clone()));
         let stop = token.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -144,6 +145,32 @@ impl Relay {
         app.registry.shutdown().await;
         info!("relay stopped");
         result
+    }
+}
+
+/// Opens every tenant that has webhook endpoints (their mark in `data/webhooks/`), so what
+/// their outboxes held before a restart is delivered without waiting for a client. Each
+/// tenant closes again once idle and delivered.
+async fn resume_webhooks(app: Arc<App>) {
+    let dir = app.config.data.join("webhooks");
+    let names: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect(),
+        Err(_) => return,
+    };
+    for name in names {
+        let Some(tenant) = crate::config::TenantId::parse(&name) else {
+            continue;
+        };
+        if !app.config.tenant_path(&tenant).exists() {
+            let _ = std::fs::remove_file(dir.join(&name));
+            continue;
+        }
+        if let Err(e) = app.registry.attach(&tenant).await {
+            warn!(tenant = %name, error = %e, "cannot open tenant to resume webhook delivery");
+        }
     }
 }
 

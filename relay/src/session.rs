@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use wharf_protocol::message::encode_changes;
 use wharf_protocol::{
     ClientMsg, ErrorCode, Inbound, InboundError, JsNumber, RelayMsg, RemoteEntry, WriteEntries,
+    WriteSnapshot,
 };
 
 use crate::app::App;
@@ -31,7 +32,7 @@ use crate::config::TenantId;
 use crate::limits::{Slot, Throttle};
 use crate::live::{LiveBatch, TailRead};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{SnapshotRefusal, Store, StoredSnapshot};
 use crate::tenant::{Acked, ConnId, Subscribed, TenantError, TenantHandle};
 
 /// WebSocket close codes the relay uses. Never 1000: a v3 client treats it as "done for good".
@@ -91,6 +92,25 @@ impl Violation {
         Self::new(close_code::POLICY_VIOLATION, code, refusal.to_string())
     }
 
+    /// A write or snapshot the tenant refused, or a failure.
+    fn tenant(e: TenantError) -> Self {
+        match &e {
+            TenantError::Quota(why) => Self::new(
+                close_code::POLICY_VIOLATION,
+                ErrorCode::QuotaExceeded,
+                why.clone(),
+            ),
+            TenantError::Snapshot(refusal) => {
+                let code = match refusal {
+                    SnapshotRefusal::Quota(_) => ErrorCode::QuotaExceeded,
+                    SnapshotRefusal::NotReached { .. } => ErrorCode::SnapshotRefused,
+                };
+                Self::new(close_code::POLICY_VIOLATION, code, refusal.to_string())
+            }
+            _ => Self::internal(&e),
+        }
+    }
+
     fn internal(e: &TenantError) -> Self {
         Self::new(
             close_code::INTERNAL_ERROR,
@@ -109,9 +129,14 @@ impl Drop for SubscriptionTask {
     }
 }
 
-/// A write's id, when it arrived, and its outcome once the tenant has it.
-type PendingAck =
-    futures_util::future::BoxFuture<'static, (JsNumber, Instant, Result<Acked, TenantError>)>;
+/// A write's (or snapshot's) id, when it arrived, and its outcome once the tenant has it.
+type PendingAck = futures_util::future::BoxFuture<'static, (JsNumber, Instant, Done)>;
+
+/// What the tenant did with a write or a snapshot.
+enum Done {
+    Write(Result<Acked, TenantError>),
+    Snapshot(Result<u64, TenantError>),
+}
 
 /// Everything a session starts from, decided before the upgrade.
 #[derive(Debug)]
@@ -364,8 +389,20 @@ impl Session {
         &mut self,
         id: JsNumber,
         arrived: Instant,
-        result: Result<Acked, TenantError>,
+        done: Done,
     ) -> Result<(), Violation> {
+        let result = match done {
+            Done::Write(result) => result,
+            Done::Snapshot(Ok(sequence)) => {
+                let ack = RelayMsg::SnapshotAck { id, sequence };
+                let _ = self
+                    .control
+                    .send(Out::Frame(Bytes::from(ack.encode())))
+                    .await;
+                return Ok(());
+            }
+            Done::Snapshot(Err(e)) => return Err(Violation::tenant(e)),
+        };
         match result {
             Ok(acked) => {
                 self.app.metrics.observe_ack(arrived.elapsed());
@@ -390,7 +427,7 @@ impl Session {
                     e.to_string(),
                 ))
             }
-            Err(e) => Err(Violation::internal(&e)),
+            Err(e) => Err(Violation::tenant(e)),
         }
     }
 
@@ -440,9 +477,11 @@ impl Session {
                     .await;
             }
             ClientMsg::WriteEntries(w) => self.on_write(w).await?,
+            ClientMsg::WriteSnapshot(w) => self.on_snapshot(w).await?,
             ClientMsg::RequestChanges {
                 public_key,
                 start_sequence,
+                snapshot,
             } => {
                 self.check_public_key(&public_key)?;
                 debug!(%public_key, start_sequence, "subscribe");
@@ -464,9 +503,11 @@ impl Session {
                     app: self.app.clone(),
                 };
                 let handle = self.handle.clone();
-                let task = tokio::spawn(tracing::Instrument::in_current_span(
-                    feed.run(handle, start_sequence),
-                ));
+                let task = tokio::spawn(tracing::Instrument::in_current_span(feed.run(
+                    handle,
+                    start_sequence,
+                    snapshot,
+                )));
                 // Replacing an entry drops (and so aborts) the previous subscription.
                 self.subscriptions
                     .insert(public_key, SubscriptionTask(task));
@@ -513,6 +554,47 @@ impl Session {
         Ok(())
     }
 
+    async fn on_snapshot(&mut self, w: WriteSnapshot) -> Result<(), Violation> {
+        self.check_public_key(&w.public_key)?;
+        let max = self.app.config.max_snapshot_bytes;
+        if w.data.len() > max {
+            return Err(Violation::new(
+                close_code::POLICY_VIOLATION,
+                ErrorCode::SnapshotRefused,
+                format!("snapshot is {} bytes; the limit is {max}", w.data.len()),
+            ));
+        }
+        if w.iv.len() > self.app.config.max_entry_id_bytes {
+            return Err(Violation::limit(format!(
+                "a snapshot iv is longer than {} bytes",
+                self.app.config.max_entry_id_bytes
+            )));
+        }
+        self.throttle.charge_write();
+        let id = w.id;
+        let arrived = Instant::now();
+        let reply = self
+            .handle
+            .snapshot(
+                w.public_key,
+                StoredSnapshot {
+                    sequence: w.sequence,
+                    iv: w.iv,
+                    data: w.data,
+                },
+            )
+            .await
+            .map_err(|e| Violation::internal(&e))?;
+        self.pending.push_back(
+            async move {
+                let result = reply.await.unwrap_or(Err(TenantError::Closed));
+                (id, arrived, Done::Snapshot(result))
+            }
+            .boxed(),
+        );
+        Ok(())
+    }
+
     async fn on_write(&mut self, w: WriteEntries) -> Result<(), Violation> {
         let config = &self.app.config;
         self.check_public_key(&w.public_key)?;
@@ -545,7 +627,7 @@ impl Session {
             };
             let arrived = Instant::now();
             self.pending
-                .push_back(async move { (id, arrived, Ok(acked)) }.boxed());
+                .push_back(async move { (id, arrived, Done::Write(Ok(acked))) }.boxed());
             return Ok(());
         }
         let arrived = Instant::now();
@@ -557,7 +639,7 @@ impl Session {
         self.pending.push_back(
             async move {
                 let result = reply.await.unwrap_or(Err(TenantError::Closed));
-                (id, arrived, result)
+                (id, arrived, Done::Write(result))
             }
             .boxed(),
         );
@@ -578,8 +660,8 @@ struct Feed {
 }
 
 impl Feed {
-    async fn run(self, handle: TenantHandle, start: u64) {
-        if let Err(Some(e)) = self.run_inner(handle, start).await {
+    async fn run(self, handle: TenantHandle, start: u64, snapshot: bool) {
+        if let Err(Some(e)) = self.run_inner(handle, start, snapshot).await {
             warn!(error = %e, public_key = %self.public_key, "subscription failed");
             let v = Violation::internal(&e);
             if self.extension {
@@ -590,7 +672,12 @@ impl Feed {
     }
 
     /// `Err(None)`: the connection went away; `Err(Some(e))`: storage failed.
-    async fn run_inner(&self, handle: TenantHandle, start: u64) -> Result<(), Option<TenantError>> {
+    async fn run_inner(
+        &self,
+        handle: TenantHandle,
+        start: u64,
+        snapshot: bool,
+    ) -> Result<(), Option<TenantError>> {
         let Subscribed {
             live,
             mut changes,
@@ -605,6 +692,36 @@ impl Feed {
                 next_sequence,
             };
             self.send(Out::Frame(Bytes::from(msg.encode()))).await?;
+        }
+        // History deleted by retention: a `wharf.v1` reader gets the newest snapshot (when it
+        // asked for one, or when what it asked for is gone) and is told where history starts;
+        // a v3 reader gets what remains.
+        let mut start = start;
+        if self.extension {
+            let (first, newest) = self
+                .store
+                .history(&self.public_key)
+                .await
+                .map_err(|e| Some(TenantError::from(e)))?;
+            if let Some(snap) = newest.filter(|s| {
+                s.sequence >= start && s.sequence < next_sequence && (snapshot || start < first)
+            }) {
+                let msg = RelayMsg::Snapshot {
+                    public_key: self.public_key.clone(),
+                    sequence: snap.sequence,
+                    iv: snap.iv,
+                    data: snap.data,
+                };
+                let id = JsNumber::from(self.app.chunk_ids.fetch_add(1, Ordering::Relaxed));
+                let frames: Arc<[Bytes]> =
+                    wharf_protocol::frames(Bytes::from(msg.encode()), id).collect();
+                self.send(Out::Frames(frames)).await?;
+                start = snap.sequence + 1;
+            }
+            if start < first {
+                self.history_starts(first).await?;
+                start = first;
+            }
         }
         // Everything below `next_sequence` is in storage; everything from it on is in the tail.
         let mut cursor = self.catch_up(start, next_sequence).await?;
@@ -645,9 +762,18 @@ impl Feed {
         }
     }
 
-    /// Sends stored entries with `from <= sequence < to` and returns where it stopped. The first
-    /// page is small, so the first entries leave quickly; later pages are read while the
-    /// previous one is being sent.
+    async fn history_starts(&self, first: u64) -> Result<(), Option<TenantError>> {
+        let msg = RelayMsg::HistoryStarts {
+            public_key: self.public_key.clone(),
+            first_sequence: first,
+        };
+        self.send(Out::Frame(Bytes::from(msg.encode()))).await
+    }
+
+    /// Sends stored entries with `from <= sequence < to` and returns `to`: every entry below it
+    /// was sent, or deleted by retention meanwhile (a `wharf.v1` reader is told where the
+    /// history it missed ends). The first page is small, so the first entries leave quickly;
+    /// later pages are read while the previous one is being sent.
     async fn catch_up(&self, from: u64, to: u64) -> Result<u64, Option<TenantError>> {
         let per_message = self.app.config.changes_max_entries.max(1);
         let (first_page, page) = ((per_message / 4).max(1), per_message * 4);
@@ -662,6 +788,13 @@ impl Feed {
         }
         let (mut entries, mut limit) = (read(from, first_page).await?, first_page);
         let mut from = from;
+        if self.extension {
+            let first = entries.first().map_or(to, |e| e.sequence);
+            if first > from {
+                // Deleted between the subscription's start and this read.
+                self.history_starts(first).await?;
+            }
+        }
         while let Some(last) = entries.last() {
             from = last.sequence + 1;
             let more = entries.len() == limit && from < to;
@@ -675,7 +808,7 @@ impl Feed {
             sent?;
             (entries, limit) = (next?, page);
         }
-        Ok(from)
+        Ok(to.max(from))
     }
 
     async fn send_live(&self, batch: &LiveBatch, cursor: u64) -> Result<(), Option<TenantError>> {

@@ -21,7 +21,13 @@ use wharf_protocol::{EncryptedEntry, RemoteEntry};
 
 use crate::config::{Config, TenantId};
 use crate::live::{CommitConsumer, Committed, LiveBatch, LiveLog, LiveTails};
-use crate::store::{Outcome, Store, StoreError, StorePool, WriteReq, Writer};
+use crate::metrics::Metrics;
+use crate::policy::{Effective, TenantSettings};
+use crate::store::{
+    OutboxRow, Outcome, RetainReport, SnapshotRefusal, Store, StoreError, StorePool,
+    StoredSnapshot, WriteReq, Writer,
+};
+use crate::webhook::{Endpoint, Notification};
 
 /// Identifies one WebSocket connection, to keep a writer's own entries out of its live feed.
 pub type ConnId = u64;
@@ -38,6 +44,13 @@ pub enum TenantError {
         "write refused: its AES-GCM iv is already used in this log (nonce reuse; strict_iv is on)"
     )]
     IvRefused,
+    /// Nothing was stored: the write would take the tenant over a quota.
+    #[error("{0}")]
+    Quota(String),
+    #[error("{0}")]
+    Snapshot(SnapshotRefusal),
+    #[error("invalid settings: {0}")]
+    Settings(String),
 }
 
 impl From<StoreError> for TenantError {
@@ -75,8 +88,33 @@ pub struct Acked {
     pub iv_reused: bool,
 }
 
+/// A tenant's settings as stored by an administrator, and with every layer applied.
+#[derive(Debug, Clone)]
+pub struct SettingsView {
+    pub stored: Option<TenantSettings>,
+    pub effective: Effective,
+}
+
 enum Msg {
     Attach(oneshot::Sender<Result<Attached, TenantError>>),
+    Snapshot {
+        public_key: String,
+        snapshot: StoredSnapshot,
+        reply: oneshot::Sender<Result<u64, TenantError>>,
+    },
+    /// Applies the retention policy to the end now (admin API).
+    Retain(oneshot::Sender<Result<RetainReport, TenantError>>),
+    /// Reads the settings, or replaces the stored ones (`Some(None)` removes them).
+    Settings {
+        set: Option<Option<TenantSettings>>,
+        reply: oneshot::Sender<Result<SettingsView, TenantError>>,
+    },
+    /// The webhook sender tried a notification; the reply says the outbox was updated.
+    Delivered {
+        row: OutboxRow,
+        ok: bool,
+        reply: oneshot::Sender<()>,
+    },
     Subscribe {
         public_key: String,
         reply: oneshot::Sender<Result<Subscribed, TenantError>>,
@@ -148,6 +186,47 @@ impl TenantHandle {
         Ok(rx)
     }
 
+    /// Stores a snapshot; resolves with its sequence once durable.
+    pub async fn snapshot(
+        &self,
+        public_key: String,
+        snapshot: StoredSnapshot,
+    ) -> Result<oneshot::Receiver<Result<u64, TenantError>>, TenantError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Snapshot {
+                public_key,
+                snapshot,
+                reply,
+            })
+            .await
+            .map_err(|_| TenantError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Applies the retention policy now, to the end.
+    pub async fn retain(&self) -> Result<RetainReport, TenantError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Retain(reply))
+            .await
+            .map_err(|_| TenantError::Closed)?;
+        rx.await.map_err(|_| TenantError::Closed)?
+    }
+
+    /// Reads the tenant's settings, or replaces what an administrator stored.
+    pub async fn settings(
+        &self,
+        set: Option<Option<TenantSettings>>,
+    ) -> Result<SettingsView, TenantError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Settings { set, reply })
+            .await
+            .map_err(|_| TenantError::Closed)?;
+        rx.await.map_err(|_| TenantError::Closed)?
+    }
+
     /// Asks the actor to finish what is queued and close its database.
     pub async fn stop(&self) {
         let _ = self.tx.send(Msg::Stop).await;
@@ -184,6 +263,14 @@ pub(crate) struct TenantActor {
     /// look (see [`spawn_checkpointer`]).
     wal: Arc<WalGrowth>,
     last_commit: Option<Instant>,
+    metrics: Arc<Metrics>,
+    /// What an administrator stored, and every layer applied.
+    stored: Option<TenantSettings>,
+    effective: Effective,
+    /// The webhook sender, while the tenant has endpoints.
+    sender: Option<SenderHandle>,
+    /// The actor's own queue, for the webhook sender (weak: it does not keep the actor up).
+    self_tx: mpsc::WeakSender<Msg>,
 }
 
 /// The database as the actor holds it: the reading side it hands to sessions, and the writer,
@@ -212,6 +299,7 @@ impl TenantActor {
     /// Starts an actor. Synchronous on purpose: the registry calls it inside
     /// `DashMap::entry().or_insert_with`, so two first connections can never start two actors.
     /// The database is opened by the actor itself.
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         tenant: TenantId,
         actor_id: u64,
@@ -219,6 +307,7 @@ impl TenantActor {
         pool: StorePool,
         tracker: &TaskTracker,
         consumers: Vec<Box<dyn CommitConsumer>>,
+        metrics: Arc<Metrics>,
         retire: Retire,
     ) -> TenantHandle {
         let (tx, rx) = mpsc::channel(1024);
@@ -238,6 +327,11 @@ impl TenantActor {
             lease: Arc::new(()),
             wal: Arc::new(WalGrowth::default()),
             last_commit: None,
+            metrics,
+            stored: None,
+            effective: Effective::default(),
+            sender: None,
+            self_tx: tx.downgrade(),
         };
         tracker.spawn(actor.run().instrument(span));
         TenantHandle {
@@ -275,7 +369,14 @@ impl TenantActor {
             store,
             writer: Some(writer),
         };
+        if let Err(e) = self.load_settings(&mut db).await {
+            warn!(error = %e, "the tenant's stored settings are unreadable; using the config file's");
+            self.apply_settings(&db, None);
+        }
         self.serve(&mut db).await;
+        if let Some(sender) = self.sender.take() {
+            sender.task.abort();
+        }
         checkpointer.abort();
         if let Some(writer) = db.writer.take() {
             db.store.close(writer).await;
@@ -288,6 +389,9 @@ impl TenantActor {
         let mut idle_since: Option<Instant> = Some(Instant::now());
         // When to give back memory after the last commit (see `Store::trim`).
         let mut trim_at: Option<Instant> = None;
+        // Retention runs when the tenant opens, then every `retention_interval` (sooner while
+        // a run stopped at its step budget).
+        let mut retain_at: Option<Instant> = Some(Instant::now());
         let mut batch: Vec<Msg> = Vec::new();
         loop {
             // Wake up to check idleness at most every quarter of the timeout.
@@ -302,8 +406,15 @@ impl TenantActor {
                     }
                     continue;
                 }
+                () = sleep_until(retain_at) => {
+                    retain_at = Some(match self.retain_step(db).await {
+                        Ok(true) => Instant::now(),
+                        _ => Instant::now() + self.config.retention_interval,
+                    });
+                    continue;
+                }
                 () = tokio::time::sleep(tick) => {
-                    if Arc::strong_count(&self.lease) > 1 {
+                    if Arc::strong_count(&self.lease) > 1 || !self.outbox_drained() {
                         idle_since = None;
                     } else if let Some(since) = idle_since {
                         if since.elapsed() >= idle_timeout {
@@ -348,6 +459,32 @@ impl TenantActor {
                         let _ = reply.send(r);
                     }
                     Msg::Stop => stop = true,
+                    Msg::Snapshot {
+                        public_key,
+                        snapshot,
+                        reply,
+                    } => {
+                        let r = self.write_snapshot(db, public_key, snapshot).await;
+                        let _ = reply.send(r);
+                    }
+                    Msg::Retain(reply) => {
+                        let r = self.retain_all(db).await;
+                        let _ = reply.send(r);
+                    }
+                    Msg::Settings { set, reply } => {
+                        let r = match set {
+                            Some(stored) => self.store_settings(db, stored).await,
+                            None => Ok(()),
+                        };
+                        let _ = reply.send(r.map(|()| SettingsView {
+                            stored: self.stored.clone(),
+                            effective: self.effective.clone(),
+                        }));
+                    }
+                    Msg::Delivered { row, ok, reply } => {
+                        self.delivered(db, row, ok).await;
+                        let _ = reply.send(());
+                    }
                 }
             }
             if !writes.is_empty() {
@@ -411,7 +548,9 @@ impl TenantActor {
             .into_iter()
             .map(|w| (w.req, (w.origin, w.reply)))
             .unzip();
-        let strict = self.config.strict_iv;
+        let rules = self
+            .effective
+            .commit_rules(self.config.strict_iv, crate::policy::now_ms());
         // A tenant that commits rarely gives back the writer's page cache right after the
         // commit (memory per idle tenant); one that commits often keeps it (speed).
         let now = Instant::now();
@@ -422,7 +561,7 @@ impl TenantActor {
         let started = std::time::Instant::now();
         let result = db
             .job(move |w| {
-                let outcomes = w.commit(&reqs, strict);
+                let outcomes = w.commit(&reqs, &rules);
                 if sparse {
                     w.release_memory();
                 }
@@ -447,6 +586,11 @@ impl TenantActor {
                 } => (sequences, new, iv_reused),
                 Outcome::IvRefused => {
                     let _ = reply.send(Err(TenantError::IvRefused));
+                    continue;
+                }
+                Outcome::OverQuota(why) => {
+                    self.metrics.quota_refusals.inc();
+                    let _ = reply.send(Err(TenantError::Quota(why)));
                     continue;
                 }
             };
@@ -488,6 +632,12 @@ impl TenantActor {
             .bytes
             .fetch_add((bytes + 64 * entries) as u64, Ordering::Relaxed);
         self.wal.commits.fetch_add(1, Ordering::Relaxed);
+        if entries > 0 {
+            if let Some(sender) = &self.sender {
+                sender.enqueued.fetch_add(1, Ordering::Relaxed);
+                sender.wake.notify_one();
+            }
+        }
         let event = Committed {
             writes,
             entries,
@@ -501,6 +651,198 @@ impl TenantActor {
         self.live.committed(&event);
         for consumer in &mut self.consumers {
             consumer.committed(&event);
+        }
+    }
+
+    /// Reads what an administrator stored and applies every layer.
+    async fn load_settings(&mut self, db: &mut Db) -> Result<(), TenantError> {
+        let raw = db.job(|w| w.settings()).await?;
+        let stored = match raw {
+            None => None,
+            Some(json) => Some(
+                serde_json::from_str::<TenantSettings>(&json)
+                    .map_err(|e| TenantError::Settings(e.to_string()))?,
+            ),
+        };
+        self.apply_settings(db, stored);
+        Ok(())
+    }
+
+    /// Makes `stored` current: the effective settings, the webhook sender, and the marker
+    /// that restarts delivery after a relay restart.
+    fn apply_settings(&mut self, db: &Db, stored: Option<TenantSettings>) {
+        self.effective = self.config.effective(&self.tenant, stored.as_ref());
+        self.stored = stored;
+        if let Some(sender) = self.sender.take() {
+            sender.task.abort();
+        }
+        let marker = webhook_marker(&self.config, &self.tenant);
+        let endpoints: Vec<Endpoint> = self
+            .effective
+            .webhooks
+            .iter()
+            .filter_map(|hook| match Endpoint::parse(hook, &self.config.webhooks) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    warn!(error = %e, "webhook endpoint skipped");
+                    None
+                }
+            })
+            .collect();
+        if endpoints.is_empty() {
+            let _ = std::fs::remove_file(&marker);
+            return;
+        }
+        if let Some(dir) = marker.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = std::fs::write(&marker, b"") {
+            warn!(error = %e, "cannot mark the tenant for webhook delivery after a restart");
+        }
+        self.sender = Some(spawn_sender(
+            self.tenant.clone(),
+            db.store.clone(),
+            endpoints,
+            self.config.clone(),
+            self.metrics.clone(),
+            self.self_tx.clone(),
+        ));
+    }
+
+    async fn store_settings(
+        &mut self,
+        db: &mut Db,
+        stored: Option<TenantSettings>,
+    ) -> Result<(), TenantError> {
+        if let Some(s) = &stored {
+            s.validate(&self.config.webhooks)
+                .map_err(TenantError::Settings)?;
+        }
+        let json = match &stored {
+            Some(s) => {
+                Some(serde_json::to_string(s).map_err(|e| TenantError::Settings(e.to_string()))?)
+            }
+            None => None,
+        };
+        let endpoints: Vec<String> = self
+            .config
+            .effective(&self.tenant, stored.as_ref())
+            .webhooks
+            .iter()
+            .map(|w| w.url.clone())
+            .collect();
+        db.job(move |w| {
+            w.set_settings(json.as_deref())?;
+            w.outbox_retain_endpoints(&endpoints)?;
+            Ok(())
+        })
+        .await?;
+        self.apply_settings(db, stored);
+        Ok(())
+    }
+
+    async fn write_snapshot(
+        &mut self,
+        db: &mut Db,
+        public_key: String,
+        snapshot: StoredSnapshot,
+    ) -> Result<u64, TenantError> {
+        let sequence = snapshot.sequence;
+        let keep = self.config.snapshots_per_log;
+        let rules = self.effective.commit_rules(false, crate::policy::now_ms());
+        db.job(move |w| w.write_snapshot(&public_key, &snapshot, keep, &rules))
+            .await?
+            .map_err(TenantError::Snapshot)?;
+        self.metrics.snapshots_written.inc();
+        Ok(sequence)
+    }
+
+    /// One bounded retention step; whether more remains.
+    async fn retain_step(&mut self, db: &mut Db) -> Result<bool, TenantError> {
+        let limits = self.effective.retention;
+        if limits.is_off() {
+            return Ok(false);
+        }
+        let report = db
+            .job(move |w| w.retain(&limits, crate::policy::now_ms(), RETAIN_STEP))
+            .await
+            .inspect_err(|e| warn!(error = %e, "retention failed; it runs again later"))?;
+        if report.entries_deleted > 0 {
+            self.metrics
+                .retention_deleted
+                .inc_by(report.entries_deleted);
+            info!(
+                entries = report.entries_deleted,
+                bytes = report.bytes_deleted,
+                "retention deleted history"
+            );
+            // The pages freed by the vacuum leave the file at the next checkpoint.
+            self.wal
+                .bytes
+                .fetch_add(CHECKPOINT_BYTES, Ordering::Relaxed);
+        }
+        Ok(report.more)
+    }
+
+    /// Retention to the end, for the admin API.
+    async fn retain_all(&mut self, db: &mut Db) -> Result<RetainReport, TenantError> {
+        let limits = self.effective.retention;
+        let mut total = RetainReport::default();
+        loop {
+            let step = db
+                .job(move |w| w.retain(&limits, crate::policy::now_ms(), RETAIN_STEP))
+                .await?;
+            total.entries_deleted += step.entries_deleted;
+            total.bytes_deleted += step.bytes_deleted;
+            for (log, first) in step.truncated {
+                total.truncated.retain(|(l, _)| *l != log);
+                total.truncated.push((log, first));
+            }
+            if !step.more {
+                break;
+            }
+        }
+        self.metrics.retention_deleted.inc_by(total.entries_deleted);
+        if total.entries_deleted > 0 {
+            db.store.checkpoint().await?;
+        }
+        Ok(total)
+    }
+
+    /// Whether the webhook outbox is known to be empty (an idle tenant with notifications
+    /// left stays open to deliver them).
+    fn outbox_drained(&self) -> bool {
+        self.sender
+            .as_ref()
+            .is_none_or(|s| s.drained.load(Ordering::Relaxed) == s.enqueued.load(Ordering::Relaxed))
+    }
+
+    async fn delivered(&mut self, db: &mut Db, row: OutboxRow, ok: bool) {
+        let now = crate::policy::now_ms();
+        let hooks = &self.config.webhooks;
+        let result = if ok {
+            self.metrics
+                .webhook_deliveries
+                .with_label_values(&["delivered"])
+                .inc();
+            db.job(move |w| w.outbox_delivered(&row, now)).await
+        } else {
+            let give_up = row.attempts + 1 >= hooks.max_attempts.max(1);
+            let outcome = if give_up { "given_up" } else { "failed" };
+            self.metrics
+                .webhook_deliveries
+                .with_label_values(&[outcome])
+                .inc();
+            if give_up {
+                warn!(endpoint = %row.endpoint, public_key = %row.public_key, attempts = row.attempts + 1,
+                      "webhook notification given up");
+            }
+            let delay = i64::try_from(hooks.backoff(row.attempts).as_millis()).unwrap_or(i64::MAX);
+            db.job(move |w| w.outbox_failed(&row, now.saturating_add(delay), give_up))
+                .await
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "cannot update the webhook outbox");
         }
     }
 
@@ -540,6 +882,18 @@ fn fail(msg: Msg, err: TenantError) {
         }
         Msg::Write(w) => {
             let _ = w.reply.send(Err(err));
+        }
+        Msg::Snapshot { reply, .. } => {
+            let _ = reply.send(Err(err));
+        }
+        Msg::Retain(reply) => {
+            let _ = reply.send(Err(err));
+        }
+        Msg::Settings { reply, .. } => {
+            let _ = reply.send(Err(err));
+        }
+        Msg::Delivered { reply, .. } => {
+            let _ = reply.send(());
         }
         Msg::Stop => {}
     }
@@ -598,4 +952,140 @@ fn spawn_checkpointer(
         }
         .in_current_span(),
     )
+}
+
+/// Entries one retention step deletes at most, so writes queued meanwhile wait little.
+const RETAIN_STEP: u64 = 20_000;
+
+/// Where a tenant with webhook endpoints leaves a mark, so a restarted relay opens it and
+/// delivers what its outbox holds.
+pub(crate) fn webhook_marker(config: &Config, tenant: &TenantId) -> std::path::PathBuf {
+    config.data.join("webhooks").join(tenant.as_str())
+}
+
+/// The webhook sender of one open tenant.
+struct SenderHandle {
+    task: tokio::task::JoinHandle<()>,
+    wake: Arc<tokio::sync::Notify>,
+    /// Commits that enqueued notifications, and the count the sender last saw fully
+    /// delivered: equal means the outbox is empty.
+    enqueued: Arc<AtomicU64>,
+    drained: Arc<AtomicU64>,
+}
+
+fn spawn_sender(
+    tenant: TenantId,
+    store: Store,
+    endpoints: Vec<Endpoint>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    actor: mpsc::WeakSender<Msg>,
+) -> SenderHandle {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    // Whatever a previous run left in the outbox counts as enqueued.
+    let enqueued = Arc::new(AtomicU64::new(1));
+    let drained = Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn(
+        send_loop(
+            tenant,
+            store,
+            endpoints,
+            config,
+            metrics,
+            actor,
+            wake.clone(),
+            enqueued.clone(),
+            drained.clone(),
+        )
+        .in_current_span(),
+    );
+    SenderHandle {
+        task,
+        wake,
+        enqueued,
+        drained,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_loop(
+    tenant: TenantId,
+    store: Store,
+    endpoints: Vec<Endpoint>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    actor: mpsc::WeakSender<Msg>,
+    wake: Arc<tokio::sync::Notify>,
+    enqueued: Arc<AtomicU64>,
+    drained: Arc<AtomicU64>,
+) {
+    let tls = crate::webhook::tls_config();
+    loop {
+        let seen = enqueued.load(Ordering::Relaxed);
+        let now = crate::policy::now_ms();
+        let (rows, next_due) = match store.outbox_due(now, 64).await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "cannot read the webhook outbox");
+                (Vec::new(), Some(now + 1000))
+            }
+        };
+        if rows.is_empty() && next_due.is_none() {
+            drained.store(seen, Ordering::Relaxed);
+        }
+        for row in rows {
+            let ok = match endpoints.iter().find(|e| e.url() == row.endpoint) {
+                Some(endpoint) => {
+                    let body = serde_json::to_vec(&Notification {
+                        tenant: tenant.as_str(),
+                        public_key: &row.public_key,
+                        from_sequence: row.from_seq,
+                        to_sequence: row.to_seq,
+                        count: row.count,
+                    })
+                    .unwrap_or_default();
+                    let id = crate::webhook::message_id(tenant.as_str(), &row);
+                    let timestamp = crate::policy::now_ms() / 1000;
+                    let started = std::time::Instant::now();
+                    let r = endpoint
+                        .post(
+                            &id,
+                            timestamp,
+                            Bytes::from(body),
+                            config.webhooks.timeout,
+                            &tls,
+                        )
+                        .await;
+                    metrics
+                        .webhook_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    if let Err(e) = &r {
+                        debug!(endpoint = %row.endpoint, error = %e, attempt = row.attempts + 1, "webhook delivery failed");
+                    }
+                    r.is_ok()
+                }
+                // An endpoint removed since: the actor drops the row for good.
+                None => false,
+            };
+            let Some(actor) = actor.upgrade() else { return };
+            let (reply, done) = oneshot::channel();
+            if actor.send(Msg::Delivered { row, ok, reply }).await.is_err() {
+                return;
+            }
+            drop(actor);
+            let _ = done.await;
+        }
+        let wait = next_due
+            .map(|due| {
+                Duration::from_millis(u64::try_from(due - crate::policy::now_ms()).unwrap_or(0))
+            })
+            .unwrap_or(Duration::from_secs(3600));
+        if enqueued.load(Ordering::Relaxed) != seen {
+            continue;
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
 }

@@ -25,6 +25,12 @@ pub fn open_writer(
     }
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(busy_timeout)?;
+    // A new database gives freed pages back to the file system on `PRAGMA incremental_vacuum`
+    // (it can only be chosen before the first table exists).
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    if pages == 0 {
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")?;
+    }
     // journal_mode answers with the mode in force.
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
     conn.execute_batch(&format!(

@@ -383,6 +383,7 @@ impl Client {
         self.send(&ClientMsg::RequestChanges {
             public_key: public_key.to_owned(),
             start_sequence,
+            snapshot: false,
         })
         .await
     }

@@ -77,6 +77,7 @@ fn cases() -> Vec<(&'static str, Bad, u16)> {
             Bad::Messages(vec![ClientMsg::RequestChanges {
                 public_key: "k".repeat(300),
                 start_sequence: 0,
+                snapshot: false,
             }]),
             1008,
         ),

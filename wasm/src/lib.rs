@@ -289,6 +289,7 @@ pub fn encode_request_changes(public_key: &str, start_sequence: f64) -> Uint8Arr
     let msg = ClientMsg::RequestChanges {
         public_key: public_key.to_owned(),
         start_sequence: start_sequence.max(0.0) as u64,
+        snapshot: false,
     };
     Uint8Array::from(msg.encode().as_slice())
 }

@@ -706,6 +706,7 @@ async fn tail_once(
     conn.send(&ClientMsg::RequestChanges {
         public_key: key.log().to_owned(),
         start_sequence: *next,
+        snapshot: false,
     })
     .await?;
     let bar = progress_bar(0, "catching up");
@@ -800,6 +801,7 @@ async fn status(out: &Output, args: &LogArgs) -> Result<ExitCode> {
         conn.send(&ClientMsg::RequestChanges {
             public_key: log.clone(),
             start_sequence: u64::from(u32::MAX),
+            snapshot: false,
         })
         .await?;
         let mut head = None;

@@ -310,6 +310,8 @@ impl Grant {
             // Effect v3 clients send an empty write when they connect: it touches nothing.
             ClientMsg::WriteEntries(w) if w.entries.is_empty() => return Ok(()),
             ClientMsg::WriteEntries(w) => (Action::Write, scope.write, &w.public_key),
+            // Publishing a snapshot is a write: it lets retention drop the history it covers.
+            ClientMsg::WriteSnapshot(w) => (Action::Write, scope.write, &w.public_key),
             ClientMsg::RequestChanges { public_key, .. } => (Action::Read, scope.read, public_key),
             ClientMsg::StopChanges { .. } | ClientMsg::Chunked(_) | ClientMsg::Ping { .. } => {
                 return Ok(())

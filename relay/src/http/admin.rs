@@ -35,6 +35,11 @@ pub(crate) fn routes(state: HttpState) -> Router<HttpState> {
         )
         .route("/admin/v1/tenants/{tenant}/export", get(export_tenant))
         .route("/admin/v1/tenants/{tenant}/import", post(import_tenant))
+        .route(
+            "/admin/v1/tenants/{tenant}/settings",
+            get(get_settings).put(put_settings).delete(delete_settings),
+        )
+        .route("/admin/v1/tenants/{tenant}/retention", post(run_retention))
         .route("/admin/v1/revocations", post(revoke))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
@@ -242,6 +247,159 @@ async fn show_tenant(
         .ok_or_else(|| HttpError::NotFound(format!("no tenant {:?}", tenant.as_str())))
 }
 
+/// The tenant's database file, or 404 when the tenant does not exist.
+fn existing_tenant(state: &HttpState, tenant: &TenantId) -> Result<std::path::PathBuf, HttpError> {
+    let path = tenant_path(state, tenant);
+    if !path.exists() {
+        return Err(HttpError::NotFound(format!(
+            "no tenant {:?}",
+            tenant.as_str()
+        )));
+    }
+    Ok(path)
+}
+
+/// Runs `f` with the tenant's actor (opening the tenant if it is closed).
+async fn with_actor<T, F, Fut>(state: &HttpState, tenant: &TenantId, f: F) -> Result<T, HttpError>
+where
+    F: FnOnce(crate::tenant::TenantHandle) -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::tenant::TenantError>>,
+{
+    existing_tenant(state, tenant)?;
+    let (handle, attached) = state
+        .app
+        .registry
+        .attach(tenant)
+        .await
+        .map_err(|e| HttpError::Conflict(e.to_string()))?;
+    let r = f(handle).await;
+    drop(attached);
+    r.map_err(|e| match e {
+        crate::tenant::TenantError::Settings(why) => HttpError::BadRequest(why),
+        crate::tenant::TenantError::Held | crate::tenant::TenantError::Closed => {
+            HttpError::Conflict(e.to_string())
+        }
+        other => HttpError::Internal(other.to_string()),
+    })
+}
+
+/// Settings as the admin API shows them: webhook secrets are never sent back.
+fn settings_json(view: &crate::tenant::SettingsView) -> serde_json::Value {
+    let redact = |hooks: &[crate::policy::Webhook]| {
+        hooks
+            .iter()
+            .map(|h| serde_json::json!({ "url": h.url, "secret": "whsec_…" }))
+            .collect::<Vec<_>>()
+    };
+    let stored = view.stored.as_ref().map(|s| {
+        let mut v = serde_json::to_value(s).unwrap_or_default();
+        if let (Some(hooks), Some(obj)) = (&s.webhooks, v.as_object_mut()) {
+            obj.insert("webhooks".into(), serde_json::Value::from(redact(hooks)));
+        }
+        v
+    });
+    let e = &view.effective;
+    serde_json::json!({
+        "stored": stored,
+        "effective": {
+            "retention": {
+                "max_entries": e.retention.max_entries,
+                "max_bytes": e.retention.max_bytes,
+                "max_age_ms": e.retention.max_age_ms,
+                "after_snapshot": e.retention.after_snapshot,
+            },
+            "quota": { "max_bytes": e.quota.max_bytes, "max_logs": e.quota.max_logs },
+            "webhooks": redact(&e.webhooks),
+        }
+    })
+}
+
+/// `GET /admin/v1/tenants/{tenant}/settings`
+async fn get_settings(
+    State(state): State<HttpState>,
+    Path(tenant): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let tenant = tenant_id(&tenant)?;
+    admit(&state, &headers, query.as_deref(), Some(&tenant))?;
+    let view = with_actor(&state, &tenant, |h| async move { h.settings(None).await }).await?;
+    Ok(Json(settings_json(&view)))
+}
+
+/// `PUT /admin/v1/tenants/{tenant}/settings`: replaces what an administrator stored for the
+/// tenant (retention, quota, webhooks), on top of the config file's layers.
+async fn put_settings(
+    State(state): State<HttpState>,
+    Path(tenant): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let tenant = tenant_id(&tenant)?;
+    admit(&state, &headers, query.as_deref(), Some(&tenant))?;
+    let settings: crate::policy::TenantSettings = serde_json::from_slice(&body)
+        .map_err(|e| HttpError::BadRequest(format!("invalid settings: {e}")))?;
+    settings
+        .validate(&state.app.config.webhooks)
+        .map_err(HttpError::BadRequest)?;
+    let view = with_actor(&state, &tenant, |h| async move {
+        h.settings(Some(Some(settings))).await
+    })
+    .await?;
+    info!(
+        tenant = tenant.as_str(),
+        "tenant settings changed by an administrator"
+    );
+    Ok(Json(settings_json(&view)))
+}
+
+/// `DELETE /admin/v1/tenants/{tenant}/settings`: back to the config file's settings.
+async fn delete_settings(
+    State(state): State<HttpState>,
+    Path(tenant): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let tenant = tenant_id(&tenant)?;
+    admit(&state, &headers, query.as_deref(), Some(&tenant))?;
+    let view = with_actor(
+        &state,
+        &tenant,
+        |h| async move { h.settings(Some(None)).await },
+    )
+    .await?;
+    Ok(Json(settings_json(&view)))
+}
+
+/// `POST /admin/v1/tenants/{tenant}/retention`: applies the tenant's retention policy now, to
+/// the end, and reports what it deleted and the database file's size before and after.
+async fn run_retention(
+    State(state): State<HttpState>,
+    Path(tenant): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let tenant = tenant_id(&tenant)?;
+    admit(&state, &headers, query.as_deref(), Some(&tenant))?;
+    let path = existing_tenant(&state, &tenant)?;
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let before = size(&path);
+    let report = with_actor(&state, &tenant, |h| async move { h.retain().await }).await?;
+    let after = size(&path);
+    Ok(Json(serde_json::json!({
+        "entries_deleted": report.entries_deleted,
+        "bytes_deleted": report.bytes_deleted,
+        "truncated": report
+            .truncated
+            .iter()
+            .map(|(log, first)| serde_json::json!({ "public_key": log, "first_sequence": first }))
+            .collect::<Vec<_>>(),
+        "file_bytes_before": before,
+        "file_bytes_after": after,
+    })))
+}
+
 /// Holds `tenant`, refuses if it has connections (unless `force`), then closes its sessions
 /// and stops its actor.
 async fn take(
@@ -275,13 +433,7 @@ async fn delete_tenant(
 ) -> Result<StatusCode, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    let path = tenant_path(&state, &tenant);
-    if !path.exists() {
-        return Err(HttpError::NotFound(format!(
-            "no tenant {:?}",
-            tenant.as_str()
-        )));
-    }
+    let path = existing_tenant(&state, &tenant)?;
     let hold = take(&state, &tenant, force).await?;
     blocking(move || {
         for suffix in ["", "-wal", "-shm"] {
@@ -320,13 +472,7 @@ async fn delete_log(
 ) -> Result<StatusCode, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    let path = tenant_path(&state, &tenant);
-    if !path.exists() {
-        return Err(HttpError::NotFound(format!(
-            "no tenant {:?}",
-            tenant.as_str()
-        )));
-    }
+    let path = existing_tenant(&state, &tenant)?;
     let hold = take(&state, &tenant, force).await?;
     let pk = public_key.clone();
     let existed = blocking(move || store_admin::delete_log(&path, &pk).map_err(internal)).await?;

@@ -25,6 +25,9 @@ pub struct LogState {
     pub public_key: String,
     pub entries: u64,
     pub next_sequence: u64,
+    /// Where the log's history starts (retention deleted everything below).
+    #[serde(default)]
+    pub first_sequence: u64,
 }
 
 /// A tenant database's `remoteId` and logs, read from a read-only connection (beside a
@@ -41,7 +44,8 @@ pub fn describe(path: &Path) -> Result<(Uuid, Vec<LogState>), StoreError> {
         .and_then(|b| Uuid::from_slice(&b).ok())
         .ok_or_else(|| StoreError::Corrupt("no remote_id".into()))?;
     let mut stmt = conn.prepare(
-        "SELECT logs.public_key, count(entries.seq), coalesce(max(entries.seq) + 1, 0) \
+        "SELECT logs.public_key, count(entries.seq), \
+         max(coalesce(max(entries.seq) + 1, 0), logs.first_seq), logs.first_seq \
          FROM logs LEFT JOIN entries ON entries.log_id = logs.id \
          GROUP BY logs.id ORDER BY logs.public_key",
     )?;
@@ -51,6 +55,7 @@ pub fn describe(path: &Path) -> Result<(Uuid, Vec<LogState>), StoreError> {
                 public_key: r.get(0)?,
                 entries: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
                 next_sequence: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                first_sequence: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -175,7 +180,8 @@ fn describe_in(conn: &Connection) -> Result<(Uuid, Vec<LogState>), StoreError> {
     let remote_id = Uuid::from_slice(&raw)
         .map_err(|_| StoreError::Corrupt("remote_id is not 16 bytes".into()))?;
     let mut stmt = conn.prepare(
-        "SELECT logs.public_key, count(entries.seq), coalesce(max(entries.seq) + 1, 0) \
+        "SELECT logs.public_key, count(entries.seq), \
+         max(coalesce(max(entries.seq) + 1, 0), logs.first_seq), logs.first_seq \
          FROM logs LEFT JOIN entries ON entries.log_id = logs.id \
          GROUP BY logs.id ORDER BY logs.id",
     )?;
@@ -185,6 +191,7 @@ fn describe_in(conn: &Connection) -> Result<(Uuid, Vec<LogState>), StoreError> {
                 public_key: r.get(0)?,
                 entries: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
                 next_sequence: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                first_sequence: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -280,11 +287,17 @@ fn import_into(partial: &Path, input: &mut dyn BufRead) -> Result<Imported, Impo
     let mut ids: std::collections::HashMap<String, (i64, u64)> = std::collections::HashMap::new();
     for log in &header.logs {
         tx.execute(
-            "INSERT INTO logs (public_key) VALUES (?1)",
-            [&log.public_key],
+            "INSERT INTO logs (public_key, first_seq) VALUES (?1, ?2)",
+            params![
+                &log.public_key,
+                i64::try_from(log.first_sequence).unwrap_or(0)
+            ],
         )
         .map_err(StoreError::from)?;
-        ids.insert(log.public_key.clone(), (tx.last_insert_rowid(), 0));
+        ids.insert(
+            log.public_key.clone(),
+            (tx.last_insert_rowid(), log.first_sequence),
+        );
     }
     let mut entries = 0u64;
     let mut ended = false;
@@ -361,7 +374,8 @@ fn import_into(partial: &Path, input: &mut dyn BufRead) -> Result<Imported, Impo
         return Err(invalid(at, "no end line: the export was cut short".into()));
     }
     for log in &header.logs {
-        let (_, got) = ids[&log.public_key];
+        let (_, end) = ids[&log.public_key];
+        let got = end - log.first_sequence;
         if got != log.entries {
             return Err(invalid(
                 at,
@@ -372,6 +386,12 @@ fn import_into(partial: &Path, input: &mut dyn BufRead) -> Result<Imported, Impo
             ));
         }
     }
+    tx.execute(
+        "UPDATE logs SET bytes = \
+         (SELECT COALESCE(SUM(length(ciphertext)), 0) FROM entries WHERE log_id = logs.id)",
+        [],
+    )
+    .map_err(StoreError::from)?;
     tx.commit().map_err(StoreError::from)?;
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
         .map_err(StoreError::from)?;

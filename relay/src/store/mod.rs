@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod pool;
+pub mod retention;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,9 @@ use wharf_protocol::{EncryptedEntry, RemoteEntry};
 use wharf_sqlite::{blocking, DbError, Synchronous};
 
 pub use pool::{PoolError, StorePool};
+pub use retention::{
+    CommitRules, OutboxRow, RetainReport, RetentionLimits, SnapshotRefusal, StoredSnapshot,
+};
 
 use crate::config::Durability;
 
@@ -37,6 +41,28 @@ const MIGRATIONS: &[&[&str]] = &[
     &[
         // The iv guardrail: "was this 12-byte AES-GCM iv used in this log?"
         "CREATE INDEX entries_by_gcm_iv ON entries (log_id, iv) WHERE length(iv) = 12",
+    ],
+    &[
+        // Retention: a log's history starts at `first_seq` (everything below was deleted by a
+        // policy; sequences are never reused), and `bytes` is the ciphertext it still holds.
+        "ALTER TABLE logs ADD COLUMN first_seq INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE logs ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
+        "UPDATE logs SET bytes = \
+         (SELECT COALESCE(SUM(length(ciphertext)), 0) FROM entries WHERE log_id = logs.id)",
+        // When an entry was committed (Unix ms); NULL for entries stored before this version,
+        // which age policies date to the upgrade (`meta.retention_epoch`).
+        "ALTER TABLE entries ADD COLUMN at INTEGER",
+        "INSERT OR IGNORE INTO meta (key, value) \
+         VALUES ('retention_epoch', CAST(unixepoch('subsec') * 1000 AS INTEGER))",
+        // Encrypted snapshots, opaque to the relay: the newest few per log.
+        "CREATE TABLE snapshots (id INTEGER PRIMARY KEY, log_id INTEGER NOT NULL, \
+         seq INTEGER NOT NULL, iv BLOB NOT NULL, data BLOB NOT NULL, at INTEGER NOT NULL)",
+        "CREATE UNIQUE INDEX snapshots_by_log ON snapshots (log_id, seq)",
+        // Webhook notifications not yet delivered: one row per (endpoint, log), coalesced.
+        "CREATE TABLE webhook_outbox (endpoint TEXT NOT NULL, log_id INTEGER NOT NULL, \
+         from_seq INTEGER NOT NULL, to_seq INTEGER NOT NULL, count INTEGER NOT NULL, \
+         attempts INTEGER NOT NULL DEFAULT 0, due_at INTEGER NOT NULL, \
+         PRIMARY KEY (endpoint, log_id)) WITHOUT ROWID",
     ],
 ];
 
@@ -84,6 +110,8 @@ struct Shared {
 pub struct Writer {
     conn: Connection,
     logs: HashMap<String, LogMeta>,
+    /// What the tenant stores, for quotas: loaded on first use, then kept.
+    totals: Option<Totals>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +119,15 @@ struct LogMeta {
     /// `None` until the log's first entry is committed.
     id: Option<i64>,
     next: u64,
+    /// The earliest sequence still stored (retention deletes below it).
+    first: u64,
+}
+
+/// What a tenant stores: ciphertext and snapshot bytes, and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub bytes: u64,
+    pub logs: u64,
 }
 
 /// One `WriteEntries` handed to a group commit.
@@ -114,6 +151,9 @@ pub enum Outcome {
     },
     /// Not committed: its 12-byte iv is already stored in the log and `strict_iv` refuses that.
     IvRefused,
+    /// Not committed, checked before anything was stored: it would take the tenant over a
+    /// quota.
+    OverQuota(String),
 }
 
 fn synchronous(durability: Durability) -> Synchronous {
@@ -169,6 +209,7 @@ impl Store {
             Writer {
                 conn,
                 logs: HashMap::new(),
+                totals: None,
             },
         ))
     }
@@ -327,11 +368,15 @@ impl Writer {
         if let Some(meta) = self.logs.get(public_key) {
             return Ok(*meta);
         }
-        let id: Option<i64> = self
+        let row: Option<(i64, i64)> = self
             .conn
-            .prepare_cached("SELECT id FROM logs WHERE public_key = ?1")?
-            .query_row([public_key], |r| r.get(0))
+            .prepare_cached("SELECT id, first_seq FROM logs WHERE public_key = ?1")?
+            .query_row([public_key], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
+        let (id, first) = match row {
+            None => (None, 0),
+            Some((id, first)) => (Some(id), u64::try_from(first).unwrap_or(0)),
+        };
         let next = match id {
             None => 0,
             Some(id) => {
@@ -349,7 +394,12 @@ impl Writer {
                 }
             }
         };
-        let meta = LogMeta { id, next };
+        // A log whose every entry was deleted continues after them: sequences are never reused.
+        let meta = LogMeta {
+            id,
+            next: next.max(first),
+            first,
+        };
         self.logs.insert(public_key.to_owned(), meta);
         Ok(meta)
     }
@@ -361,22 +411,35 @@ impl Writer {
     pub fn commit(
         &mut self,
         writes: &[WriteReq],
-        strict_iv: bool,
+        rules: &CommitRules,
     ) -> Result<Vec<Outcome>, StoreError> {
+        let strict_iv = rules.strict_iv;
         let mut metas: HashMap<&str, LogMeta> = HashMap::new();
         for w in writes {
             if !metas.contains_key(w.public_key.as_str()) {
                 metas.insert(&w.public_key, self.meta(&w.public_key)?);
             }
         }
+        let quota = rules.quota_applies();
+        let mut totals = if quota {
+            self.totals()?
+        } else {
+            Totals::default()
+        };
+        let mut new_logs = 0u64;
+        // Ciphertext bytes each log gained in this commit.
+        let mut grown: HashMap<i64, u64> = HashMap::new();
+        // (log, first new sequence, end, count) for the webhook outbox.
+        let mut appended: HashMap<i64, (u64, u64, u64)> = HashMap::new();
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(writes.len());
         {
-            let mut insert_log =
-                tx.prepare_cached("INSERT INTO logs (public_key) VALUES (?1) RETURNING id")?;
+            let mut insert_log = tx.prepare_cached(
+                "INSERT INTO logs (public_key, first_seq) VALUES (?1, ?2) RETURNING id",
+            )?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO entries (log_id, seq, entry_id, iv, ciphertext) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (log_id, entry_id) DO NOTHING",
+                "INSERT INTO entries (log_id, seq, entry_id, iv, ciphertext, at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (log_id, entry_id) DO NOTHING",
             )?;
             let mut existing =
                 tx.prepare_cached("SELECT seq FROM entries WHERE log_id = ?1 AND entry_id = ?2")?;
@@ -397,11 +460,31 @@ impl Writer {
                     outcomes.push(Outcome::IvRefused);
                     continue;
                 }
+                if quota {
+                    // Counted whole, duplicates included: the check comes before any insert.
+                    let size: u64 = w
+                        .entries
+                        .iter()
+                        .map(|e| e.encrypted_entry.len() as u64)
+                        .sum();
+                    if let Some(why) = rules.over_quota(&totals, meta.id.is_none(), size) {
+                        outcomes.push(Outcome::OverQuota(why));
+                        continue;
+                    }
+                    totals.bytes += size;
+                    if meta.id.is_none() {
+                        totals.logs += 1;
+                    }
+                }
                 let log_id = match meta.id {
                     Some(id) => id,
                     None => {
-                        let id: i64 = insert_log.query_row([&w.public_key], |r| r.get(0))?;
+                        let id: i64 = insert_log.query_row(
+                            params![&w.public_key, i64::try_from(meta.next).unwrap_or(0)],
+                            |r| r.get(0),
+                        )?;
                         meta.id = Some(id);
+                        new_logs += 1;
                         id
                     }
                 };
@@ -415,11 +498,16 @@ impl Writer {
                         seq,
                         &e.entry_id[..],
                         &w.iv[..],
-                        &e.encrypted_entry[..]
+                        &e.encrypted_entry[..],
+                        rules.now_ms,
                     ])?;
                     if inserted == 1 {
                         sequences.push(meta.next);
                         new.push(i);
+                        *grown.entry(log_id).or_default() += e.encrypted_entry.len() as u64;
+                        let span = appended.entry(log_id).or_insert((meta.next, meta.next, 0));
+                        span.1 = meta.next;
+                        span.2 += 1;
                         meta.next += 1;
                     } else {
                         let original: i64 = existing
@@ -437,11 +525,21 @@ impl Writer {
                     iv_reused,
                 });
             }
+            let mut add_bytes =
+                tx.prepare_cached("UPDATE logs SET bytes = bytes + ?2 WHERE id = ?1")?;
+            for (log_id, bytes) in &grown {
+                add_bytes.execute(params![log_id, i64::try_from(*bytes).unwrap_or(i64::MAX)])?;
+            }
+            retention::enqueue_notifications(&tx, &rules.webhooks, &appended, rules.now_ms)?;
         }
         tx.commit()?;
         // Durable: now the in-memory state may move on.
         for (pk, meta) in metas {
             self.logs.insert(pk.to_owned(), meta);
+        }
+        if let Some(t) = self.totals.as_mut() {
+            t.bytes += grown.values().sum::<u64>();
+            t.logs += new_logs;
         }
         Ok(outcomes)
     }
@@ -472,7 +570,7 @@ mod tests {
                 iv_reused,
                 ..
             } => (sequences, *iv_reused),
-            Outcome::IvRefused => panic!("refused"),
+            Outcome::IvRefused | Outcome::OverQuota(_) => panic!("refused"),
         }
     }
 
@@ -490,7 +588,7 @@ mod tests {
             req("a", &[3; 8], &[2, 3]),
         ];
         let (writer, outcomes) = store
-            .with_writer(writer, move |w| w.commit(&writes, false))
+            .with_writer(writer, move |w| w.commit(&writes, &CommitRules::default()))
             .await
             .expect("job");
         let outcomes = outcomes.expect("commit");
@@ -512,7 +610,7 @@ mod tests {
         assert_eq!(store.remote_id(), remote_id);
         let writes = vec![req("a", &[4; 8], &[3, 4])];
         let (writer, outcomes) = store
-            .with_writer(writer, move |w| w.commit(&writes, false))
+            .with_writer(writer, move |w| w.commit(&writes, &CommitRules::default()))
             .await
             .expect("job");
         assert_eq!(written(&outcomes.expect("commit")[0]).0, &[2, 3]);
@@ -528,7 +626,7 @@ mod tests {
             .expect("open");
         let writes = vec![req("a", &[7; 12], &[1]), req("a", &[7; 12], &[2])];
         let (writer, outcomes) = store
-            .with_writer(writer, move |w| w.commit(&writes, false))
+            .with_writer(writer, move |w| w.commit(&writes, &CommitRules::default()))
             .await
             .expect("job");
         let outcomes = outcomes.expect("commit");
@@ -536,7 +634,15 @@ mod tests {
         assert!(written(&outcomes[1]).1, "seen within the same group commit");
         let writes = vec![req("a", &[7; 12], &[3]), req("a", &[8; 12], &[4])];
         let (writer, outcomes) = store
-            .with_writer(writer, move |w| w.commit(&writes, true))
+            .with_writer(writer, move |w| {
+                w.commit(
+                    &writes,
+                    &CommitRules {
+                        strict_iv: true,
+                        ..Default::default()
+                    },
+                )
+            })
             .await
             .expect("job");
         let outcomes = outcomes.expect("commit");
@@ -546,6 +652,97 @@ mod tests {
             &[2],
             "the refused write took no sequence"
         );
+        store.close(writer).await;
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_prefixes_and_sequences_are_never_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = StorePool::new(1);
+        let path = dir.path().join("t.sqlite");
+        let (store, writer) = Store::open(&pool, &path, Durability::Normal)
+            .await
+            .expect("open");
+        let writes = vec![req("a", &[1; 8], &(1..=10).collect::<Vec<u8>>())];
+        let (writer, _) = store
+            .with_writer(writer, move |w| w.commit(&writes, &CommitRules::default()))
+            .await
+            .expect("job");
+        let snap = |sequence: u64| StoredSnapshot {
+            sequence,
+            iv: Bytes::from_static(&[0; 24]),
+            data: Bytes::from_static(b"sealed"),
+        };
+        let (writer, refused) = store
+            .with_writer(writer, move |w| {
+                w.write_snapshot("a", &snap(10), 2, &CommitRules::default())
+            })
+            .await
+            .expect("job");
+        assert!(matches!(
+            refused.expect("store"),
+            Err(SnapshotRefusal::NotReached { next: 10, .. })
+        ));
+        let (writer, stored) = store
+            .with_writer(writer, move |w| {
+                w.write_snapshot("a", &snap(4), 2, &CommitRules::default())
+            })
+            .await
+            .expect("job");
+        stored.expect("store").expect("accepted");
+        let policy = RetentionLimits {
+            after_snapshot: true,
+            ..Default::default()
+        };
+        let (writer, report) = store
+            .with_writer(writer, move |w| w.retain(&policy, 0, 1000))
+            .await
+            .expect("job");
+        let report = report.expect("retain");
+        assert_eq!(report.entries_deleted, 5);
+        assert_eq!(report.truncated, vec![("a".to_owned(), 5)]);
+        let (first, newest) = store.history("a").await.expect("history");
+        assert_eq!((first, newest.map(|s| s.sequence)), (5, Some(4)));
+        let got = store.read("a", 0, u64::MAX, 100).await.expect("read");
+        assert_eq!(got.first().map(|e| e.sequence), Some(5));
+        // One entry kept, in bounded steps; the log continues where it was after reopening.
+        let policy = RetentionLimits {
+            max_entries: Some(1),
+            ..Default::default()
+        };
+        let (writer, report) = store
+            .with_writer(writer, move |w| w.retain(&policy, 0, 2))
+            .await
+            .expect("job");
+        let report = report.expect("retain");
+        assert!(report.more, "a step stops at its budget");
+        let (writer, _) = store
+            .with_writer(writer, move |w| w.retain(&policy, 0, 1000))
+            .await
+            .expect("job");
+        store.close(writer).await;
+        let (store, writer) = Store::open(&pool, &path, Durability::Normal)
+            .await
+            .expect("reopen");
+        let writes = vec![req("a", &[2; 8], &[20])];
+        let rules = CommitRules {
+            max_bytes: Some(1),
+            ..Default::default()
+        };
+        let (writer, outcomes) = store
+            .with_writer(writer, move |w| w.commit(&writes, &rules))
+            .await
+            .expect("job");
+        assert!(matches!(
+            outcomes.expect("commit")[0],
+            Outcome::OverQuota(_)
+        ));
+        let writes = vec![req("a", &[2; 8], &[20])];
+        let (writer, outcomes) = store
+            .with_writer(writer, move |w| w.commit(&writes, &CommitRules::default()))
+            .await
+            .expect("job");
+        assert_eq!(written(&outcomes.expect("commit")[0]).0, &[10]);
         store.close(writer).await;
     }
 }

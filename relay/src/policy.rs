@@ -1,0 +1,261 @@
+//! Per-tenant policies: retention, quotas and webhooks. Each comes from three layers, the
+//! later overriding the earlier field by field: the relay's `[retention]`, `[quota]` (and
+//! `[webhooks]` defaults), a `[tenants.<id>]` table in the config file, and the settings an
+//! administrator stored in the tenant's own database through the admin API. A limit of `0`
+//! turns an inherited limit off.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{CommitRules, RetentionLimits};
+
+/// A retention policy (`[retention]`). Unset fields keep nothing from being deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Keep at most this many entries per log (the newest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<u64>,
+    /// Keep at most this many ciphertext bytes per log (the newest entries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Delete entries committed longer ago than this (`"30d"`, `"12h"`).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
+    /// Delete every entry the log's newest snapshot covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_snapshot: Option<bool>,
+}
+
+impl Retention {
+    fn over(&self, base: &Retention) -> Retention {
+        Retention {
+            max_entries: self.max_entries.or(base.max_entries),
+            max_bytes: self.max_bytes.or(base.max_bytes),
+            max_age: self.max_age.or(base.max_age),
+            after_snapshot: self.after_snapshot.or(base.after_snapshot),
+        }
+    }
+
+    pub fn limits(&self) -> RetentionLimits {
+        RetentionLimits {
+            max_entries: self.max_entries.filter(|n| *n > 0),
+            max_bytes: self.max_bytes.filter(|n| *n > 0),
+            max_age_ms: self
+                .max_age
+                .filter(|d| !d.is_zero())
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            after_snapshot: self.after_snapshot.unwrap_or(false),
+        }
+    }
+}
+
+/// A tenant's quota (`[quota]`), checked before a write is accepted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quota {
+    /// Ciphertext and snapshot bytes the tenant may store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Logs the tenant may hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_logs: Option<u64>,
+}
+
+impl Quota {
+    fn over(&self, base: &Quota) -> Quota {
+        Quota {
+            max_bytes: self.max_bytes.or(base.max_bytes),
+            max_logs: self.max_logs.or(base.max_logs),
+        }
+    }
+}
+
+/// One webhook endpoint: where to POST, and the Standard Webhooks signing secret
+/// (`whsec_` followed by base64).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What can be set per tenant (`[tenants.<id>]` in the config file, or through the admin API).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantSettings {
+    pub retention: Retention,
+    pub quota: Quota,
+    /// Replaces the inherited list when set (an empty list turns webhooks off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<Vec<Webhook>>,
+}
+
+impl TenantSettings {
+    pub fn over(&self, base: &TenantSettings) -> TenantSettings {
+        TenantSettings {
+            retention: self.retention.over(&base.retention),
+            quota: self.quota.over(&base.quota),
+            webhooks: self.webhooks.clone().or_else(|| base.webhooks.clone()),
+        }
+    }
+
+    /// Checks what a tenant's settings may hold: webhook URLs and secrets.
+    pub fn validate(&self, webhooks: &WebhooksConfig) -> Result<(), String> {
+        for hook in self.webhooks.iter().flatten() {
+            crate::webhook::Endpoint::parse(hook, webhooks)?;
+        }
+        Ok(())
+    }
+}
+
+/// The `[webhooks]` section: how notifications are delivered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Allow endpoints that resolve to link-local addresses (169.254.0.0/16, fe80::/10), where
+    /// cloud metadata services live. Off: such URLs are refused (server-side request forgery).
+    pub allow_link_local: bool,
+    /// One delivery attempt gives up after this long.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts per notification before it is dropped (and counted).
+    pub max_attempts: u32,
+    /// Retry delays: `backoff_base · 2^attempt`, at most `backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            allow_link_local: false,
+            timeout: Duration::from_secs(10),
+            max_attempts: 12,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(600),
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// How long to wait after `attempts` failures.
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        self.backoff_base
+            .saturating_mul(1u32.checked_shl(attempts.min(31)).unwrap_or(u32::MAX))
+            .min(self.backoff_max)
+    }
+}
+
+/// A tenant's settings with every layer applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Effective {
+    pub retention: RetentionLimits,
+    pub quota: Quota,
+    pub webhooks: Vec<Webhook>,
+}
+
+impl Effective {
+    pub fn resolve(
+        global: &TenantSettings,
+        configured: Option<&TenantSettings>,
+        stored: Option<&TenantSettings>,
+    ) -> Effective {
+        let mut s = global.clone();
+        if let Some(c) = configured {
+            s = c.over(&s);
+        }
+        if let Some(d) = stored {
+            s = d.over(&s);
+        }
+        Effective {
+            retention: s.retention.limits(),
+            quota: Quota {
+                max_bytes: s.quota.max_bytes.filter(|n| *n > 0),
+                max_logs: s.quota.max_logs.filter(|n| *n > 0),
+            },
+            webhooks: s.webhooks.unwrap_or_default(),
+        }
+    }
+
+    pub fn commit_rules(&self, strict_iv: bool, now_ms: i64) -> CommitRules {
+        CommitRules {
+            strict_iv,
+            max_bytes: self.quota.max_bytes,
+            max_logs: self.quota.max_logs,
+            webhooks: self.webhooks.iter().map(|w| w.url.clone()).collect(),
+            now_ms,
+        }
+    }
+}
+
+/// Per-tenant tables of the config file.
+pub type TenantTables = BTreeMap<String, TenantSettings>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_field_by_field_and_zero_turns_a_limit_off() {
+        let global = TenantSettings {
+            retention: Retention {
+                max_entries: Some(100),
+                max_age: Some(Duration::from_secs(60)),
+                ..Default::default()
+            },
+            quota: Quota {
+                max_bytes: Some(1000),
+                max_logs: None,
+            },
+            webhooks: None,
+        };
+        let configured = TenantSettings {
+            retention: Retention {
+                max_entries: Some(0),
+                after_snapshot: Some(true),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let stored = TenantSettings {
+            quota: Quota {
+                max_bytes: None,
+                max_logs: Some(3),
+            },
+            ..Default::default()
+        };
+        let e = Effective::resolve(&global, Some(&configured), Some(&stored));
+        assert_eq!(
+            e.retention,
+            RetentionLimits {
+                max_entries: None,
+                max_bytes: None,
+                max_age_ms: Some(60_000),
+                after_snapshot: true,
+            }
+        );
+        assert_eq!(e.quota.max_bytes, Some(1000));
+        assert_eq!(e.quota.max_logs, Some(3));
+        assert!(e.webhooks.is_empty());
+    }
+}

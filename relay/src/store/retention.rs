@@ -1,0 +1,554 @@
+//! What keeps a tenant database from growing forever: snapshots, retention, quotas and the
+//! webhook outbox. Every write here runs on the tenant's [`Writer`] (the actor's one
+//! read-write connection); reads that sessions and the webhook sender need go through
+//! [`Store`]'s read-only connections.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::{Store, StoreError, Totals, Writer};
+
+/// What a group commit checks besides the data itself.
+#[derive(Debug, Clone, Default)]
+pub struct CommitRules {
+    /// Refuse a write whose 12-byte iv the log already holds.
+    pub strict_iv: bool,
+    /// Quota: ciphertext and snapshot bytes the tenant may store.
+    pub max_bytes: Option<u64>,
+    /// Quota: logs the tenant may hold.
+    pub max_logs: Option<u64>,
+    /// Webhook endpoints (their URLs) notified of new entries, through the outbox.
+    pub webhooks: Vec<String>,
+    /// Commit time (Unix ms), stored with each entry for age-based retention.
+    pub now_ms: i64,
+}
+
+impl CommitRules {
+    pub(crate) fn quota_applies(&self) -> bool {
+        self.max_bytes.is_some() || self.max_logs.is_some()
+    }
+
+    /// Why a write of `size` bytes (to a new log when `new_log`) is over quota, if it is.
+    pub(crate) fn over_quota(&self, totals: &Totals, new_log: bool, size: u64) -> Option<String> {
+        if let Some(max) = self.max_logs {
+            if new_log && totals.logs >= max {
+                return Some(format!(
+                    "quota exceeded: the tenant holds {} logs, its limit",
+                    totals.logs
+                ));
+            }
+        }
+        if let Some(max) = self.max_bytes {
+            if size > 0 && totals.bytes.saturating_add(size) > max {
+                return Some(format!(
+                    "quota exceeded: the tenant stores {} bytes; {size} more would pass its limit of {max}",
+                    totals.bytes
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// A retention policy as the store applies it (`None`: no such limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionLimits {
+    pub max_entries: Option<u64>,
+    pub max_bytes: Option<u64>,
+    /// Entries committed longer ago than this (ms) are deleted.
+    pub max_age_ms: Option<i64>,
+    /// Delete everything the newest snapshot covers.
+    pub after_snapshot: bool,
+}
+
+impl RetentionLimits {
+    pub fn is_off(&self) -> bool {
+        *self == RetentionLimits::default()
+    }
+}
+
+/// What one retention step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetainReport {
+    pub entries_deleted: u64,
+    pub bytes_deleted: u64,
+    /// Logs whose history now starts later, with where it starts.
+    pub truncated: Vec<(String, u64)>,
+    /// The step stopped at its budget: run another.
+    pub more: bool,
+}
+
+/// Why a snapshot was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotRefusal {
+    #[error("snapshot refused: it covers sequence {sequence}, but log {log:?} has only reached {next} entries")]
+    NotReached {
+        log: String,
+        sequence: u64,
+        next: u64,
+    },
+    #[error("snapshot refused: {0}")]
+    Quota(String),
+}
+
+/// A stored snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub sequence: u64,
+    pub iv: Bytes,
+    pub data: Bytes,
+}
+
+/// A pending webhook notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub endpoint: String,
+    pub log_id: i64,
+    pub public_key: String,
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub count: u64,
+    pub attempts: u32,
+    pub due_at: i64,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Records, inside a commit, that `appended` (log id → first new sequence, last, count) must
+/// be announced to every endpoint; rows for the same (endpoint, log) coalesce.
+pub(super) fn enqueue_notifications(
+    tx: &Transaction<'_>,
+    webhooks: &[String],
+    appended: &HashMap<i64, (u64, u64, u64)>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    if webhooks.is_empty() || appended.is_empty() {
+        return Ok(());
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO webhook_outbox (endpoint, log_id, from_seq, to_seq, count, attempts, due_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6) ON CONFLICT (endpoint, log_id) DO UPDATE SET \
+         to_seq = max(to_seq, excluded.to_seq), count = count + excluded.count",
+    )?;
+    for endpoint in webhooks {
+        for (log_id, (from, to, count)) in appended {
+            upsert.execute(params![
+                endpoint,
+                log_id,
+                to_i64(*from),
+                to_i64(*to),
+                to_i64(*count),
+                now_ms
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+impl Writer {
+    /// What the tenant stores (loaded once, then kept up to date by commits and retention).
+    pub fn totals(&mut self) -> Result<Totals, StoreError> {
+        if let Some(t) = self.totals {
+            return Ok(t);
+        }
+        let (bytes, logs): (i64, i64) = self.conn.query_row(
+            "SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM logs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let snapshots: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(length(data)), 0) FROM snapshots",
+            [],
+            |r| r.get(0),
+        )?;
+        let t = Totals {
+            bytes: to_u64(bytes) + to_u64(snapshots),
+            logs: to_u64(logs),
+        };
+        self.totals = Some(t);
+        Ok(t)
+    }
+
+    /// Stores a snapshot of `public_key` covering sequences up to and including `sequence`,
+    /// and keeps only the newest `keep` of the log. Refused if the log has not reached
+    /// `sequence`, or if it would take the tenant over its byte quota.
+    pub fn write_snapshot(
+        &mut self,
+        public_key: &str,
+        snapshot: &StoredSnapshot,
+        keep: usize,
+        rules: &CommitRules,
+    ) -> Result<Result<(), SnapshotRefusal>, StoreError> {
+        let meta = self.meta(public_key)?;
+        let log_id = match meta.id {
+            Some(id) if snapshot.sequence < meta.next => id,
+            _ => {
+                return Ok(Err(SnapshotRefusal::NotReached {
+                    log: public_key.to_owned(),
+                    sequence: snapshot.sequence,
+                    next: meta.next,
+                }))
+            }
+        };
+        let size = snapshot.data.len() as u64;
+        if rules.quota_applies() {
+            let totals = self.totals()?;
+            if let Some(why) = rules.over_quota(&totals, false, size) {
+                return Ok(Err(SnapshotRefusal::Quota(why)));
+            }
+        }
+        let tx = self.conn.transaction()?;
+        let replaced: Option<i64> = tx
+            .query_row(
+                "SELECT length(data) FROM snapshots WHERE log_id = ?1 AND seq = ?2",
+                params![log_id, to_i64(snapshot.sequence)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        tx.execute(
+            "INSERT INTO snapshots (log_id, seq, iv, data, at) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (log_id, seq) DO UPDATE SET iv = excluded.iv, data = excluded.data, \
+             at = excluded.at",
+            params![
+                log_id,
+                to_i64(snapshot.sequence),
+                &snapshot.iv[..],
+                &snapshot.data[..],
+                rules.now_ms
+            ],
+        )?;
+        // The newest `keep` stay.
+        let dropped: i64 = tx.query_row(
+            "SELECT COALESCE(SUM(length(data)), 0) FROM snapshots WHERE log_id = ?1 AND seq NOT IN \
+             (SELECT seq FROM snapshots WHERE log_id = ?1 ORDER BY seq DESC LIMIT ?2)",
+            params![log_id, to_i64(keep.max(1) as u64)],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "DELETE FROM snapshots WHERE log_id = ?1 AND seq NOT IN \
+             (SELECT seq FROM snapshots WHERE log_id = ?1 ORDER BY seq DESC LIMIT ?2)",
+            params![log_id, to_i64(keep.max(1) as u64)],
+        )?;
+        tx.commit()?;
+        if let Some(t) = self.totals.as_mut() {
+            t.bytes = (t.bytes + size).saturating_sub(to_u64(replaced.unwrap_or(0) + dropped));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Applies `limits` to every log, deleting at most `budget` entries (oldest first, whole
+    /// prefixes only, so a log's history always starts at one sequence and sequences are never
+    /// reused). Then gives freed pages back to the file system (incremental vacuum).
+    pub fn retain(
+        &mut self,
+        limits: &RetentionLimits,
+        now_ms: i64,
+        budget: u64,
+    ) -> Result<RetainReport, StoreError> {
+        let mut report = RetainReport::default();
+        if limits.is_off() {
+            return Ok(report);
+        }
+        let logs: Vec<(i64, String, i64, i64)> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT id, public_key, first_seq, bytes FROM logs ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let epoch: i64 = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'retention_epoch'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let mut left = budget.max(1);
+        for (log_id, public_key, first, bytes) in logs {
+            if left == 0 {
+                report.more = true;
+                break;
+            }
+            let next = self.meta(&public_key)?.next;
+            let first = to_u64(first);
+            let target =
+                self.retention_target(log_id, first, next, to_u64(bytes), limits, now_ms, epoch)?;
+            if target <= first {
+                continue;
+            }
+            let end = target.min(first.saturating_add(left));
+            let tx = self.conn.transaction()?;
+            let freed: i64 = tx.query_row(
+                "SELECT COALESCE(SUM(length(ciphertext)), 0) FROM entries \
+                 WHERE log_id = ?1 AND seq >= ?2 AND seq < ?3",
+                params![log_id, to_i64(first), to_i64(end)],
+                |r| r.get(0),
+            )?;
+            let deleted = tx.execute(
+                "DELETE FROM entries WHERE log_id = ?1 AND seq >= ?2 AND seq < ?3",
+                params![log_id, to_i64(first), to_i64(end)],
+            )? as u64;
+            tx.execute(
+                "UPDATE logs SET first_seq = ?2, bytes = max(bytes - ?3, 0) WHERE id = ?1",
+                params![log_id, to_i64(end), freed],
+            )?;
+            tx.commit()?;
+            if let Some(meta) = self.logs.get_mut(&public_key) {
+                meta.first = end;
+            }
+            if let Some(t) = self.totals.as_mut() {
+                t.bytes = t.bytes.saturating_sub(to_u64(freed));
+            }
+            report.entries_deleted += deleted;
+            report.bytes_deleted += to_u64(freed);
+            report.truncated.push((public_key, end));
+            left = left.saturating_sub(deleted.max(end - first));
+            if end < target {
+                report.more = true;
+            }
+        }
+        if report.entries_deleted > 0 {
+            self.vacuum()?;
+        }
+        Ok(report)
+    }
+
+    /// Where a log's history should start under `limits`.
+    #[allow(clippy::too_many_arguments)]
+    fn retention_target(
+        &mut self,
+        log_id: i64,
+        first: u64,
+        next: u64,
+        bytes: u64,
+        limits: &RetentionLimits,
+        now_ms: i64,
+        epoch: i64,
+    ) -> Result<u64, StoreError> {
+        let mut target = first;
+        if let Some(max) = limits.max_entries {
+            target = target.max(next.saturating_sub(max));
+        }
+        if limits.after_snapshot {
+            let newest: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT MAX(seq) FROM snapshots WHERE log_id = ?1")?
+                .query_row([log_id], |r| r.get(0))?;
+            if let Some(s) = newest {
+                target = target.max(to_u64(s) + 1);
+            }
+        }
+        if let Some(max_age) = limits.max_age_ms {
+            let cutoff = now_ms.saturating_sub(max_age);
+            // The first entry young enough to keep; none: every entry is too old.
+            let young: Option<i64> = self
+                .conn
+                .prepare_cached(
+                    "SELECT seq FROM entries WHERE log_id = ?1 AND seq >= ?2 \
+                     AND COALESCE(at, ?3) >= ?4 ORDER BY seq LIMIT 1",
+                )?
+                .query_row(params![log_id, to_i64(target), epoch, cutoff], |r| r.get(0))
+                .optional()?;
+            target = target.max(young.map_or(next, to_u64));
+        }
+        if let Some(max) = limits.max_bytes {
+            if bytes > max {
+                // Walk from the oldest kept entry until enough bytes are gone.
+                let mut excess = bytes - max;
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT seq, length(ciphertext) FROM entries WHERE log_id = ?1 AND seq >= ?2 \
+                     ORDER BY seq",
+                )?;
+                let mut rows = stmt.query(params![log_id, to_i64(first)])?;
+                let mut cut = first;
+                while let Some(row) = rows.next()? {
+                    if excess == 0 {
+                        break;
+                    }
+                    let (seq, len): (i64, i64) = (row.get(0)?, row.get(1)?);
+                    excess = excess.saturating_sub(to_u64(len));
+                    cut = to_u64(seq) + 1;
+                }
+                target = target.max(cut);
+            }
+        }
+        Ok(target.min(next))
+    }
+
+    /// Returns free pages to the file system (databases created with `auto_vacuum =
+    /// INCREMENTAL`; older ones reuse the pages for new entries instead).
+    pub fn vacuum(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA incremental_vacuum", [], |_| Ok(()))
+            .optional()?;
+        Ok(())
+    }
+
+    /// The tenant's settings as an administrator stored them (JSON), if any.
+    pub fn settings(&self) -> Result<Option<String>, StoreError> {
+        let raw: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'settings'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(raw.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    pub fn set_settings(&mut self, json: Option<&str>) -> Result<(), StoreError> {
+        match json {
+            Some(json) => self.conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('settings', ?1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [json.as_bytes()],
+            )?,
+            None => self
+                .conn
+                .execute("DELETE FROM meta WHERE key = 'settings'", [])?,
+        };
+        Ok(())
+    }
+
+    /// A notification was delivered: what it announced leaves the outbox; anything coalesced
+    /// into the row meanwhile stays, due at once.
+    pub fn outbox_delivered(&mut self, row: &OutboxRow, now_ms: i64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM webhook_outbox WHERE endpoint = ?1 AND log_id = ?2 AND to_seq <= ?3",
+            params![row.endpoint, row.log_id, to_i64(row.to_seq)],
+        )?;
+        tx.execute(
+            "UPDATE webhook_outbox SET from_seq = ?3 + 1, count = max(count - ?4, 1), \
+             attempts = 0, due_at = ?5 WHERE endpoint = ?1 AND log_id = ?2",
+            params![
+                row.endpoint,
+                row.log_id,
+                to_i64(row.to_seq),
+                to_i64(row.count),
+                now_ms
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A delivery failed: try again at `due_at`, or drop the row when `give_up`.
+    pub fn outbox_failed(
+        &mut self,
+        row: &OutboxRow,
+        due_at: i64,
+        give_up: bool,
+    ) -> Result<(), StoreError> {
+        if give_up {
+            self.conn.execute(
+                "DELETE FROM webhook_outbox WHERE endpoint = ?1 AND log_id = ?2",
+                params![row.endpoint, row.log_id],
+            )?;
+        } else {
+            self.conn.execute(
+                "UPDATE webhook_outbox SET attempts = attempts + 1, due_at = ?3 \
+                 WHERE endpoint = ?1 AND log_id = ?2",
+                params![row.endpoint, row.log_id, due_at],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Drops notifications for endpoints no longer configured.
+    pub fn outbox_retain_endpoints(&mut self, endpoints: &[String]) -> Result<u64, StoreError> {
+        let list = serde_json::to_string(endpoints).unwrap_or_else(|_| "[]".into());
+        Ok(self.conn.execute(
+            "DELETE FROM webhook_outbox WHERE endpoint NOT IN (SELECT value FROM json_each(?1))",
+            [list],
+        )? as u64)
+    }
+}
+
+impl Store {
+    /// Where `public_key`'s history starts, and its newest snapshot.
+    pub async fn history(
+        &self,
+        public_key: &str,
+    ) -> Result<(u64, Option<StoredSnapshot>), StoreError> {
+        let shared = self.shared.clone();
+        let public_key = public_key.to_owned();
+        self.shared
+            .pool
+            .run(move || {
+                shared.with_reader(|conn| {
+                    let row: Option<(i64, i64)> = conn
+                        .prepare_cached("SELECT id, first_seq FROM logs WHERE public_key = ?1")?
+                        .query_row([&public_key], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?;
+                    let Some((log_id, first)) = row else {
+                        return Ok((0, None));
+                    };
+                    let snapshot = conn
+                        .prepare_cached(
+                            "SELECT seq, iv, data FROM snapshots WHERE log_id = ?1 \
+                             ORDER BY seq DESC LIMIT 1",
+                        )?
+                        .query_row([log_id], |r| {
+                            Ok(StoredSnapshot {
+                                sequence: to_u64(r.get(0)?),
+                                iv: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                                data: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+                            })
+                        })
+                        .optional()?;
+                    Ok((to_u64(first), snapshot))
+                })
+            })
+            .await?
+    }
+
+    /// Notifications due at `now_ms`, oldest first, at most `limit`.
+    pub async fn outbox_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<(Vec<OutboxRow>, Option<i64>), StoreError> {
+        let shared = self.shared.clone();
+        self.shared
+            .pool
+            .run(move || {
+                shared.with_reader(|conn| {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT o.endpoint, o.log_id, l.public_key, o.from_seq, o.to_seq, o.count, \
+                         o.attempts, o.due_at FROM webhook_outbox o JOIN logs l ON l.id = o.log_id \
+                         WHERE o.due_at <= ?1 ORDER BY o.due_at LIMIT ?2",
+                    )?;
+                    let rows = stmt
+                        .query_map(params![now_ms, to_i64(limit as u64)], |r| {
+                            Ok(OutboxRow {
+                                endpoint: r.get(0)?,
+                                log_id: r.get(1)?,
+                                public_key: r.get(2)?,
+                                from_seq: to_u64(r.get(3)?),
+                                to_seq: to_u64(r.get(4)?),
+                                count: to_u64(r.get(5)?),
+                                attempts: u32::try_from(r.get::<_, i64>(6)?).unwrap_or(u32::MAX),
+                                due_at: r.get(7)?,
+                            })
+                        })?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    // When the next row not yet due is due.
+                    let next: Option<i64> = conn
+                        .prepare_cached("SELECT MIN(due_at) FROM webhook_outbox WHERE due_at > ?1")?
+                        .query_row([now_ms], |r| r.get(0))?;
+                    Ok((rows, next))
+                })
+            })
+            .await?
+    }
+}

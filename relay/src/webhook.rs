@@ -1,0 +1,369 @@
+//! Webhook notifications: best-effort, after commit, never on the write path.
+//!
+//! A commit records what each endpoint must hear about in the tenant's `webhook_outbox` (in the
+//! same transaction as the entries, so a restart loses nothing; one row per endpoint and log,
+//! coalesced). A [`Sender`] task per open tenant posts due rows as JSON
+//! `{tenant, publicKey, fromSequence, toSequence, count}`, signed the Standard Webhooks way
+//! (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>`), and tells
+//! the tenant actor how it went; the actor (the database's only writer) removes the row,
+//! schedules a retry with backoff, or gives up after `max_attempts`.
+//!
+//! Server-side request forgery: an endpoint's host is resolved at every delivery, and the
+//! request goes to the vetted address itself (no second lookup), so a name that resolves to a
+//! link-local address (where cloud metadata services answer) is refused unless
+//! `webhooks.allow_link_local` says otherwise.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use sha2::Sha256;
+use url::Url;
+
+use crate::policy::{Webhook, WebhooksConfig};
+use crate::store::OutboxRow;
+
+const SECRET_PREFIX: &str = "whsec_";
+
+/// A parsed, checked endpoint.
+#[derive(Clone)]
+pub struct Endpoint {
+    url: Url,
+    key: Vec<u8>,
+    allow_link_local: bool,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("the endpoint answered HTTP {0}")]
+    Status(u16),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Endpoint {
+    /// Checks a configured endpoint: an `http` or `https` URL with a host, not a literal
+    /// link-local address, and a `whsec_` secret of at least 16 bytes.
+    pub fn parse(hook: &Webhook, config: &WebhooksConfig) -> Result<Endpoint, String> {
+        let url = Url::parse(&hook.url).map_err(|e| format!("webhook URL {:?}: {e}", hook.url))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "webhook URL {:?}: only http and https are allowed",
+                hook.url
+            ));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("webhook URL {:?} has no host", hook.url))?;
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+            if !config.allow_link_local && forbidden(ip) {
+                return Err(format!(
+                    "webhook URL {:?}: {ip} is a link-local or metadata address \
+                     (allow with webhooks.allow_link_local)",
+                    hook.url
+                ));
+            }
+        }
+        let encoded = hook.secret.strip_prefix(SECRET_PREFIX).ok_or_else(|| {
+            format!(
+                "webhook secret for {:?} must start with {SECRET_PREFIX}",
+                hook.url
+            )
+        })?;
+        let key = STANDARD
+            .decode(encoded)
+            .map_err(|e| format!("webhook secret for {:?} is not base64: {e}", hook.url))?;
+        if key.len() < 16 {
+            return Err(format!(
+                "webhook secret for {:?} is {} bytes; use at least 16 (24 to 64 recommended)",
+                hook.url,
+                key.len()
+            ));
+        }
+        Ok(Endpoint {
+            url,
+            key,
+            allow_link_local: config.allow_link_local,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        self.url.as_str()
+    }
+
+    /// `v1,<base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))>`.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        sign(&self.key, id, timestamp, body)
+    }
+
+    /// Resolves the host and keeps only addresses it may reach.
+    async fn resolve(&self) -> Result<Vec<SocketAddr>, DeliveryError> {
+        let host = self
+            .url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let port = self.url.port_or_known_default().unwrap_or(80);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|source| DeliveryError::Resolve {
+                host: host.clone(),
+                source,
+            })?
+            .collect();
+        let allowed: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| self.allow_link_local || !forbidden(a.ip()))
+            .collect();
+        if allowed.is_empty() {
+            return Err(DeliveryError::Refused(format!(
+                "{host} resolves only to link-local or metadata addresses ({addrs:?})"
+            )));
+        }
+        Ok(allowed)
+    }
+
+    /// Posts `body` once; `Ok` on any 2xx answer.
+    pub async fn post(
+        &self,
+        id: &str,
+        timestamp: i64,
+        body: Bytes,
+        timeout: Duration,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<(), DeliveryError> {
+        tokio::time::timeout(timeout, self.post_inner(id, timestamp, body, tls))
+            .await
+            .map_err(|_| DeliveryError::Timeout(timeout))?
+    }
+
+    async fn post_inner(
+        &self,
+        id: &str,
+        timestamp: i64,
+        body: Bytes,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<(), DeliveryError> {
+        let addrs = self.resolve().await?;
+        let tcp = tokio::net::TcpStream::connect(&addrs[..])
+            .await
+            .map_err(|e| DeliveryError::Connect(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let host = self.url.host_str().unwrap_or_default().to_owned();
+        let authority = match self.url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
+        };
+        let path = match self.url.query() {
+            Some(q) => format!("{}?{q}", self.url.path()),
+            None => self.url.path().to_owned(),
+        };
+        let request = hyper::Request::post(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::USER_AGENT, "wharf-relay")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", self.sign(id, timestamp, &body))
+            .body(Full::new(body))
+            .map_err(|e| DeliveryError::Connect(e.to_string()))?;
+        let status = if self.url.scheme() == "https" {
+            let name =
+                rustls_pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                    .map_err(|e| DeliveryError::Connect(e.to_string()))?;
+            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| DeliveryError::Connect(format!("TLS: {e}")))?;
+            send(TokioIo::new(stream), request).await?
+        } else {
+            send(TokioIo::new(tcp), request).await?
+        };
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(DeliveryError::Status(status))
+        }
+    }
+}
+
+async fn send<T>(io: T, request: hyper::Request<Full<Bytes>>) -> Result<u16, DeliveryError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| DeliveryError::Connect(e.to_string()))?;
+    let driver = tokio::spawn(conn);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| DeliveryError::Connect(e.to_string()));
+    let status = match response {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            // Read (and drop) the answer so the connection ends cleanly.
+            let _ = r.into_body().collect().await;
+            status
+        }
+        Err(e) => {
+            driver.abort();
+            return Err(e);
+        }
+    };
+    driver.abort();
+    Ok(status)
+}
+
+/// The Standard Webhooks signature of a message.
+pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    // HMAC takes keys of any length.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => return String::new(),
+    };
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// Link-local (169.254.0.0/16, where AWS, GCP and Azure serve metadata; fe80::/10), and the
+/// metadata addresses outside it (AWS's fd00:ec2::254, Alibaba's 100.100.100.200).
+fn forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.octets() == [100, 100, 100, 200],
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return forbidden(IpAddr::V4(v4));
+            }
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.segments() == [0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254]
+        }
+    }
+}
+
+/// The body of a notification.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification<'a> {
+    pub tenant: &'a str,
+    pub public_key: &'a str,
+    pub from_sequence: u64,
+    pub to_sequence: u64,
+    pub count: u64,
+}
+
+/// A stable id for a notification (the same across retries of the same content): receivers
+/// deduplicate with it.
+pub fn message_id(tenant: &str, row: &OutboxRow) -> String {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    for part in [tenant, row.endpoint.as_str(), row.public_key.as_str()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(row.from_seq.to_be_bytes());
+    h.update(row.to_seq.to_be_bytes());
+    format!("msg_{}", hex::encode(&h.finalize()[..12]))
+}
+
+/// The client TLS configuration for `https` endpoints: the webpki roots.
+pub fn tls_config() -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .unwrap_or_else(|_| {
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        });
+    Arc::new(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example from the Standard Webhooks specification.
+    #[test]
+    fn signs_like_the_standard_webhooks_reference() {
+        let hook = Webhook {
+            url: "http://127.0.0.1/hook".into(),
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        };
+        let endpoint = Endpoint::parse(&hook, &WebhooksConfig::default()).expect("parse");
+        assert_eq!(
+            endpoint.sign(
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn link_local_and_metadata_addresses_are_refused() {
+        let config = WebhooksConfig::default();
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned();
+        for url in [
+            "http://169.254.169.254/latest/meta-data",
+            "http://[fe80::1]/x",
+            "http://[fd00:ec2::254]/",
+            "http://100.100.100.200/",
+            "http://[::ffff:169.254.169.254]/",
+            "ftp://127.0.0.1/",
+        ] {
+            let hook = Webhook {
+                url: url.into(),
+                secret: secret.clone(),
+            };
+            assert!(Endpoint::parse(&hook, &config).is_err(), "{url} accepted");
+        }
+        let allowed = WebhooksConfig {
+            allow_link_local: true,
+            ..WebhooksConfig::default()
+        };
+        let hook = Webhook {
+            url: "http://169.254.169.254/".into(),
+            secret: secret.clone(),
+        };
+        assert!(Endpoint::parse(&hook, &allowed).is_ok());
+        let short = Webhook {
+            url: "http://127.0.0.1/".into(),
+            secret: "whsec_c2hvcnQ=".into(),
+        };
+        assert!(Endpoint::parse(&short, &config).is_err());
+    }
+}

@@ -1,6 +1,7 @@
 // Wharf viewer: follows encrypted logs on a Wharf relay and decrypts them in this browser.
-// Read-only: it sends RequestChanges, StopChanges and Ping, never WriteEntries (the wasm module
-// cannot even encode one). Keys never leave the page: the x25519 secret and the grants sealed to
+// Read-only: it sends RequestChanges, StopChanges and Ping, never WriteEntries or WriteSnapshot
+// (the wasm module cannot even encode them). A log opens from its newest snapshot when the relay
+// has one: the snapshot's records come first, then the entries after it, then live ones. Keys never leave the page: the x25519 secret and the grants sealed to
 // it live in localStorage; grants also arrive in the URL fragment, which browsers do not send.
 import init, { Reader, GrantKeys, encodeRequestChanges, encodeStopChanges, encodePing } from "./pkg/wharf_wasm.js"
 
@@ -242,7 +243,8 @@ function onFrame(bytes) {
       if (l.probing) {
         l.probing = false
         l.next = Math.max(0, msg.nextSequence - state.window)
-        send(encodeRequestChanges(l.name, l.next))
+        // Opening a log: from its newest snapshot when that covers where the window starts.
+        send(encodeRequestChanges(l.name, l.next, true))
       }
       updateProgressStatus()
       break
@@ -262,6 +264,20 @@ function onFrame(bytes) {
       updateProgressStatus()
       break
     }
+    case "Snapshot": {
+      const l = state.logs.get(msg.log)
+      if (!l || !l.subscribed || l.probing) break
+      addSnapshot(l, msg)
+      updateProgressStatus()
+      break
+    }
+    case "HistoryStarts": {
+      const l = state.logs.get(msg.log)
+      if (!l || !l.subscribed || l.probing) break
+      addHistoryMarker(l, msg)
+      updateProgressStatus()
+      break
+    }
     case "Pong":
       if (msg.id === conn.pingId) conn.awaitingPong = null
       break
@@ -275,7 +291,12 @@ function onFrame(bytes) {
 // ---------------------------------------------------------------------------------------------
 // Rows
 
-function rowKey(r) { return `${r.log}/${r.sequence}` }
+// Entries by log and sequence; a snapshot's records by the snapshot too (the same sequence can
+// be an entry row and a snapshot record); the snapshot and history markers by kind.
+function rowKey(r) {
+  if (r.kind === "snapshot" || r.kind === "history") return `${r.log}/${r.kind}/${r.sequence}`
+  return r.snapshot ? `${r.log}/s${r.snapshotSequence}/${r.sequence}` : `${r.log}/${r.sequence}`
+}
 
 function addRows(l, rows) {
   let added = 0
@@ -298,6 +319,36 @@ function addRows(l, rows) {
     unsubscribe(l) // the page is full; "Live" or "Older" moves on
     l.caughtUp = true
   }
+  kept(l, added)
+}
+
+// A snapshot: its own row ("Snapshot up to #N (K records)", or why it does not open), then the
+// records it kept (the latest entry per event and primary key, in sequence order). The entries
+// that follow start after the sequence it covers.
+function addSnapshot(l, msg) {
+  for (const r of msg.rows) {
+    r.log = l.name
+    if (r.kind === "entry" && !r.locked) state.events.add(r.event)
+    state.rows.push(r)
+  }
+  l.count += msg.rows.length
+  l.next = Math.max(l.next ?? 0, msg.sequence + 1)
+  kept(l, msg.rows.length)
+}
+
+// The relay deleted the history before `firstSequence`: one marker row, once.
+function addHistoryMarker(l, msg) {
+  const [marker] = msg.rows
+  marker.log = l.name
+  l.next = Math.max(l.next ?? 0, msg.firstSequence)
+  const key = rowKey(marker)
+  if (state.rows.some((r) => r.log === l.name && rowKey(r) === key)) return
+  state.rows.push(marker)
+  l.count += 1
+  kept(l, 1)
+}
+
+function kept(l, added) {
   l.head = Math.max(l.head ?? 0, l.next ?? 0)
   state.stats.rows += added
   // Memory stays bounded by the window: drop the oldest (live) or the newest (history).
@@ -339,7 +390,7 @@ function jumpTo(sequence) {
 function older() {
   const l = focusLog()
   if (!l) return
-  const first = state.rows.find((r) => r.log === l.name)
+  const first = state.rows.find((r) => r.log === l.name && r.kind !== "history" && !r.snapshot) ?? state.rows.find((r) => r.log === l.name)
   const from = Math.max(0, (first?.sequence ?? l.next ?? 0) - Math.floor(state.window / 2))
   jumpTo(from)
   $("viewport").scrollTop = 0
@@ -370,10 +421,12 @@ let lastRendered = ""
 
 function matches(r) {
   const f = state.filter
-  if (f.event && (r.locked || r.event !== f.event)) return false
+  if (f.event && (r.locked || r.kind !== "entry" || r.event !== f.event)) return false
   if (f.text) {
     const t = f.text.toLowerCase()
-    const hay = r.locked ? `${r.sequence} ${r.id}` : `${r.sequence} ${r.event} ${r.primaryKey} ${r.payload} ${r.id}`
+    const hay = r.kind === "snapshot" ? `${r.sequence} snapshot ${r.error ?? ""}`
+      : r.kind === "history" ? `${r.sequence} history deleted retention`
+        : r.locked ? `${r.sequence} ${r.id}` : `${r.sequence} ${r.event} ${r.primaryKey} ${r.payload} ${r.id}`
     if (!hay.toLowerCase().includes(t)) return false
   }
   return true
@@ -405,9 +458,21 @@ function drawRows() {
   for (let i = first; i < last; i++) {
     const r = visible[i]
     const key = rowKey(r)
-    const cls = `tr${r.locked ? " locked" : ""}${key === state.selected ? " selected" : ""}`
+    const kindCls = r.kind === "snapshot" ? " snapshot-head" : r.kind === "history" ? " history-marker" : r.snapshot ? " from-snapshot" : ""
+    const cls = `tr${kindCls}${r.locked ? " locked" : ""}${key === state.selected ? " selected" : ""}`
     const log = state.logs.get(r.log)
     const logCell = showLog ? `<span class="swatch" style="display:inline-block;width:6px;height:6px;border-radius:1px;background:${log?.color};margin-right:5px"></span>${escapeHtml(r.log.slice(0, 10))}` : escapeHtml(r.log.slice(0, 10))
+    if (r.kind === "snapshot") {
+      const note = r.locked
+        ? `Snapshot up to #${r.sequence} does not open: ${r.error}`
+        : `Snapshot up to #${r.sequence} (${r.records.toLocaleString()} record${r.records === 1 ? "" : "s"})`
+      html += `<div class="${cls}" data-key="${escapeHtml(key)}"><span class="c-seq">≤${r.sequence}</span><span class="c-time"><span class="badge">snapshot</span></span><span class="c-log">${logCell}</span><span class="c-note">${escapeHtml(note)}</span><span class="c-size">${fmtSize(r.size)}</span></div>`
+      continue
+    }
+    if (r.kind === "history") {
+      html += `<div class="${cls}" data-key="${escapeHtml(key)}"><span class="c-seq">&lt;${r.sequence}</span><span class="c-time"><span class="badge">deleted</span></span><span class="c-log">${logCell}</span><span class="c-note">History before #${r.sequence} was deleted by the relay's retention policy</span><span class="c-size"></span></div>`
+      continue
+    }
     html += r.locked
       ? `<div class="${cls}" data-key="${escapeHtml(key)}"><span class="c-seq">${r.sequence}</span><span class="c-time">${fmtTime(r.time)}</span><span class="c-log">${logCell}</span><span class="c-event"><span class="badge">locked</span></span><span class="c-key">${escapeHtml(r.suite)}</span><span class="c-payload">${escapeHtml(r.error)}</span><span class="c-size">${fmtSize(r.size)}</span></div>`
       : `<div class="${cls}" data-key="${escapeHtml(key)}"><span class="c-seq">${r.sequence}</span><span class="c-time">${fmtTime(r.time)}</span><span class="c-log">${logCell}</span><span class="c-event">${escapeHtml(r.event)}</span><span class="c-key">${escapeHtml(r.primaryKey)}</span><span class="c-payload">${escapeHtml(r.payload.slice(0, 300))}</span><span class="c-size">${fmtSize(r.size)}</span></div>`
@@ -465,16 +530,33 @@ function showDetail(key) {
   const r = state.rows.find((x) => rowKey(x) === key)
   if (!r) return
   $("detail").hidden = false
+  if (r.kind === "snapshot" || r.kind === "history") return showMarker(r)
   $("detail-title").textContent = r.locked ? `#${r.sequence} · locked` : `#${r.sequence} · ${r.event}`
   const meta = [
     ["Log", r.log], ["Sequence", r.sequence], ["Time", new Date(r.time).toISOString()], ["Entry id", r.id],
-    ["Cipher", r.suite], ["Size", `${r.size.toLocaleString()} bytes`]
+    ["Cipher", r.suite], ["Size", `${r.size.toLocaleString()} bytes${r.snapshot ? " (plaintext)" : ""}`]
   ]
   if (!r.locked) meta.splice(3, 0, ["Event", r.event], ["Primary key", r.primaryKey])
+  if (r.snapshot) meta.splice(2, 0, ["From", `the snapshot up to #${r.snapshotSequence}`])
   $("detail-meta").innerHTML = meta.map(([k, v]) => `<dt>${k}</dt><dd>${escapeHtml(v)}</dd>`).join("")
   $("detail-json").innerHTML = r.locked
     ? escapeHtml(`This entry does not decrypt with the keys this viewer holds:\n${r.error}`)
     : highlight(JSON.stringify(JSON.parse(r.payload), null, 2))
+  state.dirty = true
+}
+
+function showMarker(r) {
+  const snapshot = r.kind === "snapshot"
+  $("detail-title").textContent = snapshot ? `Snapshot up to #${r.sequence}` : `History before #${r.sequence}`
+  const meta = snapshot
+    ? [["Log", r.log], ["Covers", `#0 to #${r.sequence}`], ["Records", r.locked ? "—" : r.records.toLocaleString()], ["Cipher", r.suite], ["Size", `${r.size.toLocaleString()} bytes`]]
+    : [["Log", r.log], ["First kept", `#${r.sequence}`]]
+  $("detail-meta").innerHTML = meta.map(([k, v]) => `<dt>${k}</dt><dd>${escapeHtml(v)}</dd>`).join("")
+  $("detail-json").innerHTML = escapeHtml(snapshot
+    ? r.locked
+      ? `This snapshot does not open with the keys this viewer holds:\n${r.error}`
+      : `The state of the log up to and including #${r.sequence}: the latest entry for every event and primary key (${r.records.toLocaleString()} records), listed after this row. The entries after #${r.sequence} follow them.`
+    : `The relay deleted this log's entries before #${r.sequence} under its retention policy; the entries shown start there.`)
   state.dirty = true
 }
 

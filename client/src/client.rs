@@ -88,7 +88,9 @@ impl ClientBuilder {
         let journal = Journal::open(&path).await?;
         let (status, _) = watch::channel(Status::Connecting { attempt: 0 });
         let (remote, _) = watch::channel(None);
+        let (snapshot_tx, snapshot_rx) = tokio::sync::mpsc::channel(16);
         let shared = Arc::new(Shared {
+            snapshots: Mutex::new(snapshot_rx),
             config: self.config,
             journal: journal.clone(),
             logs: self.logs,
@@ -102,6 +104,7 @@ impl ClientBuilder {
                 shared,
                 journal,
                 task: Mutex::new(Some(task)),
+                snapshot_tx,
                 cancel: cancel.clone(),
                 _guard: cancel.drop_guard(),
             }),
@@ -113,6 +116,7 @@ struct Inner {
     shared: Arc<Shared>,
     journal: Journal,
     task: Mutex<Option<JoinHandle<()>>>,
+    snapshot_tx: tokio::sync::mpsc::Sender<crate::sync::SnapshotRequest>,
     cancel: CancellationToken,
     _guard: DropGuard,
 }
@@ -181,6 +185,35 @@ impl Client {
             .append_many(&log, vec![NewEvent::new(event, primary_key, payload)?])
             .await?;
         Ok(ids[0])
+    }
+
+    /// Publishes an encrypted snapshot of `log`: this client's view of it as read from the
+    /// relay (the last writer per event and primary key), sealed under the log's key and bound
+    /// to the log and the last sequence it covers. Returns that sequence once the relay has
+    /// stored it durably. Waits for a connection; entries appended here but not yet acked are
+    /// not part of it (they come after it). Needs the log's identity (not a read key).
+    pub async fn snapshot(&self, log: &str) -> Result<u64, Error> {
+        match self.key(log)? {
+            LogKey::Writer(_) => {}
+            LogKey::Reader(_) => return Err(Error::ReadOnly(log.to_owned())),
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.inner
+            .snapshot_tx
+            .send(crate::sync::SnapshotRequest {
+                log: log.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| {
+            Error::Disconnected("the connection ended before the snapshot was acknowledged".into())
+        })?
+    }
+
+    /// History the relay had deleted before this client read it, with no snapshot covering it.
+    pub async fn truncations(&self) -> Result<Vec<crate::journal::Truncation>, Error> {
+        self.inner.journal.truncations().await
     }
 
     /// Appends events to `log` in one durable transaction; returns their entry ids.

@@ -31,6 +31,8 @@ pub enum Error {
     Protocol(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Snapshot(#[from] wharf_protocol::SnapshotError),
     #[error("payload: {0}")]
     Payload(String),
     #[error("no log {0:?} in this client")]

@@ -27,7 +27,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqlitePool, SqliteQueryResult, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use wharf_protocol::Entry;
+use wharf_protocol::{Entry, SnapshotContent, SnapshotEntry};
 use wharf_sqlite::{Db, DbError, Options, Synchronous};
 
 use crate::error::Error;
@@ -106,7 +106,30 @@ enum Command {
         log: String,
         entries: Vec<Received>,
     },
+    /// A snapshot the relay `remote` holds for `log`: its entries are applied in sequence
+    /// order and the cursor moves past what it covers.
+    Snapshot {
+        remote: RemoteId,
+        log: String,
+        content: SnapshotContent,
+    },
+    /// The relay deleted `log`'s history below `first`: the cursor jumps there, and the gap
+    /// is recorded.
+    Truncated {
+        remote: RemoteId,
+        log: String,
+        first: u64,
+    },
     Barrier(oneshot::Sender<()>),
+}
+
+/// History this journal never received because the relay had deleted it (retention) and no
+/// snapshot covered it: sequences `from..to` of `log`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Truncation {
+    pub log: String,
+    pub from: u64,
+    pub to: u64,
 }
 
 /// What the writer has committed, for waiters.
@@ -148,6 +171,8 @@ impl std::fmt::Debug for Command {
             Command::Append { .. } => "Append",
             Command::Acked { .. } => "Acked",
             Command::Received { .. } => "Received",
+            Command::Snapshot { .. } => "Snapshot",
+            Command::Truncated { .. } => "Truncated",
             Command::Barrier(_) => "Barrier",
         })
     }
@@ -264,6 +289,82 @@ impl Journal {
             entries,
         })
         .await
+    }
+
+    /// Applies a snapshot of `log` from `remote` (see [`Command::Snapshot`]).
+    pub async fn snapshot(
+        &self,
+        remote: &[u8],
+        log: &str,
+        content: SnapshotContent,
+    ) -> Result<(), Error> {
+        self.send(Command::Snapshot {
+            remote: remote.to_vec(),
+            log: log.to_owned(),
+            content,
+        })
+        .await
+    }
+
+    /// Records that `remote` deleted `log`'s history below `first`.
+    pub async fn truncated(&self, remote: &[u8], log: &str, first: u64) -> Result<(), Error> {
+        self.send(Command::Truncated {
+            remote: remote.to_vec(),
+            log: log.to_owned(),
+            first,
+        })
+        .await
+    }
+
+    /// The state of `log` as applied from `remote`, compacted by (event, primaryKey): what a
+    /// snapshot publishes. `None` until something was applied.
+    pub async fn snapshot_content(
+        &self,
+        remote: &[u8],
+        log: &str,
+    ) -> Result<Option<SnapshotContent>, Error> {
+        let cursor = self.cursor(remote, log).await?;
+        let Some(last) = cursor.checked_sub(1) else {
+            return Ok(None);
+        };
+        // SQLite takes bare columns from the row that holds the MAX().
+        let rows = sqlx::query(
+            "SELECT r.sequence, MAX(e.entry_id) AS entry_id, e.event, e.primary_key, e.payload
+             FROM remote_entries r JOIN entries e ON e.log = r.log AND e.entry_id = r.entry_id
+             WHERE r.remote_id = ?1 AND r.log = ?2 AND r.sequence <= ?3
+             GROUP BY e.event, e.primary_key",
+        )
+        .bind(remote)
+        .bind(log)
+        .bind(last as i64)
+        .fetch_all(&self.readers)
+        .await?;
+        let entries = rows
+            .iter()
+            .map(|r| {
+                Ok(SnapshotEntry {
+                    sequence: r.try_get::<i64, _>("sequence")?.max(0) as u64,
+                    entry: entry_of(r)?,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Some(SnapshotContent::compact(last, entries)))
+    }
+
+    /// Every gap recorded by [`Journal::truncated`], oldest first.
+    pub async fn truncations(&self) -> Result<Vec<Truncation>, Error> {
+        let rows = sqlx::query("SELECT log, from_seq, to_seq FROM truncations ORDER BY rowid")
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Truncation {
+                    log: r.try_get("log")?,
+                    from: r.try_get::<i64, _>("from_seq")?.max(0) as u64,
+                    to: r.try_get::<i64, _>("to_seq")?.max(0) as u64,
+                })
+            })
+            .collect()
     }
 
     /// Waits until everything queued before it is committed.
@@ -470,8 +571,9 @@ fn stored_entry(r: &SqliteRow) -> Result<StoredEntry, Error> {
 /// The schema, one step per version (`PRAGMA user_version`); append, never edit. Step 1 says
 /// `IF NOT EXISTS` because journals made before versions moved to `user_version` already hold
 /// its tables (and a `meta` table that is no longer read).
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE IF NOT EXISTS entries (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE IF NOT EXISTS entries (
         local_seq INTEGER PRIMARY KEY AUTOINCREMENT,
         log TEXT NOT NULL,
         entry_id BLOB NOT NULL,
@@ -480,28 +582,28 @@ const MIGRATIONS: &[&[&str]] = &[&[
         payload BLOB NOT NULL,
         own INTEGER NOT NULL,
         UNIQUE (log, entry_id))",
-    "CREATE INDEX IF NOT EXISTS entries_by_key ON entries (event, primary_key, entry_id)",
-    "CREATE TABLE IF NOT EXISTS remote_entries (
+        "CREATE INDEX IF NOT EXISTS entries_by_key ON entries (event, primary_key, entry_id)",
+        "CREATE TABLE IF NOT EXISTS remote_entries (
         remote_id BLOB NOT NULL,
         log TEXT NOT NULL,
         entry_id BLOB NOT NULL,
         sequence INTEGER NOT NULL,
         PRIMARY KEY (remote_id, log, entry_id)) WITHOUT ROWID",
-    "CREATE UNIQUE INDEX IF NOT EXISTS remote_entries_by_sequence
+        "CREATE UNIQUE INDEX IF NOT EXISTS remote_entries_by_sequence
         ON remote_entries (remote_id, log, sequence)",
-    "CREATE TABLE IF NOT EXISTS cursors (
+        "CREATE TABLE IF NOT EXISTS cursors (
         remote_id BLOB NOT NULL,
         log TEXT NOT NULL,
         next_sequence INTEGER NOT NULL,
         PRIMARY KEY (remote_id, log)) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS applied (
+        "CREATE TABLE IF NOT EXISTS applied (
         idx INTEGER PRIMARY KEY AUTOINCREMENT,
         log TEXT NOT NULL,
         entry_id BLOB NOT NULL,
         remote_id BLOB NOT NULL,
         sequence INTEGER NOT NULL,
         UNIQUE (log, entry_id))",
-    "CREATE TABLE IF NOT EXISTS undecryptable (
+        "CREATE TABLE IF NOT EXISTS undecryptable (
         remote_id BLOB NOT NULL,
         log TEXT NOT NULL,
         sequence INTEGER NOT NULL,
@@ -510,7 +612,16 @@ const MIGRATIONS: &[&[&str]] = &[&[
         ciphertext BLOB NOT NULL,
         error TEXT NOT NULL,
         PRIMARY KEY (remote_id, log, sequence)) WITHOUT ROWID",
-]];
+    ],
+    &[
+        // History a relay had deleted (retention) when this journal asked for it.
+        "CREATE TABLE truncations (
+        remote_id BLOB NOT NULL,
+        log TEXT NOT NULL,
+        from_seq INTEGER NOT NULL,
+        to_seq INTEGER NOT NULL)",
+    ],
+];
 
 /// Copies committed WAL frames into the database after commits, at most four times a second.
 /// Ends with the writer (when the progress sender goes away).
@@ -584,7 +695,10 @@ async fn run_writer(
                         Command::Barrier(reply) => {
                             let _ = reply.send(());
                         }
-                        Command::Acked { .. } | Command::Received { .. } => {}
+                        Command::Acked { .. }
+                        | Command::Received { .. }
+                        | Command::Snapshot { .. }
+                        | Command::Truncated { .. } => {}
                     }
                 }
                 // Wakes every waiter after every commit (flush re-checks the outbox then).
@@ -758,6 +872,71 @@ async fn commit_group(
                 }
                 note(&mut touched, remote, log);
             }
+            Command::Snapshot {
+                remote,
+                log,
+                content,
+            } => {
+                handoff = false;
+                let entries: Vec<&Entry> = content.entries.iter().map(|e| &e.entry).collect();
+                for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+                    insert_entries(&mut tx, log, chunk.iter().copied(), false).await?;
+                }
+                for chunk in content.entries.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = QueryBuilder::<Sqlite>::new(
+                        "INSERT OR IGNORE INTO remote_entries (remote_id, log, entry_id, sequence) ",
+                    );
+                    q.push_values(chunk, |mut b, e| {
+                        b.push_bind(remote.as_slice())
+                            .push_bind(log)
+                            .push_bind(e.entry.id.as_slice())
+                            .push_bind(e.sequence as i64);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                let cursor = load_cursor(&mut tx, cursors, remote, log).await?;
+                if (content.sequence as i64) >= cursor {
+                    // In sequence order, so the delivery order is the relay's.
+                    for e in &content.entries {
+                        if (e.sequence as i64) < cursor {
+                            continue;
+                        }
+                        let r = sqlx::query(
+                            "INSERT OR IGNORE INTO applied (log, entry_id, remote_id, sequence)
+                             VALUES (?, ?, ?, ?)",
+                        )
+                        .bind(log)
+                        .bind(e.entry.id.as_slice())
+                        .bind(remote.as_slice())
+                        .bind(e.sequence as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                        if r.rows_affected() > 0 {
+                            outcome.applied = outcome.applied.max(r.last_insert_rowid());
+                        }
+                    }
+                    store_cursor(&mut tx, cursors, remote, log, content.sequence as i64 + 1)
+                        .await?;
+                }
+                note(&mut touched, remote, log);
+            }
+            Command::Truncated { remote, log, first } => {
+                let cursor = load_cursor(&mut tx, cursors, remote, log).await?;
+                if (*first as i64) > cursor {
+                    sqlx::query(
+                        "INSERT INTO truncations (remote_id, log, from_seq, to_seq)
+                         VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(remote.as_slice())
+                    .bind(log)
+                    .bind(cursor)
+                    .bind(*first as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                    store_cursor(&mut tx, cursors, remote, log, *first as i64).await?;
+                }
+                note(&mut touched, remote, log);
+            }
             Command::Barrier(_) => {}
         }
     }
@@ -821,6 +1000,46 @@ fn note(touched: &mut Vec<(RemoteId, String)>, remote: &RemoteId, log: &str) {
 
 /// The writer's copy of `cursors`, so the hot path skips reading it back.
 type CursorCache = HashMap<(RemoteId, String), i64>;
+
+/// The (remote, log) cursor: every sequence below it is applied.
+async fn load_cursor(
+    conn: &mut SqliteConnection,
+    cursors: &mut CursorCache,
+    remote: &[u8],
+    log: &str,
+) -> Result<i64, Error> {
+    let key = (remote.to_vec(), log.to_owned());
+    if let Some(next) = cursors.get(&key) {
+        return Ok(*next);
+    }
+    let next: Option<i64> =
+        sqlx::query_scalar("SELECT next_sequence FROM cursors WHERE remote_id = ? AND log = ?")
+            .bind(remote)
+            .bind(log)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(next.unwrap_or(0))
+}
+
+async fn store_cursor(
+    conn: &mut SqliteConnection,
+    cursors: &mut CursorCache,
+    remote: &[u8],
+    log: &str,
+    next: i64,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO cursors (remote_id, log, next_sequence) VALUES (?, ?, ?)
+         ON CONFLICT (remote_id, log) DO UPDATE SET next_sequence = excluded.next_sequence",
+    )
+    .bind(remote)
+    .bind(log)
+    .bind(next)
+    .execute(&mut *conn)
+    .await?;
+    cursors.insert((remote.to_vec(), log.to_owned()), next);
+    Ok(())
+}
 
 /// Moves the (remote, log) cursor over every sequence now known, applying the entries in
 /// sequence order. Returns what it applied: (idx, entryId, sequence), by idx.

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rand::{Rng, RngCore};
 use tokio::sync::broadcast::error::TryRecvError;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use wharf_protocol::{
     ClientMsg, EncryptedEntry, Entry, Identity, JsNumber, ReadKey, RelayMsg, Suite, WriteEntries,
+    WriteSnapshot,
 };
 
 use crate::connection::{ConnectOptions, Connection};
@@ -35,8 +36,19 @@ pub enum Status {
         message: String,
         retry_in: Option<Duration>,
     },
+    /// The relay had deleted `log`'s history `from..to` (a retention policy) and no snapshot
+    /// covered it: those entries will never arrive. Reported once, as it happens; every gap is
+    /// also kept in the journal ([`crate::Client::truncations`]).
+    Truncated { log: String, from: u64, to: u64 },
     /// [`Client::close`] was called.
     Closed,
+}
+
+/// A request for a snapshot of a log, served by the sync task while connected.
+#[derive(Debug)]
+pub(crate) struct SnapshotRequest {
+    pub(crate) log: String,
+    pub(crate) reply: oneshot::Sender<Result<u64, Error>>,
 }
 
 /// The key a client holds for a log.
@@ -74,6 +86,12 @@ pub struct SyncConfig {
     pub max_batch_entries: usize,
     /// Writes awaiting their Ack at once.
     pub max_in_flight: usize,
+    /// A log this client has never read starts from the relay's newest snapshot of it (its
+    /// view is the same as from the full history; its entry stream starts with the
+    /// snapshot's records instead of every entry ever written).
+    pub open_from_snapshot: bool,
+    /// Publish a snapshot of each writable log every this many entries (per connection).
+    pub snapshot_every: Option<u64>,
 }
 
 impl SyncConfig {
@@ -87,6 +105,8 @@ impl SyncConfig {
             healthy_after: Duration::from_secs(5),
             max_batch_entries: 500,
             max_in_flight: 4,
+            open_from_snapshot: true,
+            snapshot_every: None,
         }
     }
 }
@@ -97,6 +117,7 @@ pub(crate) struct Shared {
     pub(crate) logs: Vec<(String, LogKey)>,
     pub(crate) status: watch::Sender<Status>,
     pub(crate) remote: watch::Sender<Option<RemoteId>>,
+    pub(crate) snapshots: tokio::sync::Mutex<mpsc::Receiver<SnapshotRequest>>,
 }
 
 impl Shared {
@@ -181,6 +202,10 @@ struct LogState {
     caught_up: bool,
     /// Highest local_seq handed to the relay on this connection.
     sent_upto: i64,
+    /// Where the last snapshot this connection published (or opened from) stands.
+    snapshot_at: u64,
+    /// One past the highest sequence an Ack gave this client's own entries.
+    acked_end: u64,
 }
 
 struct InFlight {
@@ -245,12 +270,17 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
     shared.remote.send_replace(Some(remote.clone()));
     tracing::info!(remote_id = %hex::encode(&remote), "connected");
 
+    let mut snapshot_requests = shared.snapshots.lock().await;
+    // Snapshots sent and not yet acknowledged: WriteSnapshot id → who asked (if anyone).
+    let mut snapshots_in_flight: HashMap<u32, Option<oneshot::Sender<Result<u64, Error>>>> =
+        HashMap::new();
     let mut logs: HashMap<String, LogState> = HashMap::new();
     for (name, key) in &shared.logs {
         let cursor = journal.cursor(&remote, name).await?;
         conn.feed(&ClientMsg::RequestChanges {
             public_key: name.clone(),
             start_sequence: cursor,
+            snapshot: cursor == 0 && cfg.open_from_snapshot && conn.extension(),
         })
         .await?;
         logs.insert(
@@ -261,6 +291,8 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
                 head: None,
                 caught_up: !conn.extension(),
                 sent_upto: 0,
+                snapshot_at: cursor,
+                acked_end: cursor,
             },
         );
     }
@@ -408,9 +440,59 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
                                 write.ids.len()
                             )));
                         }
+                        let top = sequence_numbers.iter().max().copied();
                         let placed = write.ids.into_iter().zip(sequence_numbers).collect();
                         journal.acked(&remote, &write.log, placed, write.entries).await?;
                         fill = true; // room in the pipeline again
+                        if let (Some(state), Some(top)) = (logs.get_mut(&write.log), top) {
+                            state.acked_end = state.acked_end.max(top + 1);
+                            if due_for_snapshot(cfg, state) {
+                                state.snapshot_at = state.acked_end;
+                                let id = next_id;
+                                next_id = next_id.wrapping_add(1) % (1 << 31);
+                                if let Err(e) = send_snapshot(&mut conn, journal, &remote, &write.log, state, id).await {
+                                    tracing::warn!(log = %write.log, error = %e, "automatic snapshot skipped");
+                                } else {
+                                    snapshots_in_flight.insert(id, None);
+                                }
+                            }
+                        }
+                    }
+                    RelayMsg::SnapshotAck { id, sequence } => {
+                        let waiter = u32::try_from(id.0 as i64).ok().and_then(|id| snapshots_in_flight.remove(&id));
+                        if let Some(Some(reply)) = waiter {
+                            let _ = reply.send(Ok(sequence));
+                        }
+                        tracing::debug!(sequence, "snapshot stored");
+                    }
+                    RelayMsg::Snapshot { public_key, sequence, iv, data } => {
+                        let Some(state) = logs.get_mut(&public_key) else { continue };
+                        if sequence < state.cursor {
+                            continue; // covers nothing new
+                        }
+                        match state.key.read_key().open_snapshot(sequence, &iv, &data) {
+                            Ok(content) => {
+                                tracing::info!(log = %public_key, sequence, records = content.entries.len(), "opening from a snapshot");
+                                journal.snapshot(&remote, &public_key, content).await?;
+                            }
+                            Err(e) => {
+                                // The entries it covers are not coming: the same as a truncation.
+                                tracing::warn!(log = %public_key, sequence, error = %e, "snapshot does not open; its history is missing here");
+                                journal.truncated(&remote, &public_key, sequence + 1).await?;
+                                shared.set_status(Status::Truncated { log: public_key.clone(), from: state.cursor, to: sequence + 1 });
+                            }
+                        }
+                        state.cursor = sequence + 1;
+                        state.snapshot_at = state.cursor;
+                    }
+                    RelayMsg::HistoryStarts { public_key, first_sequence } => {
+                        let Some(state) = logs.get_mut(&public_key) else { continue };
+                        if first_sequence > state.cursor {
+                            tracing::warn!(log = %public_key, from = state.cursor, to = first_sequence, "the relay deleted history this client had not read");
+                            journal.truncated(&remote, &public_key, first_sequence).await?;
+                            shared.set_status(Status::Truncated { log: public_key.clone(), from: state.cursor, to: first_sequence });
+                            state.cursor = first_sequence;
+                        }
                     }
                     RelayMsg::Changes { public_key, entries } => {
 
@@ -466,6 +548,34 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
                     RelayMsg::Hello { .. } | RelayMsg::Chunked(_) | RelayMsg::Error { .. } => {}
                 }
             }
+            Some(request) = snapshot_requests.recv() => {
+                let SnapshotRequest { log, reply } = request;
+                let Some(state) = logs.get_mut(&log) else {
+                    let _ = reply.send(Err(Error::UnknownLog(log)));
+                    continue;
+                };
+                if !conn.extension() {
+                    let _ = reply.send(Err(Error::Protocol("this relay does not speak wharf.v1, which snapshots need".into())));
+                    continue;
+                }
+                // Everything received so far is in the journal before the view is read.
+                journal.barrier().await?;
+                let id = next_id;
+                next_id = next_id.wrapping_add(1) % (1 << 31);
+                match send_snapshot(&mut conn, journal, &remote, &log, state, id).await {
+                    Ok(()) => {
+                        state.snapshot_at = state.cursor;
+                        snapshots_in_flight.insert(id, Some(reply));
+                    }
+                    Err(e @ (Error::Io(_) | Error::Crypto(_) | Error::Snapshot(_))) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::Disconnected(e.to_string())));
+                        return Err(e);
+                    }
+                }
+            }
             _ = ping.tick() => {
                 if let Some(since) = awaiting_pong {
                     if since.elapsed() >= cfg.ping_timeout {
@@ -484,6 +594,43 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
             }
         }
     }
+}
+
+fn due_for_snapshot(cfg: &SyncConfig, state: &LogState) -> bool {
+    matches!(state.key, LogKey::Writer(_))
+        && cfg.snapshot_every.is_some_and(|every| {
+            every > 0 && state.cursor.max(state.acked_end) >= state.snapshot_at + every
+        })
+}
+
+/// Seals the journal's view of `log` (as applied from `remote`) and sends it as a snapshot.
+async fn send_snapshot(
+    conn: &mut Connection,
+    journal: &Journal,
+    remote: &[u8],
+    log: &str,
+    state: &LogState,
+    id: u32,
+) -> Result<(), Error> {
+    let content = journal
+        .snapshot_content(remote, log)
+        .await?
+        .ok_or_else(|| {
+            Error::Io(format!(
+                "nothing of log {log:?} has been read from this relay yet"
+            ))
+        })?;
+    let mut iv = [0u8; wharf_protocol::snapshot::SNAPSHOT_IV_LEN];
+    rand::thread_rng().fill_bytes(&mut iv);
+    let data = state.key.read_key().seal_snapshot(&iv, &content)?;
+    conn.send(&ClientMsg::WriteSnapshot(WriteSnapshot {
+        public_key: log.to_owned(),
+        id: JsNumber(f64::from(id)),
+        sequence: content.sequence,
+        iv: Bytes::copy_from_slice(&iv),
+        data: Bytes::from(data),
+    }))
+    .await
 }
 
 fn report_progress(shared: &Shared, logs: &HashMap<String, LogState>) {

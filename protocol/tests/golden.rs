@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use serde_json::Value;
 use wharf_protocol::{
-    Chunk, ClientMsg, EncryptedEntry, JsNumber, RelayMsg, RemoteEntry, WriteEntries,
+    Chunk, ClientMsg, EncryptedEntry, ErrorCode, JsNumber, RelayMsg, RemoteEntry, WriteEntries,
+    WriteSnapshot,
 };
 
 fn golden() -> Value {
@@ -455,6 +456,162 @@ fn extension_messages_round_trip() {
         },
     ] {
         assert!(msg.is_extension());
+        assert_eq!(
+            RelayMsg::decode(&Bytes::from(msg.encode())).expect("decode"),
+            msg
+        );
+    }
+}
+
+// ---- wharf.v1 snapshot and retention messages: exact bytes (docs/protocol.md) ----------------
+
+/// The 24-byte iv of the snapshot vectors: 0x00, 0x01, …, 0x17.
+fn snapshot_iv() -> Bytes {
+    Bytes::from((0u8..24).collect::<Vec<u8>>())
+}
+
+/// Hex with the spaces and line breaks used for readability removed.
+fn unspace(hex: &str) -> String {
+    hex.split_whitespace().collect()
+}
+
+/// Each vector was written by hand from the encoding rules (map16 `de 00 NN`, keys as fixstr,
+/// fields in schema order, `_tag` last, shortest number and bin headers).
+fn extension_client_vectors() -> Vec<(&'static str, ClientMsg, &'static str)> {
+    vec![
+        (
+            "WriteSnapshot",
+            ClientMsg::WriteSnapshot(WriteSnapshot {
+                public_key: "log-a".into(),
+                id: JsNumber::from(7u32),
+                sequence: 41,
+                iv: snapshot_iv(),
+                data: Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]),
+            }),
+            "de0006 a9 7075626c69634b6579 a5 6c6f672d61 a2 6964 07 a8 73657175656e6365 29
+             a2 6976 c418 000102030405060708090a0b0c0d0e0f1011121314151617
+             a4 64617461 c404 deadbeef a4 5f746167 ad 5772697465536e617073686f74",
+        ),
+        (
+            "RequestChanges_snapshot",
+            ClientMsg::RequestChanges {
+                public_key: "log-a".into(),
+                start_sequence: 0,
+                snapshot: true,
+            },
+            "de0004 a9 7075626c69634b6579 a5 6c6f672d61 ad 737461727453657175656e6365 00
+             a8 736e617073686f74 c3 a4 5f746167 ae 526571756573744368616e676573",
+        ),
+        (
+            "RequestChanges_plain",
+            ClientMsg::RequestChanges {
+                public_key: "log-a".into(),
+                start_sequence: 0,
+                snapshot: false,
+            },
+            "de0003 a9 7075626c69634b6579 a5 6c6f672d61 ad 737461727453657175656e6365 00
+             a4 5f746167 ae 526571756573744368616e676573",
+        ),
+    ]
+}
+
+fn extension_relay_vectors() -> Vec<(&'static str, RelayMsg, &'static str)> {
+    vec![
+        (
+            "SnapshotAck",
+            RelayMsg::SnapshotAck {
+                id: JsNumber::from(7u32),
+                sequence: 41,
+            },
+            "de0003 a2 6964 07 a8 73657175656e6365 29 a4 5f746167 ab 536e617073686f7441636b",
+        ),
+        (
+            "Snapshot",
+            RelayMsg::Snapshot {
+                public_key: "log-a".into(),
+                sequence: 41,
+                iv: snapshot_iv(),
+                data: Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]),
+            },
+            "de0005 a9 7075626c69634b6579 a5 6c6f672d61 a8 73657175656e6365 29
+             a2 6976 c418 000102030405060708090a0b0c0d0e0f1011121314151617
+             a4 64617461 c404 deadbeef a4 5f746167 a8 536e617073686f74",
+        ),
+        (
+            "HistoryStarts",
+            RelayMsg::HistoryStarts {
+                public_key: "log-a".into(),
+                first_sequence: 70000,
+            },
+            "de0003 a9 7075626c69634b6579 a5 6c6f672d61 ad 666972737453657175656e6365
+             ce00011170 a4 5f746167 ad 486973746f7279537461727473",
+        ),
+    ]
+}
+
+#[test]
+fn snapshot_and_retention_messages_encode_to_exact_bytes_and_decode_back() {
+    for (name, msg, hex) in extension_client_vectors() {
+        let want = unspace(hex);
+        assert_eq!(hex::encode(msg.encode()), want, "{name}");
+        let frame = Bytes::from(hex::decode(&want).expect("hex"));
+        assert_eq!(ClientMsg::decode(&frame).expect(name), msg, "{name}");
+        assert!(RelayMsg::decode(&frame).is_err(), "{name} is client-only");
+    }
+    for (name, msg, hex) in extension_relay_vectors() {
+        let want = unspace(hex);
+        assert_eq!(hex::encode(msg.encode()), want, "{name}");
+        let frame = Bytes::from(hex::decode(&want).expect("hex"));
+        assert_eq!(RelayMsg::decode(&frame).expect(name), msg, "{name}");
+        assert!(msg.is_extension(), "{name} is a wharf.v1 message");
+        assert!(ClientMsg::decode(&frame).is_err(), "{name} is relay-only");
+    }
+}
+
+#[test]
+fn request_changes_without_snapshot_is_the_v3_message() {
+    let g = golden();
+    for (name, start) in [("RequestChanges", 0), ("RequestChanges_42", 42)] {
+        let msg = ClientMsg::RequestChanges {
+            public_key: public_key(&g),
+            start_sequence: start,
+            snapshot: false,
+        };
+        let bytes = msg.encode();
+        assert_eq!(hex::encode(&bytes), golden_hex(&g, name), "{name}");
+        assert_eq!(&bytes[..3], &[0xde, 0x00, 0x03], "{name}: a 3-key map");
+    }
+    // `snapshot: false` written explicitly (or any absent/false value) reads as no snapshot.
+    let frame = map(
+        &[
+            ("publicKey", s("pk")),
+            ("startSequence", vec![0x05]),
+            ("snapshot", vec![0xc2]),
+            ("_tag", s("RequestChanges")),
+        ],
+        "map16",
+    );
+    assert_eq!(
+        ClientMsg::decode(&frame).expect("decode"),
+        ClientMsg::RequestChanges {
+            public_key: "pk".into(),
+            start_sequence: 5,
+            snapshot: false,
+        }
+    );
+}
+
+#[test]
+fn new_error_codes_round_trip() {
+    for (code, wire) in [
+        (ErrorCode::QuotaExceeded, "quota_exceeded"),
+        (ErrorCode::SnapshotRefused, "snapshot_refused"),
+    ] {
+        assert_eq!(code.as_str(), wire);
+        let msg = RelayMsg::Error {
+            code,
+            message: "why".into(),
+        };
         assert_eq!(
             RelayMsg::decode(&Bytes::from(msg.encode())).expect("decode"),
             msg

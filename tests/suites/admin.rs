@@ -377,6 +377,60 @@ async fn the_admin_api_answers_as_openapi_json_documents() {
     assert_eq!(delete.status, 404);
     check("DELETE", "/admin/v1/tenants/{tenant}", &delete);
 
+    // Tenant settings and retention, as documented.
+    let settings = "/admin/v1/tenants/{tenant}/settings";
+    let got = call(
+        &relay,
+        "GET",
+        "/admin/v1/tenants/acme/settings",
+        Some(&all),
+        b"",
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    check("GET", settings, &got);
+    let body = br#"{"retention":{"max_entries":1000000},"quota":{"max_logs":100}}"#;
+    let put = call(
+        &relay,
+        "PUT",
+        "/admin/v1/tenants/acme/settings",
+        Some(&all),
+        body,
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    check("PUT", settings, &put);
+    let bad = call(
+        &relay,
+        "PUT",
+        "/admin/v1/tenants/acme/settings",
+        Some(&all),
+        b"{\"retention\":{\"nope\":1}}",
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    check("PUT", settings, &bad);
+    let ran = call(
+        &relay,
+        "POST",
+        "/admin/v1/tenants/acme/retention",
+        Some(&all),
+        b"",
+    )
+    .await;
+    assert_eq!(ran.status, 200, "{}", ran.text());
+    check("POST", "/admin/v1/tenants/{tenant}/retention", &ran);
+    let deleted = call(
+        &relay,
+        "DELETE",
+        "/admin/v1/tenants/acme/settings",
+        Some(&all),
+        b"",
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    check("DELETE", settings, &deleted);
+
     // Revocation: the scoped admin token stops working.
     let jti = {
         let c = claims(&relay, "acme", vec![Action::Admin]);

@@ -103,9 +103,17 @@ export class Reader {
     }
     /**
      * Decodes one binary frame. Returns `{type, ...}`: `Hello{remoteId}`,
-     * `Rows{log, rows:[{sequence, time, id, size, suite, locked, event?, primaryKey?, payload?, error?}]}`,
-     * `Head{log, nextSequence}`, `CaughtUp{log, nextSequence}`, `Pong{id}`,
-     * `Error{code, message}`, `Partial`, or `Other{what}`.
+     * `Rows{log, rows:[{kind: "entry", snapshot: false, sequence, time, id, size, suite, locked, event?, primaryKey?, payload?, error?}]}`,
+     * `Snapshot{log, sequence, size, count, locked, error?, rows}`, `HistoryStarts{log,
+     * firstSequence, rows}`, `Head{log, nextSequence}`, `CaughtUp{log, nextSequence}`,
+     * `Pong{id}`, `Error{code, message}`, `Partial`, or `Other{what}`.
+     *
+     * A `Snapshot`'s `rows` start with the snapshot itself, `{kind: "snapshot", snapshot: true,
+     * sequence, snapshotSequence, records, size, suite, locked, error?}` (`sequence`: the last
+     * entry it covers; `locked` with `error` when it does not open), followed by the entries it
+     * kept as entry rows with `snapshot: true, snapshotSequence`. `HistoryStarts`'s `rows` hold
+     * one marker, `{kind: "history", snapshot: false, sequence: firstSequence, locked: false}`:
+     * the relay deleted the history before it.
      * @param {Uint8Array | number[]} frame
      * @param {number} now_ms
      * @returns {object}
@@ -140,16 +148,19 @@ export function encodePing(id) {
 }
 
 /**
- * `RequestChanges{publicKey, startSequence}`.
+ * `RequestChanges{publicKey, startSequence}`; with `snapshot` true (optional, default false),
+ * `snapshot: true` too: the relay starts from the log's newest snapshot when it covers
+ * `startSequence` (a `Snapshot` message, then the entries after it).
  * @param {string} public_key
  * @param {number} start_sequence
+ * @param {boolean | null} [snapshot]
  * @returns {Uint8Array}
  */
-export function encodeRequestChanges(public_key, start_sequence) {
+export function encodeRequestChanges(public_key, start_sequence, snapshot) {
     const val2 = +start_sequence;
     const ptr0 = passStringToWasm0(public_key, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
     const len0 = WASM_VECTOR_LEN;
-    const ret = wasm.encodeRequestChanges(ptr0, len0, val2);
+    const ret = wasm.encodeRequestChanges(ptr0, len0, val2, isLikeNone(snapshot) ? 0xFFFFFF : snapshot ? 1 : 0);
     return ret;
 }
 
@@ -184,6 +195,10 @@ function __wbg_get_imports() {
         },
         __wbg_new_with_length_a3dc62dea6e2e158: function(arg0) {
             const ret = new Array(arg0 >>> 0);
+            return ret;
+        },
+        __wbg_of_027eb15371aac932: function(arg0) {
+            const ret = Array.of(arg0);
             return ret;
         },
         __wbg_set_2793479888329cb6: function() { return handleError(function (arg0, arg1, arg2) {
@@ -262,6 +277,10 @@ function handleError(f, args) {
         const idx = addToExternrefTable0(e);
         wasm.__wbindgen_exn_store(idx);
     }
+}
+
+function isLikeNone(x) {
+    return x === undefined || x === null;
 }
 
 function passArray8ToWasm0(arg, malloc) {

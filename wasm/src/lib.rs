@@ -1,6 +1,7 @@
 //! `wharf-wasm`: what the browser viewer needs from `wharf-protocol`, as wasm-bindgen bindings.
 //! Read-only by construction: it decodes relay frames, encodes only the messages a reader sends
-//! (`RequestChanges`, `StopChanges`, `Ping`), and decrypts; it cannot build a `WriteEntries`.
+//! (`RequestChanges`, `StopChanges`, `Ping`), and decrypts entries and snapshots; it cannot build
+//! a `WriteEntries` or a `WriteSnapshot`.
 //!
 //! The logic lives in plain Rust ([`Reader`], [`Row`]), tested natively; the `#[wasm_bindgen]`
 //! layer only converts to JavaScript values.
@@ -11,9 +12,12 @@ use bytes::Bytes;
 use js_sys::{Array, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wharf_protocol::{
-    payload, ClientMsg, Grant, GrantKeyPair, Inbound, JsNumber, ReadKey, ReassemblerLimits,
-    RelayMsg, RemoteEntry,
+    payload, ClientMsg, Entry, Grant, GrantKeyPair, Inbound, JsNumber, ReadKey, ReassemblerLimits,
+    RelayMsg, RemoteEntry, SnapshotEntry,
 };
+
+/// The cipher of snapshots (whatever the log's entry suite).
+const SNAPSHOT_SUITE: &str = "xchacha20poly1305";
 
 /// One entry as the viewer shows it: decrypted, or locked with what is visible without a key.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +30,9 @@ pub struct Row {
     pub size: usize,
     pub suite: &'static str,
     pub content: Result<Opened, String>,
+    /// `Some(s)`: the entry was kept by a snapshot covering every entry up to and including `s`
+    /// (its `size` is then the plaintext's); `None`: an entry from `Changes`.
+    pub snapshot: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +56,22 @@ pub enum Event {
     Head {
         log: String,
         next_sequence: u64,
+    },
+    /// The log's newest snapshot, covering every entry up to and including `sequence`; the
+    /// entries that follow start after it. `rows`: the entries it kept (each with
+    /// `snapshot: Some(sequence)`), in sequence order, or why it did not open.
+    Snapshot {
+        log: String,
+        sequence: u64,
+        /// Bytes of the encrypted snapshot.
+        size: usize,
+        rows: Result<Vec<Row>, String>,
+    },
+    /// The relay deleted the log's history below `first_sequence` (retention); the entries
+    /// that follow start there.
+    HistoryStarts {
+        log: String,
+        first_sequence: u64,
     },
     CaughtUp {
         log: String,
@@ -128,12 +151,46 @@ impl Reader {
                 log: public_key,
                 next_sequence,
             },
+            RelayMsg::Snapshot {
+                public_key,
+                sequence,
+                iv,
+                data,
+            } => {
+                let rows = match self.keys.get(&public_key) {
+                    None => Err("no key for this log".to_owned()),
+                    Some(k) => k
+                        .open_snapshot(sequence, &iv, &data)
+                        .map(|c| {
+                            let covers = c.sequence;
+                            c.entries
+                                .into_iter()
+                                .map(|e| snapshot_row(covers, e))
+                                .collect()
+                        })
+                        .map_err(|err| err.to_string()),
+                };
+                Event::Snapshot {
+                    log: public_key,
+                    sequence,
+                    size: data.len(),
+                    rows,
+                }
+            }
+            RelayMsg::HistoryStarts {
+                public_key,
+                first_sequence,
+            } => Event::HistoryStarts {
+                log: public_key,
+                first_sequence,
+            },
             RelayMsg::Pong { id } => Event::Pong { id: id.0 },
             RelayMsg::Error { code, message } => Event::Error {
                 code: code.to_string(),
                 message,
             },
             RelayMsg::Ack { .. } => Event::Other("Ack"),
+            RelayMsg::SnapshotAck { .. } => Event::Other("SnapshotAck"),
             // `Inbound` returns whole messages only.
             RelayMsg::Chunked(_) => Event::Other("ChunkedMessage"),
         })
@@ -151,27 +208,47 @@ fn row(key: Option<&ReadKey>, e: &RemoteEntry) -> Row {
         Some(k) => k
             .open(&e.iv, &e.entry_id, &e.encrypted_entry)
             .map_err(|err| err.to_string())
-            .map(|entry| Opened {
-                payload: payload::to_json(&entry.payload)
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|err| {
-                        serde_json::json!({ "$error": err.to_string() }).to_string()
-                    }),
-                event: entry.event,
-                primary_key: entry.primary_key,
-            }),
+            .map(opened),
     };
     Row {
         sequence: e.sequence,
         time_ms: wharf_protocol::entry::timestamp_ms(&e.entry_id),
-        // A v3 entry id is 16 bytes; anything else is shown as hex.
-        entry_id: uuid::Uuid::from_slice(&e.entry_id)
-            .map(|u| u.to_string())
-            .unwrap_or_else(|_| hex::encode(&e.entry_id)),
+        entry_id: entry_id(&e.entry_id),
         size: e.encrypted_entry.len(),
         suite,
         content,
+        snapshot: None,
     }
+}
+
+/// An entry kept by a snapshot covering up to `covers`.
+fn snapshot_row(covers: u64, e: SnapshotEntry) -> Row {
+    Row {
+        sequence: e.sequence,
+        time_ms: wharf_protocol::entry::timestamp_ms(&e.entry.id),
+        entry_id: entry_id(&e.entry.id),
+        size: e.entry.encode().len(),
+        suite: SNAPSHOT_SUITE,
+        content: Ok(opened(e.entry)),
+        snapshot: Some(covers),
+    }
+}
+
+fn opened(entry: Entry) -> Opened {
+    Opened {
+        payload: payload::to_json(&entry.payload)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|err| serde_json::json!({ "$error": err.to_string() }).to_string()),
+        event: entry.event,
+        primary_key: entry.primary_key,
+    }
+}
+
+/// A v3 entry id is 16 bytes, shown as a UUID; anything else is shown as hex.
+fn entry_id(id: &[u8]) -> String {
+    uuid::Uuid::from_slice(id)
+        .map(|u| u.to_string())
+        .unwrap_or_else(|_| hex::encode(id))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,6 +262,11 @@ fn set(obj: &Object, key: &str, value: impl Into<JsValue>) -> Result<(), JsError
 
 fn row_to_js(r: &Row) -> Result<Object, JsError> {
     let o = Object::new();
+    set(&o, "kind", "entry")?;
+    set(&o, "snapshot", r.snapshot.is_some())?;
+    if let Some(covers) = r.snapshot {
+        set(&o, "snapshotSequence", covers as f64)?;
+    }
     set(&o, "sequence", r.sequence as f64)?;
     set(&o, "time", r.time_ms as f64)?;
     set(&o, "id", r.entry_id.as_str())?;
@@ -231,9 +313,17 @@ impl JsReader {
     }
 
     /// Decodes one binary frame. Returns `{type, ...}`: `Hello{remoteId}`,
-    /// `Rows{log, rows:[{sequence, time, id, size, suite, locked, event?, primaryKey?, payload?, error?}]}`,
-    /// `Head{log, nextSequence}`, `CaughtUp{log, nextSequence}`, `Pong{id}`,
-    /// `Error{code, message}`, `Partial`, or `Other{what}`.
+    /// `Rows{log, rows:[{kind: "entry", snapshot: false, sequence, time, id, size, suite, locked, event?, primaryKey?, payload?, error?}]}`,
+    /// `Snapshot{log, sequence, size, count, locked, error?, rows}`, `HistoryStarts{log,
+    /// firstSequence, rows}`, `Head{log, nextSequence}`, `CaughtUp{log, nextSequence}`,
+    /// `Pong{id}`, `Error{code, message}`, `Partial`, or `Other{what}`.
+    ///
+    /// A `Snapshot`'s `rows` start with the snapshot itself, `{kind: "snapshot", snapshot: true,
+    /// sequence, snapshotSequence, records, size, suite, locked, error?}` (`sequence`: the last
+    /// entry it covers; `locked` with `error` when it does not open), followed by the entries it
+    /// kept as entry rows with `snapshot: true, snapshotSequence`. `HistoryStarts`'s `rows` hold
+    /// one marker, `{kind: "history", snapshot: false, sequence: firstSequence, locked: false}`:
+    /// the relay deleted the history before it.
     pub fn handle(&mut self, frame: &[u8], now_ms: f64) -> Result<Object, JsError> {
         let event = self
             .inner
@@ -253,6 +343,53 @@ impl JsReader {
                     arr.set(i as u32, row_to_js(r)?.into());
                 }
                 set(&o, "rows", arr)?;
+            }
+            Event::Snapshot {
+                log,
+                sequence,
+                size,
+                rows,
+            } => {
+                set(&o, "type", "Snapshot")?;
+                set(&o, "log", log)?;
+                set(&o, "sequence", sequence as f64)?;
+                set(&o, "size", size as f64)?;
+                let head = Object::new();
+                set(&head, "kind", "snapshot")?;
+                set(&head, "snapshot", true)?;
+                set(&head, "sequence", sequence as f64)?;
+                set(&head, "snapshotSequence", sequence as f64)?;
+                set(&head, "size", size as f64)?;
+                set(&head, "suite", SNAPSHOT_SUITE)?;
+                let entries = rows.as_deref().unwrap_or_default();
+                set(&head, "records", entries.len() as f64)?;
+                set(&o, "count", entries.len() as f64)?;
+                set(&head, "locked", rows.is_err())?;
+                set(&o, "locked", rows.is_err())?;
+                if let Err(why) = &rows {
+                    set(&head, "error", why.as_str())?;
+                    set(&o, "error", why.as_str())?;
+                }
+                let arr = Array::new_with_length(entries.len() as u32 + 1);
+                arr.set(0, head.into());
+                for (i, r) in entries.iter().enumerate() {
+                    arr.set(i as u32 + 1, row_to_js(r)?.into());
+                }
+                set(&o, "rows", arr)?;
+            }
+            Event::HistoryStarts {
+                log,
+                first_sequence,
+            } => {
+                set(&o, "type", "HistoryStarts")?;
+                set(&o, "log", log)?;
+                set(&o, "firstSequence", first_sequence as f64)?;
+                let marker = Object::new();
+                set(&marker, "kind", "history")?;
+                set(&marker, "snapshot", false)?;
+                set(&marker, "sequence", first_sequence as f64)?;
+                set(&marker, "locked", false)?;
+                set(&o, "rows", Array::of1(&marker))?;
             }
             Event::Head { log, next_sequence } => {
                 set(&o, "type", "Head")?;
@@ -283,15 +420,27 @@ impl JsReader {
     }
 }
 
-/// `RequestChanges{publicKey, startSequence}`.
+/// `RequestChanges{publicKey, startSequence}`; with `snapshot` true (optional, default false),
+/// `snapshot: true` too: the relay starts from the log's newest snapshot when it covers
+/// `startSequence` (a `Snapshot` message, then the entries after it).
 #[wasm_bindgen(js_name = encodeRequestChanges)]
-pub fn encode_request_changes(public_key: &str, start_sequence: f64) -> Uint8Array {
-    let msg = ClientMsg::RequestChanges {
+pub fn encode_request_changes(
+    public_key: &str,
+    start_sequence: f64,
+    snapshot: Option<bool>,
+) -> Uint8Array {
+    Uint8Array::from(
+        request_changes(public_key, start_sequence, snapshot.unwrap_or(false)).as_slice(),
+    )
+}
+
+fn request_changes(public_key: &str, start_sequence: f64, snapshot: bool) -> Vec<u8> {
+    ClientMsg::RequestChanges {
         public_key: public_key.to_owned(),
         start_sequence: start_sequence.max(0.0) as u64,
-        snapshot: false,
-    };
-    Uint8Array::from(msg.encode().as_slice())
+        snapshot,
+    }
+    .encode()
 }
 
 /// `StopChanges{publicKey}`.
@@ -345,7 +494,8 @@ impl GrantKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wharf_protocol::{Entry, Identity, Suite};
+    use wharf_protocol::snapshot::SNAPSHOT_IV_LEN;
+    use wharf_protocol::{Identity, SnapshotContent, Suite};
 
     fn changes(log: &str, entries: Vec<RemoteEntry>) -> Vec<u8> {
         RelayMsg::Changes {
@@ -417,5 +567,197 @@ mod tests {
             (3, entry.encode().len() + 16)
         );
         assert!(reader.handle(&[0xc1], 0).is_err());
+    }
+
+    fn fact(n: u8, key: &str, text: &str) -> Entry {
+        Entry {
+            id: [
+                0x01, 0x8b, 0xcf, 0xe5, 0x68, 0, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, n,
+            ],
+            event: "FactLearned".into(),
+            primary_key: key.into(),
+            payload: payload::from_json(&serde_json::json!({ "text": text })).expect("payload"),
+        }
+    }
+
+    #[test]
+    fn opens_snapshots_and_marks_deleted_history() {
+        let owner = Identity::Native(wharf_protocol::NativeIdentity::from_root([6; 32]));
+        let mut reader = Reader::default();
+        reader.add_key(owner.read_key().clone());
+        let log = owner.log().to_owned();
+
+        // Five entries, two keys rewritten: the snapshot covering #4 keeps three.
+        let all = [
+            (0, fact(1, "sky", "grey")),
+            (1, fact(2, "sea", "green")),
+            (2, fact(3, "sky", "blue")),
+            (3, fact(4, "sun", "hot")),
+            (4, fact(5, "sea", "blue")),
+        ];
+        let content = SnapshotContent::compact(
+            4,
+            all.iter().map(|(s, e)| SnapshotEntry {
+                sequence: *s,
+                entry: e.clone(),
+            }),
+        );
+        let iv = [3u8; SNAPSHOT_IV_LEN];
+        let sealed = owner.read_key().seal_snapshot(&iv, &content).expect("seal");
+        let snapshot = |log: &str, sequence: u64, data: &[u8]| {
+            RelayMsg::Snapshot {
+                public_key: log.to_owned(),
+                sequence,
+                iv: Bytes::copy_from_slice(&iv),
+                data: Bytes::copy_from_slice(data),
+            }
+            .encode()
+        };
+
+        let Event::Snapshot {
+            log: got_log,
+            sequence,
+            size,
+            rows,
+        } = reader
+            .handle(&snapshot(&log, 4, &sealed), 0)
+            .expect("event")
+        else {
+            panic!("expected a snapshot")
+        };
+        assert_eq!(
+            (got_log.as_str(), sequence, size),
+            (log.as_str(), 4, sealed.len())
+        );
+        let rows = rows.expect("the snapshot opens");
+        let got: Vec<(u64, &str, &str, Option<u64>)> = rows
+            .iter()
+            .map(|r| {
+                let c = r.content.as_ref().expect("opened");
+                (
+                    r.sequence,
+                    c.primary_key.as_str(),
+                    c.payload.as_str(),
+                    r.snapshot,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (2, "sky", r#"{"text":"blue"}"#, Some(4)),
+                (3, "sun", r#"{"text":"hot"}"#, Some(4)),
+                (4, "sea", r#"{"text":"blue"}"#, Some(4)),
+            ]
+        );
+        assert_eq!(rows[0].time_ms, 1_700_000_000_000);
+        assert_eq!(rows[0].entry_id, "018bcfe5-6800-7000-8000-000000000003");
+        assert_eq!(rows[0].suite, "xchacha20poly1305");
+
+        // Entries after the snapshot arrive as ordinary rows.
+        let next = fact(6, "sky", "black");
+        let sealed_entry = owner
+            .read_key()
+            .seal(Suite::XChaCha20Poly1305, &[1; 8], &next.id, &next.encode())
+            .expect("seal");
+        let Event::Rows { rows, .. } = reader
+            .handle(
+                &changes(
+                    &log,
+                    vec![RemoteEntry {
+                        sequence: 5,
+                        iv: Bytes::from_static(&[1; 8]),
+                        entry_id: Bytes::copy_from_slice(&next.id),
+                        encrypted_entry: Bytes::from(sealed_entry),
+                    }],
+                ),
+                0,
+            )
+            .expect("rows")
+        else {
+            panic!("expected rows")
+        };
+        assert_eq!((rows[0].sequence, rows[0].snapshot), (5, None));
+
+        // A snapshot that does not open (the relay named another sequence, it was tampered
+        // with, or it is for a log without a key) is an error, not a failure to decode.
+        for (log, sequence, data) in [
+            (log.as_str(), 3, sealed.clone()),
+            (log.as_str(), 4, {
+                let mut t = sealed.clone();
+                t[0] ^= 1;
+                t
+            }),
+            ("other", 4, sealed.clone()),
+        ] {
+            let Event::Snapshot { rows, .. } = reader
+                .handle(&snapshot(log, sequence, &data), 0)
+                .expect("event")
+            else {
+                panic!("expected a snapshot")
+            };
+            let why = rows.expect_err("does not open");
+            assert!(
+                why.contains("does not decrypt") || why.contains("no key"),
+                "{why}"
+            );
+        }
+
+        // A large snapshot arrives in chunks, like any large message.
+        let big = SnapshotContent::compact(
+            4,
+            [SnapshotEntry {
+                sequence: 4,
+                entry: fact(5, "essay", &"x".repeat(wharf_protocol::CHUNK_SIZE + 1)),
+            }],
+        );
+        let sealed_big = owner.read_key().seal_snapshot(&iv, &big).expect("seal");
+        let frames: Vec<Bytes> =
+            wharf_protocol::frames(Bytes::from(snapshot(&log, 4, &sealed_big)), JsNumber(7.0))
+                .collect();
+        assert!(frames.len() > 1);
+        let (last, parts) = frames.split_last().expect("frames");
+        for f in parts {
+            assert_eq!(reader.handle(f, 0).expect("part"), Event::Partial);
+        }
+        let Event::Snapshot { rows: Ok(rows), .. } = reader.handle(last, 0).expect("event") else {
+            panic!("expected an opened snapshot")
+        };
+        assert_eq!((rows.len(), rows[0].snapshot), (1, Some(4)));
+
+        let starts = RelayMsg::HistoryStarts {
+            public_key: log.clone(),
+            first_sequence: 40,
+        }
+        .encode();
+        assert_eq!(
+            reader.handle(&starts, 0).expect("event"),
+            Event::HistoryStarts {
+                log: log.clone(),
+                first_sequence: 40
+            }
+        );
+    }
+
+    #[test]
+    fn asks_for_snapshots_only_when_told() {
+        let plain = request_changes("log", 0.0, false);
+        assert_eq!(
+            ClientMsg::decode(&Bytes::from(plain.clone())).expect("decode"),
+            ClientMsg::RequestChanges {
+                public_key: "log".into(),
+                start_sequence: 0,
+                snapshot: false
+            }
+        );
+        assert!(!plain.windows(8).any(|w| w == b"snapshot"));
+        assert_eq!(
+            ClientMsg::decode(&Bytes::from(request_changes("log", 12.0, true))).expect("decode"),
+            ClientMsg::RequestChanges {
+                public_key: "log".into(),
+                start_sequence: 12,
+                snapshot: true
+            }
+        );
     }
 }

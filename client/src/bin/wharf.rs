@@ -53,6 +53,10 @@ enum Command {
     Tail(TailArgs),
     /// The journal's counts and the relay's view of each log.
     Status(LogArgs),
+    /// Sync the log, then publish an encrypted snapshot of its state (the last writer per
+    /// event and primary key), so new readers start from it and the relay may drop the
+    /// history it covers.
+    Snapshot(SnapshotArgs),
     /// Seal this identity's read key to a viewer's x25519 public key.
     Grant {
         #[command(flatten)]
@@ -158,6 +162,15 @@ struct PushArgs {
     /// Only append to the journal; do not wait for the upload.
     #[arg(long)]
     no_wait: bool,
+}
+
+#[derive(Args, Debug)]
+struct SnapshotArgs {
+    #[command(flatten)]
+    log: LogArgs,
+    /// Give up after this long.
+    #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+    timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -269,6 +282,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Push(args) => return push(&out, args).await,
         Command::Tail(args) => return tail(&out, args).await,
         Command::Status(log) => return status(&out, &log).await,
+        Command::Snapshot(args) => return snapshot(&out, args).await,
         Command::Grant {
             identity,
             to,
@@ -459,6 +473,56 @@ fn progress_bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+async fn snapshot(out: &Output, args: SnapshotArgs) -> Result<ExitCode> {
+    let identity = load_identity(&args.log.identity)?;
+    let log = identity.log().to_owned();
+    let journal = journal_path(&args.log, &identity)?;
+    let connect = connect_options(&args.log.relay);
+    let client = Client::builder(&args.log.relay.relay, &args.log.relay.tenant)
+        .identity(identity)
+        .journal(&journal)
+        .configure(|c| c.connect = connect)
+        .open()
+        .await
+        .with_context(|| format!("opening journal {}", journal.display()))?;
+    let done = tokio::time::timeout(args.timeout, async {
+        // Read the log to its head, and upload what this journal still owes, first.
+        let mut status = client.status();
+        loop {
+            match &*status.borrow_and_update() {
+                Status::Live => break,
+                Status::Error { message, .. } => return Err(anyhow!("{message}")),
+                _ => {}
+            }
+            status
+                .changed()
+                .await
+                .map_err(|_| anyhow!("the client stopped"))?;
+        }
+        client.flush().await?;
+        let sequence = client.snapshot(&log).await?;
+        let records = client
+            .journal()
+            .snapshot_content(&client.remote_id().unwrap_or_default(), &log)
+            .await?
+            .map_or(0, |c| c.entries.len());
+        Ok::<_, anyhow::Error>((sequence, records))
+    })
+    .await;
+    client.close().await?;
+    let (sequence, records) =
+        done.map_err(|_| anyhow!("no snapshot within {:?}", args.timeout))??;
+    if out.json {
+        outln!(
+            "{}",
+            json!({"log": log, "sequence": sequence, "records": records})
+        );
+    } else {
+        outln!("snapshot of {log} stored: covers sequences 0..={sequence}, {records} records");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
     let identity = load_identity(&args.log.identity)?;
     let log = identity.log().to_owned();
@@ -630,6 +694,9 @@ fn describe(status: &Status) -> String {
             format!("offline: {reason}; retrying in {retry_in:?}")
         }
         Status::Error { message, .. } => format!("error: {message}"),
+        Status::Truncated { log, from, to } => {
+            format!("log {log}: the relay had deleted sequences {from}..{to} (retention)")
+        }
         Status::Closed => "closed".into(),
     }
 }

@@ -1033,6 +1033,8 @@ async fn send_loop(
         if rows.is_empty() && next_due.is_none() {
             drained.store(seen, Ordering::Relaxed);
         }
+        // What was just tried moved (delivered, or due later): look at the outbox again.
+        let tried = !rows.is_empty();
         for row in rows {
             let ok = match endpoints.iter().find(|e| e.url() == row.endpoint) {
                 Some(endpoint) => {
@@ -1080,7 +1082,7 @@ async fn send_loop(
                 Duration::from_millis(u64::try_from(due - crate::policy::now_ms()).unwrap_or(0))
             })
             .unwrap_or(Duration::from_secs(3600));
-        if enqueued.load(Ordering::Relaxed) != seen {
+        if tried || enqueued.load(Ordering::Relaxed) != seen {
             continue;
         }
         tokio::select! {

@@ -804,7 +804,7 @@ impl TenantActor {
         }
         self.metrics.retention_deleted.inc_by(total.entries_deleted);
         if total.entries_deleted > 0 {
-            db.store.checkpoint().await?;
+            db.job(|w| w.checkpoint_truncate()).await?;
         }
         Ok(total)
     }

@@ -579,6 +579,40 @@ async fn cli_round_trip_and_clear_errors() {
     assert_eq!(rows[0]["payload"]["text"], "hello");
     assert_eq!(rows[1]["sequence"], 1);
 
+    // A snapshot of the log's state, published from the journal.
+    let mut snapshot = common("snapshot", "owner.id");
+    snapshot.extend(["--journal".into(), d("owner.db")]);
+    let (code, out, err) = run(snapshot, None).await;
+    assert_eq!(code, 0, "{err}");
+    let stored: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(
+        (stored["sequence"].as_u64(), stored["records"].as_u64()),
+        (Some(1), Some(2)),
+        "{out}"
+    );
+    let mut reader =
+        wharf_tests::Client::connect_with_protocol(&relay.url("cli"), Some("wharf.v1"))
+            .await
+            .expect("connect");
+    reader
+        .send(&wharf_protocol::ClientMsg::RequestChanges {
+            public_key: owner["log"].as_str().expect("log").to_owned(),
+            start_sequence: 0,
+            snapshot: true,
+        })
+        .await
+        .expect("subscribe");
+    loop {
+        match reader.recv().await.expect("recv") {
+            wharf_protocol::RelayMsg::Snapshot { sequence, .. } => {
+                assert_eq!(sequence, 1);
+                break;
+            }
+            wharf_protocol::RelayMsg::CaughtUp { .. } => panic!("no snapshot on the relay"),
+            _ => {}
+        }
+    }
+
     // `wharf tail | head`: the reader is gone before the first line; tail exits quietly.
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);

@@ -701,6 +701,19 @@ mod tests {
         let report = report.expect("retain");
         assert_eq!(report.entries_deleted, 5);
         assert_eq!(report.truncated, vec![("a".to_owned(), 5)]);
+        let check = Connection::open(&path).expect("open");
+        let mode: i64 = check
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .expect("pragma");
+        let free: i64 = check
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .expect("pragma");
+        assert_eq!(
+            (mode, free),
+            (2, 0),
+            "incremental auto-vacuum gave the pages back"
+        );
+        drop(check);
         let (first, newest) = store.history("a").await.expect("history");
         assert_eq!((first, newest.map(|s| s.sequence)), (5, Some(4)));
         let got = store.read("a", 0, u64::MAX, 100).await.expect("read");

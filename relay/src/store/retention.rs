@@ -388,9 +388,18 @@ impl Writer {
     /// Returns free pages to the file system (databases created with `auto_vacuum =
     /// INCREMENTAL`; older ones reuse the pages for new entries instead).
     pub fn vacuum(&mut self) -> Result<(), StoreError> {
+        // The pragma frees one page per step: step it to the end (`execute_batch` steps once).
+        let mut stmt = self.conn.prepare("PRAGMA incremental_vacuum")?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
+        Ok(())
+    }
+
+    /// Moves the whole WAL into the database file and empties it, so pages freed by the
+    /// vacuum leave the file now (waits for readers, up to the busy timeout).
+    pub fn checkpoint_truncate(&mut self) -> Result<(), StoreError> {
         self.conn
-            .query_row("PRAGMA incremental_vacuum", [], |_| Ok(()))
-            .optional()?;
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 

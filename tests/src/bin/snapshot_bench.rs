@@ -90,7 +90,7 @@ async fn main() -> Result<()> {
     let answer = http_request(
         relay.addr,
         "PUT",
-        &path,
+        path,
         &[("content-type", "application/json")],
         body,
     )

@@ -448,6 +448,8 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
                             state.acked_end = state.acked_end.max(top + 1);
                             if due_for_snapshot(cfg, state) {
                                 state.snapshot_at = state.acked_end;
+                                // The view includes this Ack once the journal has it.
+                                journal.barrier().await?;
                                 let id = next_id;
                                 next_id = next_id.wrapping_add(1) % (1 << 31);
                                 if let Err(e) = send_snapshot(&mut conn, journal, &remote, &write.log, state, id).await {

@@ -276,20 +276,45 @@ impl Store {
     /// Moves committed pages from the WAL into the database file (`PASSIVE`: never waits for
     /// the writer, which keeps committing meanwhile).
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        self.checkpoint_with("PASSIVE").await.map(|_| ())
+    }
+
+    /// Moves the whole WAL into the database file and empties it, so that pages a vacuum
+    /// freed leave the file now. Waits for readers (up to the busy timeout); retried a few
+    /// times when another checkpoint or a reader holds it up. Whether it completed.
+    pub async fn checkpoint_truncate(&self) -> Result<bool, StoreError> {
+        for _ in 0..50 {
+            if self.checkpoint_with("TRUNCATE").await? {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(false)
+    }
+
+    /// `PRAGMA wal_checkpoint(mode)` on the maintenance connection (one checkpoint at a time);
+    /// whether it was not blocked.
+    async fn checkpoint_with(&self, mode: &'static str) -> Result<bool, StoreError> {
         let shared = self.shared.clone();
         self.shared
             .pool
-            .run(move || -> Result<(), StoreError> {
+            .run(move || -> Result<bool, StoreError> {
                 let mut slot = shared.maintenance.lock().unwrap_or_else(|p| p.into_inner());
                 if slot.is_none() {
                     let conn = Connection::open(&shared.path)?;
                     conn.busy_timeout(BUSY_TIMEOUT)?;
                     *slot = Some(conn);
                 }
-                if let Some(conn) = slot.as_ref() {
-                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+                match slot.as_ref() {
+                    Some(conn) => {
+                        let busy: i64 =
+                            conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                                r.get(0)
+                            })?;
+                        Ok(busy == 0)
+                    }
+                    None => Ok(false),
                 }
-                Ok(())
             })
             .await?
     }

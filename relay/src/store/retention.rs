@@ -395,14 +395,6 @@ impl Writer {
         Ok(())
     }
 
-    /// Moves the whole WAL into the database file and empties it, so pages freed by the
-    /// vacuum leave the file now (waits for readers, up to the busy timeout).
-    pub fn checkpoint_truncate(&mut self) -> Result<(), StoreError> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(())
-    }
-
     /// The tenant's settings as an administrator stored them (JSON), if any.
     pub fn settings(&self) -> Result<Option<String>, StoreError> {
         let raw: Option<Vec<u8>> = self

@@ -664,6 +664,17 @@ impl TenantActor {
                     .map_err(|e| TenantError::Settings(e.to_string()))?,
             ),
         };
+        // Notifications for endpoints no longer configured (removed from the config file
+        // while the tenant was closed) are dropped, not retried until given up.
+        let endpoints: Vec<String> = self
+            .config
+            .effective(&self.tenant, stored.as_ref())
+            .webhooks
+            .iter()
+            .map(|w| w.url.clone())
+            .collect();
+        db.job(move |w| w.outbox_retain_endpoints(&endpoints))
+            .await?;
         self.apply_settings(db, stored);
         Ok(())
     }

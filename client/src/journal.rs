@@ -897,24 +897,25 @@ async fn commit_group(
                 let cursor = load_cursor(&mut tx, cursors, remote, log).await?;
                 if (content.sequence as i64) >= cursor {
                     // In sequence order, so the delivery order is the relay's.
-                    for e in &content.entries {
-                        if (e.sequence as i64) < cursor {
-                            continue;
-                        }
-                        let r = sqlx::query(
-                            "INSERT OR IGNORE INTO applied (log, entry_id, remote_id, sequence)
-                             VALUES (?, ?, ?, ?)",
-                        )
-                        .bind(log)
-                        .bind(e.entry.id.as_slice())
-                        .bind(remote.as_slice())
-                        .bind(e.sequence as i64)
-                        .execute(&mut *tx)
+                    sqlx::query(
+                        "INSERT OR IGNORE INTO applied (log, entry_id, remote_id, sequence)
+                         SELECT r.log, r.entry_id, r.remote_id, r.sequence FROM remote_entries r
+                         WHERE r.remote_id = ?1 AND r.log = ?2 AND r.sequence >= ?3
+                           AND r.sequence <= ?4
+                           AND EXISTS (SELECT 1 FROM entries e
+                                       WHERE e.log = r.log AND e.entry_id = r.entry_id)
+                         ORDER BY r.sequence",
+                    )
+                    .bind(remote.as_slice())
+                    .bind(log)
+                    .bind(cursor)
+                    .bind(content.sequence as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                    let top: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(idx), 0) FROM applied")
+                        .fetch_one(&mut *tx)
                         .await?;
-                        if r.rows_affected() > 0 {
-                            outcome.applied = outcome.applied.max(r.last_insert_rowid());
-                        }
-                    }
+                    outcome.applied = outcome.applied.max(top);
                     store_cursor(&mut tx, cursors, remote, log, content.sequence as i64 + 1)
                         .await?;
                 }

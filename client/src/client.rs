@@ -91,6 +91,7 @@ impl ClientBuilder {
         let (snapshot_tx, snapshot_rx) = tokio::sync::mpsc::channel(16);
         let shared = Arc::new(Shared {
             snapshots: Mutex::new(snapshot_rx),
+            no_snapshot: std::sync::Mutex::default(),
             config: self.config,
             journal: journal.clone(),
             logs: self.logs,

@@ -26,7 +26,8 @@ pub enum Status {
     Connecting { attempt: u32 },
     /// Connected and reading the backlog; `behind` entries remain (summed over logs).
     CatchingUp { behind: u64 },
-    /// Connected, every log caught up; new entries arrive as they are written.
+    /// Connected, every log caught up and its backlog committed to the journal; new entries
+    /// arrive as they are written.
     Live,
     /// Not connected; the next attempt is in `retry_in`.
     Offline { reason: String, retry_in: Duration },
@@ -118,6 +119,8 @@ pub(crate) struct Shared {
     pub(crate) status: watch::Sender<Status>,
     pub(crate) remote: watch::Sender<Option<RemoteId>>,
     pub(crate) snapshots: tokio::sync::Mutex<mpsc::Receiver<SnapshotRequest>>,
+    /// Logs whose snapshot did not open: read from their entries from now on.
+    pub(crate) no_snapshot: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
@@ -206,6 +209,9 @@ struct LogState {
     snapshot_at: u64,
     /// One past the highest sequence an Ack gave this client's own entries.
     acked_end: u64,
+    /// This subscription asked for a snapshot (rather than being sent one because the
+    /// history it asked for is gone).
+    asked_snapshot: bool,
 }
 
 struct InFlight {
@@ -277,10 +283,18 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
     let mut logs: HashMap<String, LogState> = HashMap::new();
     for (name, key) in &shared.logs {
         let cursor = journal.cursor(&remote, name).await?;
+        let asked_snapshot = cursor == 0
+            && cfg.open_from_snapshot
+            && conn.extension()
+            && !shared
+                .no_snapshot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(name);
         conn.feed(&ClientMsg::RequestChanges {
             public_key: name.clone(),
             start_sequence: cursor,
-            snapshot: cursor == 0 && cfg.open_from_snapshot && conn.extension(),
+            snapshot: asked_snapshot,
         })
         .await?;
         logs.insert(
@@ -293,6 +307,7 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
                 sent_upto: 0,
                 snapshot_at: cursor,
                 acked_end: cursor,
+                asked_snapshot,
             },
         );
     }
@@ -477,8 +492,20 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
                                 tracing::info!(log = %public_key, sequence, records = content.entries.len(), "opening from a snapshot");
                                 journal.snapshot(&remote, &public_key, content).await?;
                             }
+                            Err(e) if state.asked_snapshot => {
+                                // Asked for, and unusable: reconnect and read the history
+                                // itself (the relay still sends a snapshot if it is gone).
+                                tracing::warn!(log = %public_key, sequence, error = %e, "snapshot does not open; reading the entries instead");
+                                shared
+                                    .no_snapshot
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .insert(public_key.clone());
+                                return Err(Error::Snapshot(e));
+                            }
                             Err(e) => {
-                                // The entries it covers are not coming: the same as a truncation.
+                                // Sent because the history is gone, and unusable: the entries it
+                                // covers are not coming, the same as a truncation.
                                 tracing::warn!(log = %public_key, sequence, error = %e, "snapshot does not open; its history is missing here");
                                 journal.truncated(&remote, &public_key, sequence + 1).await?;
                                 shared.set_status(Status::Truncated { log: public_key.clone(), from: state.cursor, to: sequence + 1 });
@@ -538,6 +565,11 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
                     RelayMsg::CaughtUp { public_key, .. } => {
                         if let Some(state) = logs.get_mut(&public_key) {
                             state.caught_up = true;
+                        }
+                        if logs.values().all(|s| s.caught_up) {
+                            // `Live` promises the backlog is in the journal (a view or a
+                            // snapshot read right after sees it), not only received.
+                            journal.barrier().await?;
                         }
                         report_progress(shared, &logs);
                     }

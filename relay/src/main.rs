@@ -459,8 +459,15 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(Config::load(args.config.as_deref(), args)?)
 }
 
+/// The effective configuration as TOML, webhook secrets redacted (it is printed).
 fn toml_string(config: &Config) -> anyhow::Result<String> {
-    Ok(toml::to_string_pretty(config)?)
+    let mut shown = config.clone();
+    for settings in shown.tenants.values_mut() {
+        for hook in settings.webhooks.iter_mut().flatten() {
+            hook.secret = "whsec_(redacted)".into();
+        }
+    }
+    Ok(toml::to_string_pretty(&shown)?)
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -178,7 +178,14 @@ impl Effective {
             s = c.over(&s);
         }
         if let Some(d) = stored {
+            // The admin API's layer may tighten the config file's quota, never loosen or lift
+            // it: an admin token scoped to a tenant must not be a way around its limits.
+            let quota = Quota {
+                max_bytes: tighten(s.quota.max_bytes, d.quota.max_bytes),
+                max_logs: tighten(s.quota.max_logs, d.quota.max_logs),
+            };
             s = d.over(&s);
+            s.quota = quota;
         }
         Effective {
             retention: s.retention.limits(),
@@ -198,6 +205,16 @@ impl Effective {
             webhooks: self.webhooks.iter().map(|w| w.url.clone()).collect(),
             now_ms,
         }
+    }
+}
+
+/// `stored` over `inherited`, but never above it (`0` and `None` mean no limit).
+fn tighten(inherited: Option<u64>, stored: Option<u64>) -> Option<u64> {
+    let inherited = inherited.filter(|n| *n > 0);
+    match (inherited, stored.filter(|n| *n > 0)) {
+        (Some(i), Some(s)) => Some(i.min(s)),
+        (None, s) => s,
+        (i, None) => i,
     }
 }
 
@@ -256,6 +273,32 @@ mod tests {
         );
         assert_eq!(e.quota.max_bytes, Some(1000));
         assert_eq!(e.quota.max_logs, Some(3));
+        // The admin API's layer cannot lift or raise the config file's quota.
+        let lift = TenantSettings {
+            quota: Quota {
+                max_bytes: Some(0),
+                max_logs: None,
+            },
+            ..Default::default()
+        };
+        let raise = TenantSettings {
+            quota: Quota {
+                max_bytes: Some(5000),
+                max_logs: None,
+            },
+            ..Default::default()
+        };
+        let lower = TenantSettings {
+            quota: Quota {
+                max_bytes: Some(10),
+                max_logs: None,
+            },
+            ..Default::default()
+        };
+        for (stored, want) in [(lift, 1000), (raise, 1000), (lower, 10)] {
+            let e = Effective::resolve(&global, None, Some(&stored));
+            assert_eq!(e.quota.max_bytes, Some(want));
+        }
         assert!(e.webhooks.is_empty());
     }
 }

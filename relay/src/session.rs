@@ -703,9 +703,18 @@ impl Feed {
                 .history(&self.public_key)
                 .await
                 .map_err(|e| Some(TenantError::from(e)))?;
-            if let Some(snap) = newest.filter(|s| {
-                s.sequence >= start && s.sequence < next_sequence && (snapshot || start < first)
-            }) {
+            let wanted =
+                newest.filter(|s| *s >= start && *s < next_sequence && (snapshot || start < first));
+            // Retention may drop the snapshot between the two reads: then there is none to send.
+            let snap = match wanted {
+                Some(seq) => self
+                    .store
+                    .snapshot(&self.public_key, seq)
+                    .await
+                    .map_err(|e| Some(TenantError::from(e)))?,
+                None => None,
+            };
+            if let Some(snap) = snap {
                 let msg = RelayMsg::Snapshot {
                     public_key: self.public_key.clone(),
                     sequence: snap.sequence,
@@ -788,14 +797,15 @@ impl Feed {
         }
         let (mut entries, mut limit) = (read(from, first_page).await?, first_page);
         let mut from = from;
-        if self.extension {
-            let first = entries.first().map_or(to, |e| e.sequence);
-            if first > from {
-                // Deleted between the subscription's start and this read.
-                self.history_starts(first).await?;
+        loop {
+            if self.extension {
+                let first = entries.first().map_or(to, |e| e.sequence);
+                if first > from {
+                    // Deleted by retention since the subscription started, or between pages.
+                    self.history_starts(first).await?;
+                }
             }
-        }
-        while let Some(last) = entries.last() {
+            let Some(last) = entries.last() else { break };
             from = last.sequence + 1;
             let more = entries.len() == limit && from < to;
             self.app.metrics.entries_sent.inc_by(entries.len() as u64);

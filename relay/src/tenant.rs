@@ -847,7 +847,7 @@ impl TenantActor {
                 .with_label_values(&[outcome])
                 .inc();
             if give_up {
-                warn!(endpoint = %row.endpoint, public_key = %row.public_key, attempts = row.attempts + 1,
+                warn!(endpoint = %crate::webhook::origin_of(&row.endpoint), public_key = %row.public_key, attempts = row.attempts + 1,
                       "webhook notification given up");
             }
             let delay = i64::try_from(hooks.backoff(row.attempts).as_millis()).unwrap_or(i64::MAX);
@@ -1049,7 +1049,7 @@ async fn send_loop(
         // What was just tried moved (delivered, or due later): look at the outbox again.
         let tried = !rows.is_empty();
         for row in rows {
-            let ok = match endpoints.iter().find(|e| e.url() == row.endpoint) {
+            let ok = match endpoints.iter().find(|e| e.configured() == row.endpoint) {
                 Some(endpoint) => {
                     let body = serde_json::to_vec(&Notification {
                         tenant: tenant.as_str(),
@@ -1075,7 +1075,7 @@ async fn send_loop(
                         .webhook_latency
                         .observe(started.elapsed().as_secs_f64());
                     if let Err(e) = &r {
-                        debug!(endpoint = %row.endpoint, error = %e, attempt = row.attempts + 1, "webhook delivery failed");
+                        debug!(endpoint = %endpoint.origin(), error = %e, attempt = row.attempts + 1, "webhook delivery failed");
                     }
                     r.is_ok()
                 }

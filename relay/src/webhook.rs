@@ -21,7 +21,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use sha2::Sha256;
 use url::Url;
@@ -34,6 +34,8 @@ const SECRET_PREFIX: &str = "whsec_";
 /// A parsed, checked endpoint.
 #[derive(Clone)]
 pub struct Endpoint {
+    /// As configured: the outbox names endpoints by this string.
+    configured: String,
     url: Url,
     key: Vec<u8>,
     allow_link_local: bool,
@@ -42,7 +44,7 @@ pub struct Endpoint {
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
-            .field("url", &self.url.as_str())
+            .field("origin", &self.origin())
             .finish_non_exhaustive()
     }
 }
@@ -68,50 +70,54 @@ impl Endpoint {
     /// Checks a configured endpoint: an `http` or `https` URL with a host, not a literal
     /// link-local address, and a `whsec_` secret of at least 16 bytes.
     pub fn parse(hook: &Webhook, config: &WebhooksConfig) -> Result<Endpoint, String> {
-        let url = Url::parse(&hook.url).map_err(|e| format!("webhook URL {:?}: {e}", hook.url))?;
+        // Errors name the origin only: a path or query may hold a capability.
+        let shown = origin_of(&hook.url);
+        let url = Url::parse(&hook.url).map_err(|e| format!("webhook URL {shown}: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!(
-                "webhook URL {:?}: only http and https are allowed",
-                hook.url
+                "webhook URL {shown}: only http and https are allowed"
             ));
         }
         let host = url
             .host_str()
-            .ok_or_else(|| format!("webhook URL {:?} has no host", hook.url))?;
+            .ok_or_else(|| format!("webhook URL {shown} has no host"))?;
         if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
             if !config.allow_link_local && forbidden(ip) {
                 return Err(format!(
-                    "webhook URL {:?}: {ip} is a link-local or metadata address \
-                     (allow with webhooks.allow_link_local)",
-                    hook.url
+                    "webhook URL {shown}: {ip} is a link-local or metadata address \
+                     (allow with webhooks.allow_link_local)"
                 ));
             }
         }
-        let encoded = hook.secret.strip_prefix(SECRET_PREFIX).ok_or_else(|| {
-            format!(
-                "webhook secret for {:?} must start with {SECRET_PREFIX}",
-                hook.url
-            )
-        })?;
+        let encoded = hook
+            .secret
+            .strip_prefix(SECRET_PREFIX)
+            .ok_or_else(|| format!("webhook secret for {shown} must start with {SECRET_PREFIX}"))?;
         let key = STANDARD
             .decode(encoded)
-            .map_err(|e| format!("webhook secret for {:?} is not base64: {e}", hook.url))?;
+            .map_err(|e| format!("webhook secret for {shown} is not base64: {e}"))?;
         if key.len() < 16 {
             return Err(format!(
-                "webhook secret for {:?} is {} bytes; use at least 16 (24 to 64 recommended)",
-                hook.url,
+                "webhook secret for {shown} is {} bytes; use at least 16 (24 to 64 recommended)",
                 key.len()
             ));
         }
         Ok(Endpoint {
+            configured: hook.url.clone(),
             url,
             key,
             allow_link_local: config.allow_link_local,
         })
     }
 
-    pub fn url(&self) -> &str {
-        self.url.as_str()
+    /// The URL as configured (what the outbox names the endpoint by).
+    pub fn configured(&self) -> &str {
+        &self.configured
+    }
+
+    /// Scheme, host and port only, for logs (paths and queries may hold capabilities).
+    pub fn origin(&self) -> String {
+        self.url.origin().ascii_serialization()
     }
 
     /// `v1,<base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))>`.
@@ -225,12 +231,8 @@ where
         .await
         .map_err(|e| DeliveryError::Connect(e.to_string()));
     let status = match response {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            // Read (and drop) the answer so the connection ends cleanly.
-            let _ = r.into_body().collect().await;
-            status
-        }
+        // The body is not read: the status is the answer, and the connection is dropped.
+        Ok(r) => r.status().as_u16(),
         Err(e) => {
             driver.abort();
             return Err(e);
@@ -238,6 +240,14 @@ where
     };
     driver.abort();
     Ok(status)
+}
+
+/// `scheme://host:port` of a URL, for logs and errors; a placeholder when it does not parse.
+pub fn origin_of(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(u) if u.has_host() => u.origin().ascii_serialization(),
+        _ => "(not a URL)".to_owned(),
+    }
 }
 
 /// The Standard Webhooks signature of a message.
@@ -261,8 +271,26 @@ fn forbidden(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local() || v4.octets() == [100, 100, 100, 200],
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return forbidden(IpAddr::V4(v4));
+            }
+            // IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96) and 6to4 (2002::/16) carry an
+            // IPv4 address a gateway may route to.
+            let compatible = s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1);
+            let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+            let v4 = if compatible || nat64 {
+                Some(embedded(s[6], s[7]))
+            } else if s[0] == 0x2002 {
+                Some(embedded(s[1], s[2]))
+            } else {
+                None
+            };
+            if v4.is_some_and(|v4| forbidden(IpAddr::V4(v4))) {
+                return true;
             }
             (v6.segments()[0] & 0xffc0) == 0xfe80
                 || v6.segments() == [0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254]
@@ -343,6 +371,9 @@ mod tests {
             "http://[fd00:ec2::254]/",
             "http://100.100.100.200/",
             "http://[::ffff:169.254.169.254]/",
+            "http://[::a9fe:a9fe]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[2002:a9fe:a9fe::1]/",
             "ftp://127.0.0.1/",
         ] {
             let hook = Webhook {

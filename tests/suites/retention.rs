@@ -164,6 +164,24 @@ async fn a_snapshot_is_stored_refused_beyond_the_log_and_served_before_the_entri
     let msgs = read_to_caught_up(&mut c, "log", 0, false).await;
     assert!(!msgs.iter().any(|m| matches!(m, RelayMsg::Snapshot { .. })));
     assert_eq!(sequences(&msgs), (0..10).collect::<Vec<_>>());
+    drop(c);
+
+    // A deleted log leaves no snapshot behind for a log of the same name written later.
+    let (status, body) = admin(
+        &relay,
+        "DELETE",
+        "/admin/v1/tenants/t/logs/log?force=true",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let mut c = v1(&relay, "t").await;
+    c.write_acked("log", entries(2, 3, 32))
+        .await
+        .expect("write");
+    let msgs = read_to_caught_up(&mut c, "log", 0, true).await;
+    assert!(!msgs.iter().any(|m| matches!(m, RelayMsg::Snapshot { .. })));
+    assert_eq!(sequences(&msgs), vec![0, 1, 2]);
     relay.shutdown().await;
 }
 
@@ -487,9 +505,7 @@ async fn a_new_replica_opens_from_a_snapshot_with_the_same_view_as_the_full_hist
     let cloned = sdk(relay.addr, &id, &dir.path().join("clone.db"), true).await;
     live(&full).await;
     live(&cloned).await;
-    // Live says what arrived; the journal commits it a moment later.
-    full.journal().barrier().await.expect("barrier");
-    cloned.journal().barrier().await.expect("barrier");
+    // Live means the backlog (here, the snapshot) is in the journal.
     assert_eq!(
         full.journal().stats(&log).await.expect("stats").entries,
         300
@@ -556,7 +572,6 @@ async fn the_sdk_reports_a_truncation_without_a_snapshot_and_snapshots_automatic
     retain(&relay, "t").await;
     let reader = sdk(relay.addr, &id, &dir.path().join("r.db"), true).await;
     live(&reader).await;
-    reader.journal().barrier().await.expect("barrier");
     let gaps = reader.truncations().await.expect("truncations");
     assert_eq!(gaps.len(), 1, "{gaps:?}");
     assert_eq!((gaps[0].from, gaps[0].to), (0, 40));
@@ -846,5 +861,39 @@ async fn webhook_urls_to_link_local_addresses_are_refused() {
     let (status, body) = admin(&relay, "GET", "/admin/v1/tenants/t/settings", Value::Null).await;
     assert_eq!(status, 200);
     assert_eq!(body["effective"]["webhooks"], json!([]));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_that_does_not_open_is_skipped_and_the_history_read_instead() {
+    let relay = TestRelay::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = identity();
+    let log = id.log().to_owned();
+    let writer = sdk(relay.addr, &id, &dir.path().join("w.db"), true).await;
+    for i in 0..10 {
+        writer
+            .append("set", &format!("k{}", i % 3), &json!({ "n": i }))
+            .await
+            .expect("append");
+    }
+    writer.flush().await.expect("flush");
+    // Anyone who may write the log may publish garbage as its snapshot.
+    let mut c = v1(&relay, "t").await;
+    assert!(matches!(
+        write_snapshot(&mut c, &log, 9, b"not a sealed snapshot").await,
+        RelayMsg::SnapshotAck { sequence: 9, .. }
+    ));
+    let reader = sdk(relay.addr, &id, &dir.path().join("r.db"), true).await;
+    live(&reader).await;
+    assert_eq!(
+        reader.journal().stats(&log).await.expect("stats").entries,
+        10,
+        "the whole history was read instead"
+    );
+    assert!(reader.truncations().await.expect("truncations").is_empty());
+    assert_eq!(view_of(&reader).await, view_of(&writer).await);
+    reader.close().await.expect("close");
+    writer.close().await.expect("close");
     relay.shutdown().await;
 }

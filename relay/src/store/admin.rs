@@ -77,6 +77,9 @@ pub fn delete_log(path: &Path, public_key: &str) -> Result<bool, StoreError> {
         .optional()?;
     let Some(id) = id else { return Ok(false) };
     tx.execute("DELETE FROM entries WHERE log_id = ?1", [id])?;
+    // A log created later may get this id again: nothing of this one may stay behind.
+    tx.execute("DELETE FROM snapshots WHERE log_id = ?1", [id])?;
+    tx.execute("DELETE FROM webhook_outbox WHERE log_id = ?1", [id])?;
     tx.execute("DELETE FROM logs WHERE id = ?1", [id])?;
     tx.commit()?;
     Ok(true)

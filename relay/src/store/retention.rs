@@ -200,8 +200,25 @@ impl Writer {
         };
         let size = snapshot.data.len() as u64;
         if rules.quota_applies() {
+            // What the tenant gains: this snapshot, less the one it replaces and those it pushes
+            // out of the newest `keep` (a tenant at its quota can still move its snapshot on).
+            let mut kept: Vec<(i64, u64)> = {
+                let mut stmt = self
+                    .conn
+                    .prepare_cached("SELECT seq, length(data) FROM snapshots WHERE log_id = ?1")?;
+                let rows =
+                    stmt.query_map([log_id], |r| Ok((r.get::<_, i64>(0)?, to_u64(r.get(1)?))))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let before: u64 = kept.iter().map(|(_, n)| n).sum();
+            kept.retain(|(seq, _)| *seq != to_i64(snapshot.sequence));
+            kept.push((to_i64(snapshot.sequence), size));
+            kept.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+            kept.truncate(keep.max(1));
+            let after: u64 = kept.iter().map(|(_, n)| n).sum();
+            let growth = after.saturating_sub(before);
             let totals = self.totals()?;
-            if let Some(why) = rules.over_quota(&totals, false, size) {
+            if let Some(why) = rules.over_quota(&totals, false, growth) {
                 return Ok(Err(SnapshotRefusal::Quota(why)));
             }
         }
@@ -281,8 +298,15 @@ impl Writer {
             }
             let next = self.meta(&public_key)?.next;
             let first = to_u64(first);
-            let target =
-                self.retention_target(log_id, first, next, to_u64(bytes), limits, now_ms, epoch)?;
+            let target = self.retention_target(
+                log_id,
+                first,
+                next,
+                to_u64(bytes),
+                limits,
+                (now_ms, epoch),
+                first.saturating_add(left),
+            )?;
             if target <= first {
                 continue;
             }
@@ -317,13 +341,17 @@ impl Writer {
                 report.more = true;
             }
         }
+        if left == 0 {
+            // The budget is spent: another step looks whether more is due.
+            report.more = true;
+        }
         if report.entries_deleted > 0 {
             self.vacuum()?;
         }
         Ok(report)
     }
 
-    /// Where a log's history should start under `limits`.
+    /// Where a log's history should start under `limits`, as far as `window`.
     #[allow(clippy::too_many_arguments)]
     fn retention_target(
         &mut self,
@@ -332,9 +360,11 @@ impl Writer {
         next: u64,
         bytes: u64,
         limits: &RetentionLimits,
-        now_ms: i64,
-        epoch: i64,
+        (now_ms, epoch): (i64, i64),
+        window: u64,
     ) -> Result<u64, StoreError> {
+        // Nothing at or beyond `window` can be deleted by this step: searches stop there, so
+        // a step costs what it deletes, not the whole log.
         let mut target = first;
         if let Some(max) = limits.max_entries {
             target = target.max(next.saturating_sub(max));
@@ -354,12 +384,15 @@ impl Writer {
             let young: Option<i64> = self
                 .conn
                 .prepare_cached(
-                    "SELECT seq FROM entries WHERE log_id = ?1 AND seq >= ?2 \
+                    "SELECT seq FROM entries WHERE log_id = ?1 AND seq >= ?2 AND seq < ?5 \
                      AND COALESCE(at, ?3) >= ?4 ORDER BY seq LIMIT 1",
                 )?
-                .query_row(params![log_id, to_i64(target), epoch, cutoff], |r| r.get(0))
+                .query_row(
+                    params![log_id, to_i64(target), epoch, cutoff, to_i64(window)],
+                    |r| r.get(0),
+                )
                 .optional()?;
-            target = target.max(young.map_or(next, to_u64));
+            target = target.max(young.map_or(window.min(next), to_u64));
         }
         if let Some(max) = limits.max_bytes {
             if bytes > max {
@@ -367,9 +400,9 @@ impl Writer {
                 let mut excess = bytes - max;
                 let mut stmt = self.conn.prepare_cached(
                     "SELECT seq, length(ciphertext) FROM entries WHERE log_id = ?1 AND seq >= ?2 \
-                     ORDER BY seq",
+                     AND seq < ?3 ORDER BY seq",
                 )?;
-                let mut rows = stmt.query(params![log_id, to_i64(first)])?;
+                let mut rows = stmt.query(params![log_id, to_i64(first), to_i64(window)])?;
                 let mut cut = first;
                 while let Some(row) = rows.next()? {
                     if excess == 0 {
@@ -451,10 +484,24 @@ impl Writer {
         give_up: bool,
     ) -> Result<(), StoreError> {
         if give_up {
-            self.conn.execute(
-                "DELETE FROM webhook_outbox WHERE endpoint = ?1 AND log_id = ?2",
-                params![row.endpoint, row.log_id],
+            // What was tried is dropped; entries coalesced into the row since are new news.
+            let tx = self.conn.transaction()?;
+            tx.execute(
+                "DELETE FROM webhook_outbox WHERE endpoint = ?1 AND log_id = ?2 AND to_seq <= ?3",
+                params![row.endpoint, row.log_id, to_i64(row.to_seq)],
             )?;
+            tx.execute(
+                "UPDATE webhook_outbox SET from_seq = ?3 + 1, count = max(count - ?4, 1), \
+                 attempts = 0, due_at = ?5 WHERE endpoint = ?1 AND log_id = ?2",
+                params![
+                    row.endpoint,
+                    row.log_id,
+                    to_i64(row.to_seq),
+                    to_i64(row.count),
+                    due_at
+                ],
+            )?;
+            tx.commit()?;
         } else {
             self.conn.execute(
                 "UPDATE webhook_outbox SET attempts = attempts + 1, due_at = ?3 \
@@ -476,38 +523,56 @@ impl Writer {
 }
 
 impl Store {
-    /// Where `public_key`'s history starts, and its newest snapshot.
-    pub async fn history(
-        &self,
-        public_key: &str,
-    ) -> Result<(u64, Option<StoredSnapshot>), StoreError> {
+    /// Where `public_key`'s history starts, and the sequence its newest snapshot covers.
+    pub async fn history(&self, public_key: &str) -> Result<(u64, Option<u64>), StoreError> {
         let shared = self.shared.clone();
         let public_key = public_key.to_owned();
         self.shared
             .pool
             .run(move || {
                 shared.with_reader(|conn| {
-                    let row: Option<(i64, i64)> = conn
-                        .prepare_cached("SELECT id, first_seq FROM logs WHERE public_key = ?1")?
-                        .query_row([&public_key], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()?;
-                    let Some((log_id, first)) = row else {
-                        return Ok((0, None));
-                    };
-                    let snapshot = conn
+                    let row: Option<(i64, i64, Option<i64>)> = conn
                         .prepare_cached(
-                            "SELECT seq, iv, data FROM snapshots WHERE log_id = ?1 \
-                             ORDER BY seq DESC LIMIT 1",
+                            "SELECT id, first_seq, (SELECT MAX(seq) FROM snapshots \
+                             WHERE log_id = logs.id) FROM logs WHERE public_key = ?1",
                         )?
-                        .query_row([log_id], |r| {
+                        .query_row([&public_key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()?;
+                    Ok(match row {
+                        None => (0, None),
+                        Some((_, first, newest)) => (to_u64(first), newest.map(to_u64)),
+                    })
+                })
+            })
+            .await?
+    }
+
+    /// The snapshot of `public_key` covering `sequence` (read only when it is to be sent: it
+    /// may be megabytes).
+    pub async fn snapshot(
+        &self,
+        public_key: &str,
+        sequence: u64,
+    ) -> Result<Option<StoredSnapshot>, StoreError> {
+        let shared = self.shared.clone();
+        let public_key = public_key.to_owned();
+        self.shared
+            .pool
+            .run(move || {
+                shared.with_reader(|conn| {
+                    Ok(conn
+                        .prepare_cached(
+                            "SELECT iv, data FROM snapshots WHERE seq = ?2 AND log_id = \
+                             (SELECT id FROM logs WHERE public_key = ?1)",
+                        )?
+                        .query_row(params![public_key, to_i64(sequence)], |r| {
                             Ok(StoredSnapshot {
-                                sequence: to_u64(r.get(0)?),
-                                iv: Bytes::from(r.get::<_, Vec<u8>>(1)?),
-                                data: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+                                sequence,
+                                iv: Bytes::from(r.get::<_, Vec<u8>>(0)?),
+                                data: Bytes::from(r.get::<_, Vec<u8>>(1)?),
                             })
                         })
-                        .optional()?;
-                    Ok((to_u64(first), snapshot))
+                        .optional()?)
                 })
             })
             .await?

@@ -547,13 +547,7 @@ async fn export_tenant(
 ) -> Result<Response, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    let path = tenant_path(&state, &tenant);
-    if !path.exists() {
-        return Err(HttpError::NotFound(format!(
-            "no tenant {:?}",
-            tenant.as_str()
-        )));
-    }
+    let path = existing_tenant(&state, &tenant)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
     let name = tenant.as_str().to_owned();
     tokio::task::spawn_blocking(move || {
@@ -628,12 +622,16 @@ async fn import_tenant(
     let path = tenant_path(&state, &tenant);
     let exists = path.exists();
     if exists && !replace {
-        return Err(HttpError::Conflict(format!(
+        let refused = HttpError::Conflict(format!(
             "tenant {:?} already has data; add ?replace=true to replace it",
             tenant.as_str()
-        )));
+        ));
+        return Err(drain(body, refused).await);
     }
-    let hold = take(&state, &tenant, replace).await?;
+    let hold = match take(&state, &tenant, replace).await {
+        Ok(hold) => hold,
+        Err(refused) => return Err(drain(body, refused).await),
+    };
     // The body arrives on this task; the import reads it on a blocking thread.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(8);
     let target = path.clone();
@@ -674,6 +672,14 @@ async fn import_tenant(
         "tenant imported by an administrator"
     );
     Ok((StatusCode::CREATED, Json(imported)))
+}
+
+/// Reads the rest of an upload before refusing it: a client still sending would otherwise see
+/// a reset connection (a broken pipe) instead of the answer.
+async fn drain(body: Body, refused: HttpError) -> HttpError {
+    let mut stream = body.into_data_stream();
+    while let Some(Ok(_)) = stream.next().await {}
+    refused
 }
 
 /// Moves an imported database into place, removing the old one's WAL and shared memory.

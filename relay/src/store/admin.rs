@@ -35,30 +35,8 @@ pub struct LogState {
 pub fn describe(path: &Path) -> Result<(Uuid, Vec<LogState>), StoreError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    let remote_id: Option<Vec<u8>> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'remote_id'", [], |r| {
-            r.get(0)
-        })
-        .optional()?;
-    let remote_id = remote_id
-        .and_then(|b| Uuid::from_slice(&b).ok())
-        .ok_or_else(|| StoreError::Corrupt("no remote_id".into()))?;
-    let mut stmt = conn.prepare(
-        "SELECT logs.public_key, count(entries.seq), \
-         max(coalesce(max(entries.seq) + 1, 0), logs.first_seq), logs.first_seq \
-         FROM logs LEFT JOIN entries ON entries.log_id = logs.id \
-         GROUP BY logs.id ORDER BY logs.public_key",
-    )?;
-    let logs = stmt
-        .query_map([], |r| {
-            Ok(LogState {
-                public_key: r.get(0)?,
-                entries: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                next_sequence: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-                first_sequence: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let (remote_id, mut logs) = describe_in(&conn)?;
+    logs.sort_by(|a, b| a.public_key.cmp(&b.public_key));
     Ok((remote_id, logs))
 }
 

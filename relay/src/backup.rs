@@ -147,34 +147,33 @@ pub fn backup(
             file,
         });
     }
+    // The relay's own files: the key is copied (owner-only), the revocation list snapshotted.
     let mut files = Vec::new();
-    if key.exists() {
-        let rel = "auth/signing-key.pem";
+    for (rel, source, is_database) in [
+        ("auth/signing-key.pem", &key, false),
+        ("auth/revocations.sqlite", &revocations, true),
+    ] {
+        if !source.exists() {
+            continue;
+        }
         let target = to.join(rel);
-        create_parent(&target)?;
-        std::fs::copy(&key, &target).map_err(io(&key))?;
-        restrict(&target)?;
-        sync_file(&target)?;
-        files.push(file_entry(to, rel)?);
+        if is_database {
+            snapshot(source, &target)?;
+        } else {
+            create_parent(&target)?;
+            std::fs::copy(source, &target).map_err(io(source))?;
+            restrict(&target)?;
+            sync_file(&target)?;
+        }
+        let entry = file_entry(to, rel)?;
         done += 1;
         progress(Progress {
             path: rel,
-            bytes: files[files.len() - 1].bytes,
+            bytes: entry.bytes,
             done,
             total,
         });
-    }
-    if revocations.exists() {
-        let rel = "auth/revocations.sqlite";
-        snapshot(&revocations, &to.join(rel))?;
-        files.push(file_entry(to, rel)?);
-        done += 1;
-        progress(Progress {
-            path: rel,
-            bytes: files[files.len() - 1].bytes,
-            done,
-            total,
-        });
+        files.push(entry);
     }
     let manifest = Manifest {
         format: FORMAT.to_owned(),

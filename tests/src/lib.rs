@@ -422,6 +422,46 @@ fn refusal(
     (response.status().as_u16(), body)
 }
 
+/// Entry id → the sequence its Ack gave it, as writers record them.
+pub type AckedIds = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Bytes, u64>>>;
+
+/// Writes batches of 5 entries of 200 bytes (ids from `first_batch` on) to `public_key`, with
+/// up to 8 writes in flight, recording every Ack in `acked`, until the connection fails: the
+/// load of the crash and fault tests, whose checker then compares `acked` with what survived.
+pub async fn write_until_failure(url: String, public_key: &str, first_batch: u32, acked: AckedIds) {
+    let Ok(mut c) = Client::connect(&url).await else {
+        return;
+    };
+    let mut in_flight: std::collections::HashMap<String, Vec<Bytes>> =
+        std::collections::HashMap::new();
+    for batch in 0u32.. {
+        let es = entries(first_batch + batch, 5, 200);
+        let ids = es.iter().map(|e| e.entry_id.clone()).collect();
+        let Ok(id) = c.write(public_key, es).await else {
+            return;
+        };
+        in_flight.insert(id.to_string(), ids);
+        while in_flight.len() >= 8 {
+            match c.recv().await {
+                Ok(RelayMsg::Ack {
+                    id,
+                    sequence_numbers,
+                }) => {
+                    let ids = in_flight
+                        .remove(&id.to_string())
+                        .expect("an Ack for a write this writer sent");
+                    let mut acked = acked.lock().expect("lock");
+                    for (eid, seq) in ids.into_iter().zip(sequence_numbers) {
+                        acked.insert(eid, seq);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
 /// Entries with distinct ids and recognisable content.
 pub fn entries(prefix: u32, count: usize, size: usize) -> Vec<EncryptedEntry> {
     (0..count)

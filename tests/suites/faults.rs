@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +18,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use wharf_protocol::{RelayMsg, RemoteEntry};
 use wharf_tests::proxy::{FaultProxy, Faults};
 use wharf_tests::{
-    assert_dense, entries, eventually, stored_count, ChildRelay, Client, TestRelay, PATIENCE,
+    assert_dense, entries, eventually, stored_count, write_until_failure, AckedIds, ChildRelay,
+    Client, TestRelay, PATIENCE,
 };
 
 const PK: &str = "fault-log";
@@ -63,42 +64,12 @@ fn run(cmd: &str, args: &[&str]) {
     );
 }
 
-/// entry id → the sequence its Ack gave it.
-type Acked = Arc<Mutex<HashMap<Bytes, u64>>>;
+type Acked = AckedIds;
 
 /// Writes batches of 5 entries with up to 8 writes in flight, recording every Ack, until the
 /// connection fails.
 async fn writer(url: String, prefix: u32, acked: Acked) {
-    let Ok(mut c) = Client::connect(&url).await else {
-        return;
-    };
-    let mut in_flight: HashMap<String, Vec<Bytes>> = HashMap::new();
-    for batch in 0u32.. {
-        let es = entries(prefix * 100_000 + batch, 5, 200);
-        let ids = es.iter().map(|e| e.entry_id.clone()).collect();
-        let Ok(id) = c.write(PK, es).await else {
-            return;
-        };
-        in_flight.insert(id.to_string(), ids);
-        while in_flight.len() >= 8 {
-            match c.recv().await {
-                Ok(RelayMsg::Ack {
-                    id,
-                    sequence_numbers,
-                }) => {
-                    let ids = in_flight
-                        .remove(&id.to_string())
-                        .expect("an Ack for a write this writer sent");
-                    let mut acked = acked.lock().expect("lock");
-                    for (eid, seq) in ids.into_iter().zip(sequence_numbers) {
-                        acked.insert(eid, seq);
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    }
+    write_until_failure(url, PK, prefix * 100_000, acked).await;
 }
 
 /// Follows the log from 0 until the connection fails; what it saw.

@@ -2,12 +2,13 @@
 //! a memory bound, and SIGTERM.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use wharf_protocol::{ClientMsg, RelayMsg};
-use wharf_tests::{assert_dense, entries, stored_count, ChildRelay, Client};
+use wharf_tests::{
+    assert_dense, entries, stored_count, write_until_failure, AckedIds, ChildRelay, Client,
+};
 
 const PK: &str = "crash-log";
 
@@ -16,42 +17,17 @@ async fn every_acked_entry_survives_sigkill_exactly_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut relay = ChildRelay::start(dir.path(), &[]).await.expect("start");
     // entry id → acked sequence
-    let acked: Arc<Mutex<HashMap<Bytes, u64>>> = Arc::default();
+    let acked: AckedIds = Default::default();
     let mut writers = Vec::new();
     for w in 0..4u32 {
         let url = relay.url("acme");
         let acked = acked.clone();
-        writers.push(tokio::spawn(async move {
-            let mut c = Client::connect(&url).await.expect("connect");
-            let mut in_flight: HashMap<String, Vec<Bytes>> = HashMap::new();
-            for batch in 0u32.. {
-                let es = entries(w * 1_000_000 + batch, 5, 200);
-                let ids = es.iter().map(|e| e.entry_id.clone()).collect();
-                let Ok(id) = c.write(PK, es).await else {
-                    return;
-                };
-                in_flight.insert(id.to_string(), ids);
-                // Up to 8 writes in flight per connection.
-                while in_flight.len() >= 8 {
-                    match c.recv().await {
-                        Ok(RelayMsg::Ack {
-                            id,
-                            sequence_numbers,
-                        }) => {
-                            let ids = in_flight
-                                .remove(&id.to_string())
-                                .expect("ack for a write we sent");
-                            let mut acked = acked.lock().expect("lock");
-                            for (eid, seq) in ids.into_iter().zip(sequence_numbers) {
-                                acked.insert(eid, seq);
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(_) => return,
-                    }
-                }
-            }
-        }));
+        writers.push(tokio::spawn(write_until_failure(
+            url,
+            PK,
+            w * 1_000_000,
+            acked,
+        )));
     }
     // Kill once enough is acked, while writes are still flowing.
     loop {

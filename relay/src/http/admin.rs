@@ -21,6 +21,7 @@ use crate::auth::revocation::RevocationStore;
 use crate::auth::{unix_now, Refusal};
 use crate::config::TenantId;
 use crate::store::admin::{self as store_admin, Imported, LogState};
+use crate::store::StoreError;
 
 pub(crate) fn routes(state: HttpState) -> Router<HttpState> {
     Router::new()
@@ -168,7 +169,18 @@ fn summarize(state: &HttpState, tenant: &TenantId) -> Result<Option<TenantDetail
         return Ok(None);
     }
     let (size_bytes, last_write_unix_ms) = files_of(&path);
-    let (remote_id, logs) = store_admin::describe(&path).map_err(internal)?;
+    let (remote_id, logs) = match store_admin::describe(&path) {
+        Ok(described) => described,
+        // Created this instant by a first connection: until its schema and remoteId are
+        // committed, the tenant is not there yet.
+        Err(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows)) => return Ok(None),
+        Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(_, Some(msg))))
+            if msg.starts_with("no such table") =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(internal(e)),
+    };
     let app = &state.app;
     Ok(Some(TenantDetail {
         summary: TenantSummary {

@@ -621,6 +621,12 @@ const MIGRATIONS: &[&[&str]] = &[
         from_seq INTEGER NOT NULL,
         to_seq INTEGER NOT NULL)",
     ],
+    &[
+        // The outbox and `entries()` read a log in local order from a position: without this,
+        // each page searched every entry of the log and sorted them (a bulk append of N entries
+        // uploaded in O(N²)).
+        "CREATE INDEX entries_by_log_seq ON entries (log, local_seq)",
+    ],
 ];
 
 /// Copies committed WAL frames into the database after commits, at most four times a second.

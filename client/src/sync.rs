@@ -164,6 +164,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             Ok(()) => break, // cancelled from inside
             Err(e) => e,
         };
+
         if let Error::JournalFailed(_) | Error::Closed = error {
             shared.set_status(Status::Error {
                 message: error.to_string(),
@@ -212,6 +213,9 @@ struct LogState {
     /// This subscription asked for a snapshot (rather than being sent one because the
     /// history it asked for is gone).
     asked_snapshot: bool,
+    /// Sequences the relay gave this connection's own writes at or above `cursor`: they never
+    /// come back in `Changes` (the writer gets the Ack instead).
+    own_acked: std::collections::BTreeSet<u64>,
 }
 
 struct InFlight {
@@ -308,6 +312,7 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
                 snapshot_at: cursor,
                 acked_end: cursor,
                 asked_snapshot,
+                own_acked: Default::default(),
             },
         );
     }
@@ -456,6 +461,10 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
                             )));
                         }
                         let top = sequence_numbers.iter().max().copied();
+                        if let Some(state) = logs.get_mut(&write.log) {
+                            let cursor = state.cursor;
+                            state.own_acked.extend(sequence_numbers.iter().filter(|s| **s >= cursor));
+                        }
                         let placed = write.ids.into_iter().zip(sequence_numbers).collect();
                         journal.acked(&remote, &write.log, placed, write.entries).await?;
                         fill = true; // room in the pipeline again
@@ -530,16 +539,26 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> Result<(), Erro
                         };
                         let rk = state.key.read_key();
                         let mut received = Vec::with_capacity(entries.len());
+                        let writing = in_flight.iter().any(|w| w.log == public_key);
                         for e in entries {
+                            // This connection's own entries are acked, not sent back: step over
+                            // them.
+                            while state.own_acked.remove(&state.cursor) {
+                                state.cursor += 1;
+                            }
                             if e.sequence < state.cursor {
                                 continue; // already applied
                             }
-                            if e.sequence != state.cursor {
+                            // A gap is only allowed where a write of ours is still waiting for
+                            // its Ack (the journal applies in sequence order either way).
+                            if e.sequence != state.cursor && !writing {
                                 return Err(Error::Protocol(format!(
                                     "{public_key}: expected sequence {}, got {}",
                                     state.cursor, e.sequence
                                 )));
                             }
+                            let cursor = e.sequence + 1;
+                            state.own_acked.retain(|s| *s >= cursor);
                             state.cursor = e.sequence + 1;
                             let content = rk.open(&e.iv, &e.entry_id, &e.encrypted_entry).map_err(|err| {
                                 tracing::warn!(log = %public_key, sequence = e.sequence, error = %err, "entry does not decrypt; kept aside");

@@ -8,7 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, TenantId};
 use crate::metrics::{CommitMetrics, Metrics};
-use crate::store::StorePool;
+use crate::store::Backend;
 use crate::tenant::{Attached, TenantActor, TenantError, TenantHandle};
 
 /// Cloneable; all clones share one map.
@@ -21,7 +21,7 @@ struct Inner {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     /// The storage threads every tenant's SQLite work runs on.
-    pool: StorePool,
+    backend: Backend,
     actors: TaskTracker,
     next_actor_id: AtomicU64,
     /// Tenants an administrator is deleting or importing: no actor starts for them.
@@ -46,7 +46,7 @@ impl Registry {
         Self(Arc::new(Inner {
             tenants: DashMap::new(),
             metrics,
-            pool: StorePool::new(config.storage_threads),
+            backend: Backend::new(&config),
             config,
             actors: TaskTracker::new(),
             next_actor_id: AtomicU64::new(1),
@@ -80,7 +80,7 @@ impl Registry {
                     tenant.clone(),
                     id,
                     self.0.config.clone(),
-                    self.0.pool.clone(),
+                    self.0.backend.clone(),
                     &self.0.actors,
                     vec![Box::new(CommitMetrics(self.0.metrics.clone()))],
                     self.0.metrics.clone(),

@@ -24,8 +24,8 @@ use crate::live::{CommitConsumer, Committed, LiveBatch, LiveLog, LiveTails};
 use crate::metrics::Metrics;
 use crate::policy::{Effective, TenantSettings};
 use crate::store::{
-    OutboxRow, Outcome, RetainReport, SnapshotRefusal, Store, StoreError, StorePool,
-    StoredSnapshot, WriteReq, Writer,
+    Backend, OutboxRow, Outcome, RetainReport, SnapshotRefusal, Store, StoreError, StoredSnapshot,
+    WriteReq, Writer,
 };
 use crate::webhook::{Endpoint, Notification};
 
@@ -248,7 +248,7 @@ pub(crate) type Retire = Box<dyn FnOnce() + Send>;
 pub(crate) struct TenantActor {
     tenant: TenantId,
     config: Arc<Config>,
-    pool: StorePool,
+    backend: Backend,
     retire: Option<Retire>,
     rx: mpsc::Receiver<Msg>,
     /// The live tail of every log that has (or recently had) subscribers: the first consumer
@@ -273,26 +273,11 @@ pub(crate) struct TenantActor {
     self_tx: mpsc::WeakSender<Msg>,
 }
 
-/// The database as the actor holds it: the reading side it hands to sessions, and the writer,
-/// which is lent to a storage thread for each job. `writer` is `None` only if a job was lost
-/// (a panic on a storage thread); the actor then stops.
+/// The tenant's storage as the actor holds it: the reading side it hands to sessions, and
+/// the writer only it uses.
 struct Db {
     store: Store,
-    writer: Option<Writer>,
-}
-
-impl Db {
-    /// Runs `f` with the writer on a storage thread.
-    async fn job<R, F>(&mut self, f: F) -> Result<R, TenantError>
-    where
-        F: FnOnce(&mut Writer) -> Result<R, StoreError> + Send + 'static,
-        R: Send + 'static,
-    {
-        let writer = self.writer.take().ok_or(TenantError::Closed)?;
-        let (writer, r) = self.store.with_writer(writer, f).await?;
-        self.writer = Some(writer);
-        Ok(r?)
-    }
+    writer: Writer,
 }
 
 impl TenantActor {
@@ -304,7 +289,7 @@ impl TenantActor {
         tenant: TenantId,
         actor_id: u64,
         config: Arc<Config>,
-        pool: StorePool,
+        backend: Backend,
         tracker: &TaskTracker,
         consumers: Vec<Box<dyn CommitConsumer>>,
         metrics: Arc<Metrics>,
@@ -319,7 +304,7 @@ impl TenantActor {
             closed: closed.clone(),
             tenant,
             config,
-            pool,
+            backend,
             retire: Some(retire),
             rx,
             live,
@@ -345,11 +330,10 @@ impl TenantActor {
     async fn run(mut self) {
         // Whichever way this ends (even a panic), `closed` fires after the database is shut.
         let _closed = self.closed.clone().drop_guard();
-        let path = self.config.tenant_path(&self.tenant);
-        let (store, writer) = match Store::open(&self.pool, &path, self.config.durability).await {
+        let (store, writer) = match self.backend.open(&self.config, &self.tenant).await {
             Ok(opened) => opened,
             Err(e) => {
-                warn!(error = %e, path = %path.display(), "cannot open tenant database");
+                warn!(error = %e, "cannot open the tenant's storage");
                 self.retire();
                 let err = TenantError::from(e);
                 self.rx.close();
@@ -365,10 +349,7 @@ impl TenantActor {
             self.wal.clone(),
             self.config.checkpoint_interval,
         );
-        let mut db = Db {
-            store,
-            writer: Some(writer),
-        };
+        let mut db = Db { store, writer };
         if let Err(e) = self.load_settings(&mut db).await {
             warn!(error = %e, "the tenant's stored settings are unreadable; using the config file's");
             self.apply_settings(&db, None);
@@ -378,9 +359,7 @@ impl TenantActor {
             sender.task.abort();
         }
         checkpointer.abort();
-        if let Some(writer) = db.writer.take() {
-            db.store.close(writer).await;
-        }
+        db.writer.close().await;
         debug!("tenant closed");
     }
 
@@ -400,8 +379,7 @@ impl TenantActor {
                 msg = self.rx.recv() => msg,
                 () = sleep_until(trim_at) => {
                     trim_at = None;
-                    let store = db.store.clone();
-                    if let Err(e) = db.job(move |w| { store.trim(w); Ok(()) }).await {
+                    if let Err(e) = db.writer.trim().await {
                         warn!(error = %e, "trimming the tenant's memory failed");
                     }
                     continue;
@@ -491,7 +469,7 @@ impl TenantActor {
                 self.commit(db, writes).await;
                 trim_at = Some(Instant::now() + TRIM_AFTER);
             }
-            if stop || db.writer.is_none() {
+            if stop || db.writer.is_lost() {
                 break;
             }
             if Arc::strong_count(&self.lease) == 1 && idle_since.is_none() {
@@ -527,8 +505,7 @@ impl TenantActor {
         let live = match self.live.get(&public_key) {
             Some(live) => live.clone(),
             None => {
-                let pk = public_key.clone();
-                let next = db.job(move |w| w.next_sequence(&pk)).await?;
+                let next = db.writer.next_sequence(public_key.clone()).await?;
                 let live = Arc::new(LiveLog::new(next));
                 self.live.insert(public_key, live.clone());
                 live
@@ -559,20 +536,11 @@ impl TenantActor {
             .replace(now)
             .is_none_or(|last| now - last > SPARSE_COMMITS);
         let started = std::time::Instant::now();
-        let result = db
-            .job(move |w| {
-                let outcomes = w.commit(&reqs, &rules);
-                if sparse {
-                    w.release_memory();
-                }
-                Ok((reqs, outcomes))
-            })
-            .await;
+        let result = db.writer.commit(reqs, rules, sparse).await;
         let duration = started.elapsed();
         let (reqs, outcomes) = match result {
-            Ok((reqs, Ok(outcomes))) => (reqs, outcomes),
-            Ok((_, Err(e))) => return self.failed(rest, TenantError::from(e)),
-            Err(e) => return self.failed(rest, e),
+            Ok(done) => done,
+            Err(e) => return self.failed(rest, TenantError::from(e)),
         };
         // Durable: acknowledge, then publish what was committed.
         let mut batches: HashMap<&str, LiveBatch> = HashMap::new();
@@ -656,7 +624,7 @@ impl TenantActor {
 
     /// Reads what an administrator stored and applies every layer.
     async fn load_settings(&mut self, db: &mut Db) -> Result<(), TenantError> {
-        let raw = db.job(|w| w.settings()).await?;
+        let raw = db.writer.settings().await?;
         let stored = match raw {
             None => None,
             Some(json) => Some(
@@ -673,8 +641,7 @@ impl TenantActor {
             .iter()
             .map(|w| w.url.clone())
             .collect();
-        db.job(move |w| w.outbox_retain_endpoints(&endpoints))
-            .await?;
+        db.writer.outbox_retain_endpoints(endpoints).await?;
         self.apply_settings(db, stored);
         Ok(())
     }
@@ -742,12 +709,8 @@ impl TenantActor {
             .iter()
             .map(|w| w.url.clone())
             .collect();
-        db.job(move |w| {
-            w.set_settings(json.as_deref())?;
-            w.outbox_retain_endpoints(&endpoints)?;
-            Ok(())
-        })
-        .await?;
+        db.writer.set_settings(json).await?;
+        db.writer.outbox_retain_endpoints(endpoints).await?;
         self.apply_settings(db, stored);
         Ok(())
     }
@@ -761,7 +724,8 @@ impl TenantActor {
         let sequence = snapshot.sequence;
         let keep = self.config.snapshots_per_log;
         let rules = self.effective.commit_rules(false, crate::policy::now_ms());
-        db.job(move |w| w.write_snapshot(&public_key, &snapshot, keep, &rules))
+        db.writer
+            .write_snapshot(public_key, snapshot, keep, rules)
             .await?
             .map_err(TenantError::Snapshot)?;
         self.metrics.snapshots_written.inc();
@@ -775,8 +739,10 @@ impl TenantActor {
             return Ok(false);
         }
         let report = db
-            .job(move |w| w.retain(&limits, crate::policy::now_ms(), RETAIN_STEP))
+            .writer
+            .retain(limits, crate::policy::now_ms(), RETAIN_STEP)
             .await
+            .map_err(TenantError::from)
             .inspect_err(|e| warn!(error = %e, "retention failed; it runs again later"))?;
         if report.entries_deleted > 0 {
             self.metrics
@@ -801,7 +767,8 @@ impl TenantActor {
         let mut total = RetainReport::default();
         loop {
             let step = db
-                .job(move |w| w.retain(&limits, crate::policy::now_ms(), RETAIN_STEP))
+                .writer
+                .retain(limits, crate::policy::now_ms(), RETAIN_STEP)
                 .await?;
             total.entries_deleted += step.entries_deleted;
             total.bytes_deleted += step.bytes_deleted;
@@ -838,7 +805,7 @@ impl TenantActor {
                 .webhook_deliveries
                 .with_label_values(&["delivered"])
                 .inc();
-            db.job(move |w| w.outbox_delivered(&row, now)).await
+            db.writer.outbox_delivered(row, now).await
         } else {
             let give_up = row.attempts + 1 >= hooks.max_attempts.max(1);
             let outcome = if give_up { "given_up" } else { "failed" };
@@ -851,7 +818,8 @@ impl TenantActor {
                       "webhook notification given up");
             }
             let delay = i64::try_from(hooks.backoff(row.attempts).as_millis()).unwrap_or(i64::MAX);
-            db.job(move |w| w.outbox_failed(&row, now.saturating_add(delay), give_up))
+            db.writer
+                .outbox_failed(row, now.saturating_add(delay), give_up)
                 .await
         };
         if let Err(e) = result {

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use wharf_sqlite::{blocking, Synchronous};
 
-use super::{StoreError, BUSY_TIMEOUT, MIGRATIONS};
+use super::sqlite::{BUSY_TIMEOUT, MIGRATIONS};
+use super::StoreError;
 
 /// The export format's name and version (the first line of every export).
 pub const EXPORT_FORMAT: &str = "wharf-export";

@@ -1,78 +1,25 @@
-//! One tenant's SQLite database: every log of the tenant, its entries and the relay's
-//! `remoteId`.
+//! The storage boundary. Everything the tenant actor, the feeds and the webhook sender do with
+//! a tenant's data goes through two types: [`Store`], the reading side sessions share, and
+//! [`Writer`], the one writing side the tenant actor owns. Each is a closed enum over the
+//! backends, so nothing outside `store/` sees rusqlite (or, for scale-out, sqlx):
 //!
-//! All SQLite work runs as synchronous rusqlite calls on the relay's storage threads
-//! ([`StorePool`]), one job per unit of work: the tenant actor lends its [`Writer`] to a thread
-//! for a whole group commit (dedup, sequence assignment, inserts, `COMMIT`), and sessions read
-//! pages of a log through the [`Store`] (read-only connections beside the writer: WAL).
+//! - [`sqlite`]: one SQLite file per tenant (the default), synchronous rusqlite calls on the
+//!   relay's storage threads ([`StorePool`]).
+//!
+//! [`Backend`] opens a tenant on whichever backend the relay was configured with.
 
 pub mod admin;
 pub mod pool;
-pub mod retention;
-
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+pub mod sqlite;
 
 use bytes::Bytes;
-use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 use wharf_protocol::{EncryptedEntry, RemoteEntry};
-use wharf_sqlite::{blocking, DbError, Synchronous};
+use wharf_sqlite::DbError;
 
 pub use pool::{PoolError, StorePool};
-pub use retention::{
-    CommitRules, OutboxRow, RetainReport, RetentionLimits, SnapshotRefusal, StoredSnapshot,
-};
 
-use crate::config::Durability;
-
-/// The schema, one step per version (`PRAGMA user_version`); append, never edit.
-const MIGRATIONS: &[&[&str]] = &[
-    &[
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
-        "CREATE TABLE logs (id INTEGER PRIMARY KEY, public_key TEXT NOT NULL UNIQUE)",
-        "CREATE TABLE entries (log_id INTEGER NOT NULL, seq INTEGER NOT NULL, \
-     entry_id BLOB NOT NULL, iv BLOB NOT NULL, ciphertext BLOB NOT NULL)",
-        "CREATE UNIQUE INDEX entries_by_seq ON entries (log_id, seq)",
-        "CREATE UNIQUE INDEX entries_by_id ON entries (log_id, entry_id)",
-    ],
-    &[
-        // The iv guardrail: "was this 12-byte AES-GCM iv used in this log?"
-        "CREATE INDEX entries_by_gcm_iv ON entries (log_id, iv) WHERE length(iv) = 12",
-    ],
-    &[
-        // Retention: a log's history starts at `first_seq` (everything below was deleted by a
-        // policy; sequences are never reused), and `bytes` is the ciphertext it still holds.
-        "ALTER TABLE logs ADD COLUMN first_seq INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE logs ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
-        "UPDATE logs SET bytes = \
-         (SELECT COALESCE(SUM(length(ciphertext)), 0) FROM entries WHERE log_id = logs.id)",
-        // When an entry was committed (Unix ms); NULL for entries stored before this version,
-        // which age policies date to the upgrade (`meta.retention_epoch`).
-        "ALTER TABLE entries ADD COLUMN at INTEGER",
-        "INSERT OR IGNORE INTO meta (key, value) \
-         VALUES ('retention_epoch', CAST(unixepoch('subsec') * 1000 AS INTEGER))",
-        // Encrypted snapshots, opaque to the relay: the newest few per log.
-        "CREATE TABLE snapshots (id INTEGER PRIMARY KEY, log_id INTEGER NOT NULL, \
-         seq INTEGER NOT NULL, iv BLOB NOT NULL, data BLOB NOT NULL, at INTEGER NOT NULL)",
-        "CREATE UNIQUE INDEX snapshots_by_log ON snapshots (log_id, seq)",
-        // Webhook notifications not yet delivered: one row per (endpoint, log), coalesced.
-        "CREATE TABLE webhook_outbox (endpoint TEXT NOT NULL, log_id INTEGER NOT NULL, \
-         from_seq INTEGER NOT NULL, to_seq INTEGER NOT NULL, count INTEGER NOT NULL, \
-         attempts INTEGER NOT NULL DEFAULT 0, due_at INTEGER NOT NULL, \
-         PRIMARY KEY (endpoint, log_id)) WITHOUT ROWID",
-    ],
-];
-
-/// How long a connection waits for another's lock (only checkpoints contend with the writer).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Page cache per connection, in KiB: a tenant is mostly appended to and read from its tail,
-/// and the operating system caches the file as well.
-const CACHE_KIB: u32 = 512;
-/// Read-only connections a tenant keeps open between reads.
-const IDLE_READERS: usize = 2;
+use crate::config::{Config, TenantId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,43 +31,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error(transparent)]
     Pool(#[from] PoolError),
-}
-
-/// The reading side of a tenant database, shared by its sessions. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Store {
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    path: PathBuf,
-    pool: StorePool,
-    remote_id: Uuid,
-    /// Read-only connections not in use.
-    readers: Mutex<Vec<Connection>>,
-    /// A read-write connection for checkpoints, opened on first use.
-    maintenance: Mutex<Option<Connection>>,
-}
-
-/// The writing side: the tenant's one read-write connection, and each log's id and next
-/// sequence as of the last commit. Owned by the tenant actor, lent to a storage thread for
-/// each job; nothing else writes the database.
-#[derive(Debug)]
-pub struct Writer {
-    conn: Connection,
-    logs: HashMap<String, LogMeta>,
-    /// What the tenant stores, for quotas: loaded on first use, then kept.
-    totals: Option<Totals>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct LogMeta {
-    /// `None` until the log's first entry is committed.
-    id: Option<i64>,
-    next: u64,
-    /// The earliest sequence still stored (retention deletes below it).
-    first: u64,
+    /// A storage job never came back (it panicked): the writer went with it.
+    #[error("the tenant's writer was lost")]
+    Lost,
 }
 
 /// What a tenant stores: ciphertext and snapshot bytes, and logs.
@@ -156,84 +69,158 @@ pub enum Outcome {
     OverQuota(String),
 }
 
-fn synchronous(durability: Durability) -> Synchronous {
-    match durability {
-        Durability::Full => Synchronous::Full,
-        Durability::Normal => Synchronous::Normal,
+/// What a group commit checks besides the data itself.
+#[derive(Debug, Clone, Default)]
+pub struct CommitRules {
+    /// Refuse a write whose 12-byte iv the log already holds.
+    pub strict_iv: bool,
+    /// Quota: ciphertext and snapshot bytes the tenant may store.
+    pub max_bytes: Option<u64>,
+    /// Quota: logs the tenant may hold.
+    pub max_logs: Option<u64>,
+    /// Webhook endpoints (their URLs) notified of new entries, through the outbox.
+    pub webhooks: Vec<String>,
+    /// Commit time (Unix ms), stored with each entry for age-based retention.
+    pub now_ms: i64,
+}
+
+impl CommitRules {
+    pub(crate) fn quota_applies(&self) -> bool {
+        self.max_bytes.is_some() || self.max_logs.is_some()
+    }
+
+    /// Why a write of `size` bytes (to a new log when `new_log`) is over quota, if it is.
+    pub(crate) fn over_quota(&self, totals: &Totals, new_log: bool, size: u64) -> Option<String> {
+        if let Some(max) = self.max_logs {
+            if new_log && totals.logs >= max {
+                return Some(format!(
+                    "quota exceeded: the tenant holds {} logs, its limit",
+                    totals.logs
+                ));
+            }
+        }
+        if let Some(max) = self.max_bytes {
+            if size > 0 && totals.bytes.saturating_add(size) > max {
+                return Some(format!(
+                    "quota exceeded: the tenant stores {} bytes; {size} more would pass its limit of {max}",
+                    totals.bytes
+                ));
+            }
+        }
+        None
     }
 }
 
-impl Store {
-    /// Opens (creating it if needed) the database at `path` on a storage thread: the reading
-    /// side for sessions and the [`Writer`] for the tenant actor.
+/// A retention policy as the store applies it (`None`: no such limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionLimits {
+    pub max_entries: Option<u64>,
+    pub max_bytes: Option<u64>,
+    /// Entries committed longer ago than this (ms) are deleted.
+    pub max_age_ms: Option<i64>,
+    /// Delete everything the newest snapshot covers.
+    pub after_snapshot: bool,
+}
+
+impl RetentionLimits {
+    pub fn is_off(&self) -> bool {
+        *self == RetentionLimits::default()
+    }
+}
+
+/// What one retention step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetainReport {
+    pub entries_deleted: u64,
+    pub bytes_deleted: u64,
+    /// Logs whose history now starts later, with where it starts.
+    pub truncated: Vec<(String, u64)>,
+    /// The step stopped at its budget: run another.
+    pub more: bool,
+}
+
+/// Why a snapshot was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotRefusal {
+    #[error("snapshot refused: it covers sequence {sequence}, but log {log:?} has only reached {next} entries")]
+    NotReached {
+        log: String,
+        sequence: u64,
+        next: u64,
+    },
+    #[error("snapshot refused: {0}")]
+    Quota(String),
+}
+
+/// A stored snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub sequence: u64,
+    pub iv: Bytes,
+    pub data: Bytes,
+}
+
+/// A pending webhook notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub endpoint: String,
+    pub log_id: i64,
+    pub public_key: String,
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub count: u64,
+    pub attempts: u32,
+    pub due_at: i64,
+}
+
+/// Where tenants are stored; opens one tenant's [`Store`] and [`Writer`].
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// `data/tenants/{tenant}.sqlite`, worked on by these storage threads.
+    Sqlite(StorePool),
+}
+
+impl Backend {
+    pub fn new(config: &Config) -> Self {
+        Backend::Sqlite(StorePool::new(config.storage_threads))
+    }
+
+    /// Opens (creating it if needed) `tenant`'s storage.
     pub async fn open(
-        pool: &StorePool,
-        path: &Path,
-        durability: Durability,
-    ) -> Result<(Self, Writer), StoreError> {
-        let owned = path.to_owned();
-        let (conn, remote_id) = pool
-            .run(move || -> Result<(Connection, Uuid), StoreError> {
-                let conn = blocking::open_writer(
-                    &owned,
-                    synchronous(durability),
-                    BUSY_TIMEOUT,
-                    MIGRATIONS,
-                )?;
-                conn.execute_batch(&format!("PRAGMA cache_size = -{CACHE_KIB}"))?;
-                // Made once, with the database; `OR IGNORE` keeps the first one for good.
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('remote_id', ?1)",
-                    [Uuid::new_v4().as_bytes().as_slice()],
-                )?;
-                let raw: Vec<u8> =
-                    conn.query_row("SELECT value FROM meta WHERE key = 'remote_id'", [], |r| {
-                        r.get(0)
-                    })?;
-                let id = Uuid::from_slice(&raw)
-                    .map_err(|_| StoreError::Corrupt("remote_id is not 16 bytes".into()))?;
-                Ok((conn, id))
-            })
-            .await??;
-        let store = Self {
-            shared: Arc::new(Shared {
-                path: path.to_owned(),
-                pool: pool.clone(),
-                remote_id,
-                readers: Mutex::new(Vec::new()),
-                maintenance: Mutex::new(None),
-            }),
-        };
-        Ok((
-            store,
-            Writer {
-                conn,
-                logs: HashMap::new(),
-                totals: None,
-            },
-        ))
+        &self,
+        config: &Config,
+        tenant: &TenantId,
+    ) -> Result<(Store, Writer), StoreError> {
+        match self {
+            Backend::Sqlite(pool) => {
+                let (store, writer) =
+                    sqlite::Store::open(pool, &config.tenant_path(tenant), config.durability)
+                        .await?;
+                Ok((
+                    Store::Sqlite(store.clone()),
+                    Writer(Backing::Sqlite {
+                        store,
+                        writer: Some(writer),
+                    }),
+                ))
+            }
+        }
     }
+}
 
-    /// The id the relay announces in `Hello`: created with the database, stable for its life.
+/// The reading side of one tenant, shared by its sessions and its webhook sender. Cheap to
+/// clone.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(sqlite::Store),
+}
+
+impl Store {
+    /// The id the relay announces in `Hello`: created with the tenant, stable for its life.
     pub fn remote_id(&self) -> Uuid {
-        self.shared.remote_id
-    }
-
-    /// Runs `f` with the writer on a storage thread, and gives the writer back.
-    pub async fn with_writer<R, F>(&self, writer: Writer, f: F) -> Result<(Writer, R), StoreError>
-    where
-        F: FnOnce(&mut Writer) -> R + Send + 'static,
-        R: Send + 'static,
-    {
-        Ok(self
-            .shared
-            .pool
-            .run(move || {
-                let mut writer = writer;
-                let r = f(&mut writer);
-                (writer, r)
-            })
-            .await?)
+        match self {
+            Store::Sqlite(s) => s.remote_id(),
+        }
     }
 
     /// Entries of a log with `from <= sequence < to`, in order, at most `limit` of them.
@@ -244,559 +231,243 @@ impl Store {
         to: u64,
         limit: usize,
     ) -> Result<Vec<RemoteEntry>, StoreError> {
-        let shared = self.shared.clone();
-        let public_key = public_key.to_owned();
-        self.shared
-            .pool
-            .run(move || {
-                shared.with_reader(|conn| {
-                    let mut stmt = conn.prepare_cached(
-                        "SELECT seq, entry_id, iv, ciphertext FROM entries \
-                         WHERE log_id = (SELECT id FROM logs WHERE public_key = ?1) \
-                         AND seq >= ?2 AND seq < ?3 ORDER BY seq LIMIT ?4",
-                    )?;
-                    let to = i64::try_from(to).unwrap_or(i64::MAX);
-                    let from = i64::try_from(from).unwrap_or(i64::MAX);
-                    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-                    let rows = stmt.query_map(params![public_key, from, to, limit], |r| {
-                        let seq: i64 = r.get(0)?;
-                        Ok(RemoteEntry {
-                            sequence: seq as u64,
-                            entry_id: Bytes::from(r.get::<_, Vec<u8>>(1)?),
-                            iv: Bytes::from(r.get::<_, Vec<u8>>(2)?),
-                            encrypted_entry: Bytes::from(r.get::<_, Vec<u8>>(3)?),
-                        })
-                    })?;
-                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-                })
-            })
-            .await?
-    }
-
-    /// Moves committed pages from the WAL into the database file (`PASSIVE`: never waits for
-    /// the writer, which keeps committing meanwhile).
-    pub async fn checkpoint(&self) -> Result<(), StoreError> {
-        self.checkpoint_with("PASSIVE").await.map(|_| ())
-    }
-
-    /// Moves the whole WAL into the database file and empties it, so that pages a vacuum
-    /// freed leave the file now. Waits for readers (up to the busy timeout); retried a few
-    /// times when another checkpoint or a reader holds it up. Whether it completed.
-    pub async fn checkpoint_truncate(&self) -> Result<bool, StoreError> {
-        // Bounded: at most ~10 × (200 ms of waiting for readers + 20 ms); the storage thread
-        // is held for one attempt at a time.
-        for _ in 0..10 {
-            if self.checkpoint_with("TRUNCATE").await? {
-                return Ok(true);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        match self {
+            Store::Sqlite(s) => s.read(public_key, from, to, limit).await,
         }
-        Ok(false)
     }
 
-    /// `PRAGMA wal_checkpoint(mode)` on the maintenance connection (one checkpoint at a time);
-    /// whether it was not blocked.
-    async fn checkpoint_with(&self, mode: &'static str) -> Result<bool, StoreError> {
-        let shared = self.shared.clone();
-        self.shared
-            .pool
-            .run(move || -> Result<bool, StoreError> {
-                let mut slot = shared.maintenance.lock().unwrap_or_else(|p| p.into_inner());
-                if slot.is_none() {
-                    let conn = Connection::open(&shared.path)?;
-                    conn.busy_timeout(BUSY_TIMEOUT)?;
-                    *slot = Some(conn);
-                }
-                match slot.as_ref() {
-                    Some(conn) => {
-                        // A blocking mode waits for readers briefly, not the full busy timeout.
-                        let blocking = mode != "PASSIVE";
-                        if blocking {
-                            conn.busy_timeout(Duration::from_millis(200))?;
-                        }
-                        let busy =
-                            conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-                                r.get::<_, i64>(0)
-                            });
-                        if blocking {
-                            conn.busy_timeout(BUSY_TIMEOUT)?;
-                        }
-                        Ok(busy? == 0)
-                    }
-                    None => Ok(false),
-                }
-            })
-            .await?
+    /// Where `public_key`'s history starts, and the sequence its newest snapshot covers.
+    pub async fn history(&self, public_key: &str) -> Result<(u64, Option<u64>), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.history(public_key).await,
+        }
     }
 
-    /// Frees what a quiet tenant holds but does not need: its idle read connections and the
-    /// writer's page cache (sqlite3_db_release_memory). Run with the writer, between commits.
-    pub fn trim(&self, writer: &mut Writer) {
-        self.shared
-            .readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        writer.release_memory();
+    /// The snapshot of `public_key` covering `sequence`.
+    pub async fn snapshot(
+        &self,
+        public_key: &str,
+        sequence: u64,
+    ) -> Result<Option<StoredSnapshot>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.snapshot(public_key, sequence).await,
+        }
     }
 
-    /// Closes the database: the readers, the maintenance connection, and the writer after a
-    /// last checkpoint that empties the WAL (best effort).
-    pub async fn close(&self, writer: Writer) {
-        let shared = self.shared.clone();
-        let _ = self
-            .shared
-            .pool
-            .run(move || {
-                shared
-                    .readers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clear();
-                *shared.maintenance.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                let _ = writer
-                    .conn
-                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-                drop(writer);
-            })
-            .await;
+    /// Webhook notifications due at `now_ms`, oldest first, at most `limit`; and when the
+    /// next one not yet due is due.
+    pub async fn outbox_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<(Vec<OutboxRow>, Option<i64>), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.outbox_due(now_ms, limit).await,
+        }
+    }
+
+    /// Moves committed pages into the database file without waiting for the writer (SQLite's
+    /// WAL; nothing to do elsewhere).
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.checkpoint().await,
+        }
+    }
+
+    /// Empties the WAL so freed pages leave the file now; whether it completed.
+    pub async fn checkpoint_truncate(&self) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.checkpoint_truncate().await,
+        }
     }
 }
 
-impl Shared {
-    /// Runs `f` with a read-only connection (an idle one, or a new one), then keeps it for the
-    /// next read if few are idle.
-    fn with_reader<R>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => {
-                let conn = blocking::open_reader(&self.path, BUSY_TIMEOUT)?;
-                conn.execute_batch(&format!("PRAGMA cache_size = -{CACHE_KIB}"))?;
-                conn
-            }
-        };
-        let result = f(&conn);
-        let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < IDLE_READERS {
-            idle.push(conn);
-        }
-        result
-    }
+/// The writing side of one tenant: owned by its actor, the only thing that writes the tenant's
+/// data or assigns its sequences.
+#[derive(Debug)]
+pub struct Writer(Backing);
+
+#[derive(Debug)]
+enum Backing {
+    /// The writer is lent to a storage thread for each job; `None` only if a job was lost.
+    Sqlite {
+        store: sqlite::Store,
+        writer: Option<sqlite::Writer>,
+    },
 }
 
 impl Writer {
-    /// Gives back the page cache (best effort; the pages are read again when needed).
-    pub fn release_memory(&mut self) {
-        let _ = self.conn.release_memory();
+    /// Runs `f` with the SQLite writer on a storage thread.
+    async fn job<R, F>(
+        store: &sqlite::Store,
+        slot: &mut Option<sqlite::Writer>,
+        f: F,
+    ) -> Result<R, StoreError>
+    where
+        F: FnOnce(&mut sqlite::Writer) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let writer = slot.take().ok_or(StoreError::Lost)?;
+        let (writer, r) = store.with_writer(writer, f).await?;
+        *slot = Some(writer);
+        r
     }
 
-    /// The sequence the next entry of `public_key` gets (loaded once, then kept).
-    pub fn next_sequence(&mut self, public_key: &str) -> Result<u64, StoreError> {
-        Ok(self.meta(public_key)?.next)
-    }
-
-    fn meta(&mut self, public_key: &str) -> Result<LogMeta, StoreError> {
-        if let Some(meta) = self.logs.get(public_key) {
-            return Ok(*meta);
+    /// Whether the writer is gone (a storage job was lost): the tenant must close.
+    pub fn is_lost(&self) -> bool {
+        match &self.0 {
+            Backing::Sqlite { writer, .. } => writer.is_none(),
         }
-        let row: Option<(i64, i64)> = self
-            .conn
-            .prepare_cached("SELECT id, first_seq FROM logs WHERE public_key = ?1")?
-            .query_row([public_key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let (id, first) = match row {
-            None => (None, 0),
-            Some((id, first)) => (Some(id), u64::try_from(first).unwrap_or(0)),
-        };
-        let next = match id {
-            None => 0,
-            Some(id) => {
-                let max: Option<i64> = self
-                    .conn
-                    .prepare_cached("SELECT MAX(seq) FROM entries WHERE log_id = ?1")?
-                    .query_row([id], |r| r.get(0))?;
-                match max {
-                    Some(m) => {
-                        u64::try_from(m)
-                            .map_err(|_| StoreError::Corrupt(format!("negative sequence {m}")))?
-                            + 1
-                    }
-                    None => 0,
-                }
-            }
-        };
-        // A log whose every entry was deleted continues after them: sequences are never reused.
-        let meta = LogMeta {
-            id,
-            next: next.max(first),
-            first,
-        };
-        self.logs.insert(public_key.to_owned(), meta);
-        Ok(meta)
     }
 
-    /// Commits `writes` in one transaction: each log's entries get the next sequences in
-    /// order, an entry id the log already holds gets its original sequence, and a write whose
-    /// 12-byte iv the log already holds is flagged (or, under `strict_iv`, left out). The
-    /// in-memory sequence state moves only once `COMMIT` has returned.
-    pub fn commit(
+    /// Commits `writes` as one group: each log's entries get its next sequences in order, an
+    /// entry id the log holds gets its original sequence. Nothing is acknowledged by the
+    /// caller before this returns. `quiet`: the tenant commits rarely, give caches back.
+    /// The writes come back with one outcome each.
+    pub async fn commit(
         &mut self,
-        writes: &[WriteReq],
-        rules: &CommitRules,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        let strict_iv = rules.strict_iv;
-        let mut metas: HashMap<&str, LogMeta> = HashMap::new();
-        for w in writes {
-            if !metas.contains_key(w.public_key.as_str()) {
-                metas.insert(&w.public_key, self.meta(&w.public_key)?);
-            }
-        }
-        let quota = rules.quota_applies();
-        let mut totals = if quota {
-            self.totals()?
-        } else {
-            Totals::default()
-        };
-        let mut new_logs = 0u64;
-        // Ciphertext bytes each log gained in this commit.
-        let mut grown: HashMap<i64, u64> = HashMap::new();
-        // (log, first new sequence, end, count) for the webhook outbox.
-        let mut appended: HashMap<i64, (u64, u64, u64)> = HashMap::new();
-        let tx = self.conn.transaction()?;
-        let mut outcomes = Vec::with_capacity(writes.len());
-        {
-            let mut insert_log = tx.prepare_cached(
-                "INSERT INTO logs (public_key, first_seq) VALUES (?1, ?2) RETURNING id",
-            )?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO entries (log_id, seq, entry_id, iv, ciphertext, at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (log_id, entry_id) DO NOTHING",
-            )?;
-            let mut existing =
-                tx.prepare_cached("SELECT seq FROM entries WHERE log_id = ?1 AND entry_id = ?2")?;
-            let mut iv_used = tx.prepare_cached(
-                "SELECT 1 FROM entries WHERE log_id = ?1 AND length(iv) = 12 AND iv = ?2 LIMIT 1",
-            )?;
-            for w in writes {
-                let meta = metas
-                    .get_mut(w.public_key.as_str())
-                    .ok_or_else(|| StoreError::Corrupt("log state missing".into()))?;
-                let iv_reused = match meta.id {
-                    Some(id) if w.iv.len() == 12 && !w.entries.is_empty() => {
-                        iv_used.exists(params![id, &w.iv[..]])?
+        writes: Vec<WriteReq>,
+        rules: CommitRules,
+        quiet: bool,
+    ) -> Result<(Vec<WriteReq>, Vec<Outcome>), StoreError> {
+        match &mut self.0 {
+            Backing::Sqlite { store, writer } => {
+                Self::job(store, writer, move |w| {
+                    let outcomes = w.commit(&writes, &rules);
+                    if quiet {
+                        w.release_memory();
                     }
-                    _ => false,
-                };
-                if iv_reused && strict_iv {
-                    outcomes.push(Outcome::IvRefused);
-                    continue;
-                }
-                if quota {
-                    // Checked before any insert. Entries the log already holds (a retry after a
-                    // lost Ack) add nothing, so they do not count.
-                    let mut size = 0u64;
-                    for e in &w.entries {
-                        let stored = match meta.id {
-                            Some(id) => existing.exists(params![id, &e.entry_id[..]])?,
-                            None => false,
-                        };
-                        if !stored {
-                            size += e.encrypted_entry.len() as u64;
-                        }
-                    }
-                    if let Some(why) = rules.over_quota(&totals, meta.id.is_none(), size) {
-                        outcomes.push(Outcome::OverQuota(why));
-                        continue;
-                    }
-                    totals.bytes += size;
-                    if meta.id.is_none() {
-                        totals.logs += 1;
-                    }
-                }
-                let log_id = match meta.id {
-                    Some(id) => id,
-                    None => {
-                        let id: i64 = insert_log.query_row(
-                            params![&w.public_key, i64::try_from(meta.next).unwrap_or(0)],
-                            |r| r.get(0),
-                        )?;
-                        meta.id = Some(id);
-                        new_logs += 1;
-                        id
-                    }
-                };
-                let mut sequences = Vec::with_capacity(w.entries.len());
-                let mut new = Vec::new();
-                for (i, e) in w.entries.iter().enumerate() {
-                    let seq = i64::try_from(meta.next)
-                        .map_err(|_| StoreError::Corrupt("sequence overflow".into()))?;
-                    let inserted = insert.execute(params![
-                        log_id,
-                        seq,
-                        &e.entry_id[..],
-                        &w.iv[..],
-                        &e.encrypted_entry[..],
-                        rules.now_ms,
-                    ])?;
-                    if inserted == 1 {
-                        sequences.push(meta.next);
-                        new.push(i);
-                        *grown.entry(log_id).or_default() += e.encrypted_entry.len() as u64;
-                        let span = appended.entry(log_id).or_insert((meta.next, meta.next, 0));
-                        span.1 = meta.next;
-                        span.2 += 1;
-                        meta.next += 1;
-                    } else {
-                        let original: i64 = existing
-                            .query_row(params![log_id, &e.entry_id[..]], |r| r.get(0))
-                            .optional()?
-                            .ok_or_else(|| {
-                                StoreError::Corrupt(format!("sequence {seq} taken twice"))
-                            })?;
-                        sequences.push(original as u64);
-                    }
-                }
-                outcomes.push(Outcome::Written {
-                    sequences,
-                    new,
-                    iv_reused,
-                });
-            }
-            let mut add_bytes =
-                tx.prepare_cached("UPDATE logs SET bytes = bytes + ?2 WHERE id = ?1")?;
-            for (log_id, bytes) in &grown {
-                add_bytes.execute(params![log_id, i64::try_from(*bytes).unwrap_or(i64::MAX)])?;
-            }
-            retention::enqueue_notifications(&tx, &rules.webhooks, &appended, rules.now_ms)?;
-        }
-        tx.commit()?;
-        // Durable: now the in-memory state may move on.
-        for (pk, meta) in metas {
-            self.logs.insert(pk.to_owned(), meta);
-        }
-        if let Some(t) = self.totals.as_mut() {
-            t.bytes += grown.values().sum::<u64>();
-            t.logs += new_logs;
-        }
-        Ok(outcomes)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(pk: &str, iv: &[u8], ids: &[u8]) -> WriteReq {
-        WriteReq {
-            public_key: pk.into(),
-            iv: Bytes::copy_from_slice(iv),
-            entries: ids
-                .iter()
-                .map(|i| EncryptedEntry {
-                    entry_id: Bytes::from(vec![*i; 16]),
-                    encrypted_entry: Bytes::from(vec![*i; 8]),
+                    Ok((writes, outcomes?))
                 })
-                .collect(),
+                .await
+            }
         }
     }
 
-    fn written(o: &Outcome) -> (&[u64], bool) {
-        match o {
-            Outcome::Written {
-                sequences,
-                iv_reused,
-                ..
-            } => (sequences, *iv_reused),
-            Outcome::IvRefused | Outcome::OverQuota(_) => panic!("refused"),
+    /// The sequence the next entry of `public_key` gets.
+    pub async fn next_sequence(&mut self, public_key: String) -> Result<u64, StoreError> {
+        match &mut self.0 {
+            Backing::Sqlite { store, writer } => {
+                Self::job(store, writer, move |w| w.next_sequence(&public_key)).await
+            }
         }
     }
 
-    #[tokio::test]
-    async fn group_commit_assigns_dense_sequences_and_dedups() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pool = StorePool::new(2);
-        let path = dir.path().join("t.sqlite");
-        let (store, writer) = Store::open(&pool, &path, Durability::Full)
-            .await
-            .expect("open");
-        let writes = vec![
-            req("a", &[1; 8], &[1, 2, 1]),
-            req("b", &[2; 8], &[1]),
-            req("a", &[3; 8], &[2, 3]),
-        ];
-        let (writer, outcomes) = store
-            .with_writer(writer, move |w| w.commit(&writes, &CommitRules::default()))
-            .await
-            .expect("job");
-        let outcomes = outcomes.expect("commit");
-        assert_eq!(written(&outcomes[0]).0, &[0, 1, 0]);
-        assert_eq!(written(&outcomes[1]).0, &[0]);
-        assert_eq!(written(&outcomes[2]).0, &[1, 2]);
-        let got = store.read("a", 0, u64::MAX, 10).await.expect("read");
-        assert_eq!(
-            got.iter().map(|e| e.sequence).collect::<Vec<_>>(),
-            [0, 1, 2]
-        );
-        let remote_id = store.remote_id();
-        store.close(writer).await;
-
-        // Reopened: sequences continue, the remoteId is the same.
-        let (store, writer) = Store::open(&pool, &path, Durability::Full)
-            .await
-            .expect("reopen");
-        assert_eq!(store.remote_id(), remote_id);
-        let writes = vec![req("a", &[4; 8], &[3, 4])];
-        let (writer, outcomes) = store
-            .with_writer(writer, move |w| w.commit(&writes, &CommitRules::default()))
-            .await
-            .expect("job");
-        assert_eq!(written(&outcomes.expect("commit")[0]).0, &[2, 3]);
-        store.close(writer).await;
+    /// Stores a snapshot, keeping the newest `keep` of its log.
+    pub async fn write_snapshot(
+        &mut self,
+        public_key: String,
+        snapshot: StoredSnapshot,
+        keep: usize,
+        rules: CommitRules,
+    ) -> Result<Result<(), SnapshotRefusal>, StoreError> {
+        match &mut self.0 {
+            Backing::Sqlite { store, writer } => {
+                Self::job(store, writer, move |w| {
+                    w.write_snapshot(&public_key, &snapshot, keep, &rules)
+                })
+                .await
+            }
+        }
     }
 
-    #[tokio::test]
-    async fn a_stored_gcm_iv_is_flagged_or_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pool = StorePool::new(1);
-        let (store, writer) = Store::open(&pool, &dir.path().join("t.sqlite"), Durability::Normal)
-            .await
-            .expect("open");
-        let writes = vec![req("a", &[7; 12], &[1]), req("a", &[7; 12], &[2])];
-        let (writer, outcomes) = store
-            .with_writer(writer, move |w| w.commit(&writes, &CommitRules::default()))
-            .await
-            .expect("job");
-        let outcomes = outcomes.expect("commit");
-        assert!(!written(&outcomes[0]).1, "first use");
-        assert!(written(&outcomes[1]).1, "seen within the same group commit");
-        let writes = vec![req("a", &[7; 12], &[3]), req("a", &[8; 12], &[4])];
-        let (writer, outcomes) = store
-            .with_writer(writer, move |w| {
-                w.commit(
-                    &writes,
-                    &CommitRules {
-                        strict_iv: true,
-                        ..Default::default()
-                    },
-                )
-            })
-            .await
-            .expect("job");
-        let outcomes = outcomes.expect("commit");
-        assert_eq!(outcomes[0], Outcome::IvRefused);
-        assert_eq!(
-            written(&outcomes[1]).0,
-            &[2],
-            "the refused write took no sequence"
-        );
-        store.close(writer).await;
+    /// One retention step: at most `budget` entries deleted, whole prefixes only.
+    pub async fn retain(
+        &mut self,
+        limits: RetentionLimits,
+        now_ms: i64,
+        budget: u64,
+    ) -> Result<RetainReport, StoreError> {
+        match &mut self.0 {
+            Backing::Sqlite { store, writer } => {
+                Self::job(store, writer, move |w| w.retain(&limits, now_ms, budget)).await
+            }
+        }
     }
 
-    #[tokio::test]
-    async fn retention_deletes_prefixes_and_sequences_are_never_reused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pool = StorePool::new(1);
-        let path = dir.path().join("t.sqlite");
-        let (store, writer) = Store::open(&pool, &path, Durability::Normal)
-            .await
-            .expect("open");
-        let writes = vec![req("a", &[1; 8], &(1..=10).collect::<Vec<u8>>())];
-        let (writer, _) = store
-            .with_writer(writer, move |w| w.commit(&writes, &CommitRules::default()))
-            .await
-            .expect("job");
-        let snap = |sequence: u64| StoredSnapshot {
-            sequence,
-            iv: Bytes::from_static(&[0; 24]),
-            data: Bytes::from_static(b"sealed"),
-        };
-        let (writer, refused) = store
-            .with_writer(writer, move |w| {
-                w.write_snapshot("a", &snap(10), 2, &CommitRules::default())
-            })
-            .await
-            .expect("job");
-        assert!(matches!(
-            refused.expect("store"),
-            Err(SnapshotRefusal::NotReached { next: 10, .. })
-        ));
-        let (writer, stored) = store
-            .with_writer(writer, move |w| {
-                w.write_snapshot("a", &snap(4), 2, &CommitRules::default())
-            })
-            .await
-            .expect("job");
-        stored.expect("store").expect("accepted");
-        let policy = RetentionLimits {
-            after_snapshot: true,
-            ..Default::default()
-        };
-        let (writer, report) = store
-            .with_writer(writer, move |w| w.retain(&policy, 0, 1000))
-            .await
-            .expect("job");
-        let report = report.expect("retain");
-        assert_eq!(report.entries_deleted, 5);
-        assert_eq!(report.truncated, vec![("a".to_owned(), 5)]);
-        let check = Connection::open(&path).expect("open");
-        let mode: i64 = check
-            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
-            .expect("pragma");
-        let free: i64 = check
-            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
-            .expect("pragma");
-        assert_eq!(
-            (mode, free),
-            (2, 0),
-            "incremental auto-vacuum gave the pages back"
-        );
-        drop(check);
-        let (first, newest) = store.history("a").await.expect("history");
-        assert_eq!((first, newest), (5, Some(4)));
-        let got = store.read("a", 0, u64::MAX, 100).await.expect("read");
-        assert_eq!(got.first().map(|e| e.sequence), Some(5));
-        // One entry kept, in bounded steps; the log continues where it was after reopening.
-        let policy = RetentionLimits {
-            max_entries: Some(1),
-            ..Default::default()
-        };
-        let (writer, report) = store
-            .with_writer(writer, move |w| w.retain(&policy, 0, 2))
-            .await
-            .expect("job");
-        let report = report.expect("retain");
-        assert!(report.more, "a step stops at its budget");
-        let (writer, _) = store
-            .with_writer(writer, move |w| w.retain(&policy, 0, 1000))
-            .await
-            .expect("job");
-        store.close(writer).await;
-        let (store, writer) = Store::open(&pool, &path, Durability::Normal)
-            .await
-            .expect("reopen");
-        let writes = vec![req("a", &[2; 8], &[20])];
-        let rules = CommitRules {
-            max_bytes: Some(1),
-            ..Default::default()
-        };
-        let (writer, outcomes) = store
-            .with_writer(writer, move |w| w.commit(&writes, &rules))
-            .await
-            .expect("job");
-        assert!(matches!(
-            outcomes.expect("commit")[0],
-            Outcome::OverQuota(_)
-        ));
-        let writes = vec![req("a", &[2; 8], &[20])];
-        let (writer, outcomes) = store
-            .with_writer(writer, move |w| w.commit(&writes, &CommitRules::default()))
-            .await
-            .expect("job");
-        assert_eq!(written(&outcomes.expect("commit")[0]).0, &[10]);
-        store.close(writer).await;
+    /// The tenant's settings as an administrator stored them (JSON), if any.
+    pub async fn settings(&mut self) -> Result<Option<String>, StoreError> {
+        match &mut self.0 {
+            Backing::Sqlite { store, writer } => Self::job(store, writer, |w| w.settings()).await,
+        }
+    }
+
+    /// Replaces the stored settings (`None` removes them).
+    pub async fn set_settings(&mut self, json: Option<String>) -> Result<(), StoreError> {
+        match &mut self.0 {
+            Backing::Sqlite { store, writer } => {
+                Self::job(store, writer, move |w| w.set_settings(json.as_deref())).await
+            }
+        }
+    }
+
+    /// Drops webhook notifications for endpoints not in `endpoints`.
+    pub async fn outbox_retain_endpoints(
+        &mut self,
+        endpoints: Vec<String>,
+    ) -> Result<u64, StoreError> {
+        match &mut self.0 {
+            Backing::Sqlite { store, writer } => {
+                Self::job(store, writer, move |w| {
+                    w.outbox_retain_endpoints(&endpoints)
+                })
+                .await
+            }
+        }
+    }
+
+    /// A notification was delivered.
+    pub async fn outbox_delivered(
+        &mut self,
+        row: OutboxRow,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        match &mut self.0 {
+            Backing::Sqlite { store, writer } => {
+                Self::job(store, writer, move |w| w.outbox_delivered(&row, now_ms)).await
+            }
+        }
+    }
+
+    /// A delivery failed: try again at `due_at`, or drop the row when `give_up`.
+    pub async fn outbox_failed(
+        &mut self,
+        row: OutboxRow,
+        due_at: i64,
+        give_up: bool,
+    ) -> Result<(), StoreError> {
+        match &mut self.0 {
+            Backing::Sqlite { store, writer } => {
+                Self::job(store, writer, move |w| {
+                    w.outbox_failed(&row, due_at, give_up)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Frees what a quiet tenant holds but does not need (idle readers, page caches).
+    pub async fn trim(&mut self) -> Result<(), StoreError> {
+        match &mut self.0 {
+            Backing::Sqlite { store, writer } => {
+                let s = store.clone();
+                Self::job(store, writer, move |w| {
+                    s.trim(w);
+                    Ok(())
+                })
+                .await
+            }
+        }
+    }
+
+    /// Closes the tenant's storage (after a last checkpoint, best effort).
+    pub async fn close(self) {
+        match self.0 {
+            Backing::Sqlite { store, writer } => {
+                if let Some(writer) = writer {
+                    store.close(writer).await;
+                }
+            }
+        }
     }
 }

@@ -8,111 +8,11 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::{Store, StoreError, Totals, Writer};
-
-/// What a group commit checks besides the data itself.
-#[derive(Debug, Clone, Default)]
-pub struct CommitRules {
-    /// Refuse a write whose 12-byte iv the log already holds.
-    pub strict_iv: bool,
-    /// Quota: ciphertext and snapshot bytes the tenant may store.
-    pub max_bytes: Option<u64>,
-    /// Quota: logs the tenant may hold.
-    pub max_logs: Option<u64>,
-    /// Webhook endpoints (their URLs) notified of new entries, through the outbox.
-    pub webhooks: Vec<String>,
-    /// Commit time (Unix ms), stored with each entry for age-based retention.
-    pub now_ms: i64,
-}
-
-impl CommitRules {
-    pub(crate) fn quota_applies(&self) -> bool {
-        self.max_bytes.is_some() || self.max_logs.is_some()
-    }
-
-    /// Why a write of `size` bytes (to a new log when `new_log`) is over quota, if it is.
-    pub(crate) fn over_quota(&self, totals: &Totals, new_log: bool, size: u64) -> Option<String> {
-        if let Some(max) = self.max_logs {
-            if new_log && totals.logs >= max {
-                return Some(format!(
-                    "quota exceeded: the tenant holds {} logs, its limit",
-                    totals.logs
-                ));
-            }
-        }
-        if let Some(max) = self.max_bytes {
-            if size > 0 && totals.bytes.saturating_add(size) > max {
-                return Some(format!(
-                    "quota exceeded: the tenant stores {} bytes; {size} more would pass its limit of {max}",
-                    totals.bytes
-                ));
-            }
-        }
-        None
-    }
-}
-
-/// A retention policy as the store applies it (`None`: no such limit).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RetentionLimits {
-    pub max_entries: Option<u64>,
-    pub max_bytes: Option<u64>,
-    /// Entries committed longer ago than this (ms) are deleted.
-    pub max_age_ms: Option<i64>,
-    /// Delete everything the newest snapshot covers.
-    pub after_snapshot: bool,
-}
-
-impl RetentionLimits {
-    pub fn is_off(&self) -> bool {
-        *self == RetentionLimits::default()
-    }
-}
-
-/// What one retention step did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RetainReport {
-    pub entries_deleted: u64,
-    pub bytes_deleted: u64,
-    /// Logs whose history now starts later, with where it starts.
-    pub truncated: Vec<(String, u64)>,
-    /// The step stopped at its budget: run another.
-    pub more: bool,
-}
-
-/// Why a snapshot was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SnapshotRefusal {
-    #[error("snapshot refused: it covers sequence {sequence}, but log {log:?} has only reached {next} entries")]
-    NotReached {
-        log: String,
-        sequence: u64,
-        next: u64,
-    },
-    #[error("snapshot refused: {0}")]
-    Quota(String),
-}
-
-/// A stored snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSnapshot {
-    pub sequence: u64,
-    pub iv: Bytes,
-    pub data: Bytes,
-}
-
-/// A pending webhook notification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxRow {
-    pub endpoint: String,
-    pub log_id: i64,
-    pub public_key: String,
-    pub from_seq: u64,
-    pub to_seq: u64,
-    pub count: u64,
-    pub attempts: u32,
-    pub due_at: i64,
-}
+use super::{Store, Writer};
+use crate::store::{
+    CommitRules, OutboxRow, RetainReport, RetentionLimits, SnapshotRefusal, StoreError,
+    StoredSnapshot, Totals,
+};
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

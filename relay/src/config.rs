@@ -45,8 +45,15 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `text` or `json`.
     pub log_format: LogFormat,
-    /// Directory holding `tenants/{tenant}.sqlite`.
+    /// Directory holding `tenants/{tenant}.sqlite` (and, whatever the store, the relay's key
+    /// and revocation list).
     pub data: PathBuf,
+    /// Where tenants are stored. Unset: one SQLite file per tenant under `data`. A
+    /// `postgres://` URL: one PostgreSQL database that any number of relays share
+    /// (`--store`, env `WHARF_STORE`; docs/scale-out.md).
+    pub store: Option<String>,
+    /// How the relay uses PostgreSQL when `store` is a `postgres://` URL ([`PostgresConfig`]).
+    pub postgres: PostgresConfig,
     pub durability: Durability,
     /// An actor with no connections closes its database after this long.
     #[serde(with = "humantime_serde")]
@@ -197,6 +204,45 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The `[postgres]` section: bounds on what one relay may hold of the shared database.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connections this relay keeps to the database (its LISTEN connection is one more).
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before it fails.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// `lock_timeout`: how long a commit waits for a log's row lock held by another relay.
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// `statement_timeout`: the longest any one statement may run.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// `idle_in_transaction_session_timeout`: a transaction left open this long (a relay that
+    /// hangs mid-commit) is ended by the server, and its locks released.
+    #[serde(with = "humantime_serde")]
+    pub idle_in_transaction_timeout: Duration,
+    /// How often each open tenant with subscribers checks its logs for entries committed by
+    /// other relays, whatever the notifications said (lost notifications cost this much
+    /// latency, never entries).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: Duration::from_secs(15),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Whether connections need a token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -284,6 +330,8 @@ impl Default for Config {
             metrics_listen: None,
             log_format: LogFormat::Text,
             data: PathBuf::from("./data"),
+            store: None,
+            postgres: PostgresConfig::default(),
             durability: Durability::Full,
             tenant_idle_timeout: Duration::from_secs(60),
             max_frame_bytes: 1024 * 1024,
@@ -376,9 +424,38 @@ impl Config {
             ("checkpoint_interval", self.checkpoint_interval),
             ("retention_interval", self.retention_interval),
             ("webhooks.timeout", self.webhooks.timeout),
+            ("postgres.acquire_timeout", self.postgres.acquire_timeout),
+            ("postgres.lock_timeout", self.postgres.lock_timeout),
+            (
+                "postgres.statement_timeout",
+                self.postgres.statement_timeout,
+            ),
+            (
+                "postgres.idle_in_transaction_timeout",
+                self.postgres.idle_in_transaction_timeout,
+            ),
+            ("postgres.poll_interval", self.postgres.poll_interval),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Invalid(format!("{name} must be more than 0")));
+            }
+        }
+        if self.postgres.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "postgres.max_connections must be more than 0".into(),
+            ));
+        }
+        if let Some(store) = &self.store {
+            if !(store.starts_with("postgres://") || store.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "store: expected a postgres:// URL (or no store setting for SQLite), got {:?}",
+                    crate::store::postgres::redact(store)
+                )));
+            }
+            if let Some(what) = self.postgres_gaps() {
+                return Err(ConfigError::Invalid(format!(
+                    "{what} is not available with the Postgres store yet (docs/scale-out.md)"
+                )));
             }
         }
         let global = self.global_settings();
@@ -466,6 +543,18 @@ impl Config {
             self.tenants.get(tenant.as_str()),
             stored,
         )
+    }
+
+    /// What the Postgres store cannot do yet, if the configuration asks for it.
+    pub fn postgres_gaps(&self) -> Option<&'static str> {
+        std::iter::once(&self.global_settings())
+            .chain(self.tenants.values())
+            .find_map(TenantSettings::postgres_gap)
+    }
+
+    /// Whether tenants live in PostgreSQL (`store` is set).
+    pub fn uses_postgres(&self) -> bool {
+        self.store.is_some()
     }
 
     pub(crate) fn tenant_path(&self, tenant: &TenantId) -> PathBuf {

@@ -48,3 +48,5 @@ mod webhook;
 
 pub use config::{Config, Durability, TenantId};
 pub use server::{serve, Relay, ServeError};
+/// A `postgres://` URL with its password replaced, for output.
+pub use store::postgres::redact as redact_store_url;

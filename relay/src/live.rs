@@ -70,6 +70,32 @@ impl LiveTails {
     pub fn insert(&mut self, public_key: String, live: Arc<LiveLog>) {
         self.logs.insert(public_key, live);
     }
+
+    /// The subscribed logs.
+    pub fn keys(&self) -> Vec<String> {
+        self.logs.keys().cloned().collect()
+    }
+
+    /// Appends entries another relay committed (read from the shared database), starting at
+    /// the tail's next sequence. Frees the tail if its last subscriber left.
+    pub fn followed(&mut self, public_key: &str, entries: Vec<RemoteEntry>) {
+        let Some(live) = self.logs.get(public_key) else {
+            return;
+        };
+        if Arc::strong_count(live) == 1 {
+            self.logs.remove(public_key);
+            return;
+        }
+        let origins = vec![OTHER_RELAY; entries.len()];
+        live.push(
+            Arc::new(LiveBatch {
+                entries,
+                origins,
+                frames: OnceLock::new(),
+            }),
+            self.max_bytes,
+        );
+    }
 }
 
 impl CommitConsumer for LiveTails {
@@ -83,13 +109,18 @@ impl CommitConsumer for LiveTails {
                 if Arc::strong_count(live) == 1 {
                     // Its last subscriber left: free the tail.
                     self.logs.remove(*public_key);
-                } else {
+                } else if batch.first() == live.next() {
                     live.push(batch.clone(), self.max_bytes);
                 }
+                // Otherwise the tail already holds these entries: the actor followed the log
+                // (a shared tenant) past them before publishing.
             }
         }
     }
 }
+
+/// The origin of entries another relay committed (connection ids start at 1).
+pub(crate) const OTHER_RELAY: ConnId = 0;
 
 /// Entries of one log committed together, shared by every subscriber of that log.
 #[derive(Debug)]
@@ -169,6 +200,11 @@ impl LiveLog {
             }
         }
         self.next.send_replace(end);
+    }
+
+    /// The log's next sequence as far as the tail knows.
+    pub fn next(&self) -> u64 {
+        *self.next.borrow()
     }
 
     /// Wakes up when the log's next sequence changes.

@@ -148,6 +148,11 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<PathBuf>,
+    /// Where tenants live: a postgres:// URL shares one PostgreSQL database between any
+    /// number of relays [default: one SQLite file per tenant under --data]. Env WHARF_STORE.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<String>,
     /// Serve /metrics on this address instead (plain HTTP, for a private network).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -462,6 +467,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
 /// The effective configuration as TOML, webhook secrets redacted (it is printed).
 fn toml_string(config: &Config) -> anyhow::Result<String> {
     let mut shown = config.clone();
+    shown.store = shown.store.as_deref().map(wharf_relay::redact_store_url);
     for settings in shown.tenants.values_mut() {
         for hook in settings.webhooks.iter_mut().flatten() {
             hook.secret = "whsec_(redacted)".into();

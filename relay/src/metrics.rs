@@ -83,6 +83,10 @@ pub struct Metrics {
     pub snapshots_written: IntCounter,
     /// Entries deleted by retention policies.
     pub retention_deleted: IntCounter,
+    /// Postgres store: doorbells (other relays' commits) heard on the LISTEN connection, and
+    /// times that connection was lost (each followed by a resync of every open tenant).
+    pub doorbells: IntCounter,
+    pub listen_reconnects: IntCounter,
     /// Webhook delivery attempts, by outcome (`delivered`, `failed`, `given_up`).
     pub webhook_deliveries: IntCounterVec,
     /// One webhook delivery attempt, answer included.
@@ -227,6 +231,14 @@ impl Metrics {
             retention_deleted: counter(
                 "retention_deleted_entries_total",
                 "Entries deleted by retention policies.",
+            )?,
+            doorbells: counter(
+                "doorbells_total",
+                "Postgres store: commit notifications heard from the shared database.",
+            )?,
+            listen_reconnects: counter(
+                "listen_reconnects_total",
+                "Postgres store: times the LISTEN connection was lost and made again.",
             )?,
             webhook_deliveries: vec(
                 "webhook_deliveries_total",

@@ -148,6 +148,30 @@ impl Registry {
             .remove_if(tenant, |_, h| h.actor_id == actor_id);
     }
 
+    /// The storage every actor of this relay opens its tenant on.
+    pub fn backend(&self) -> &Backend {
+        &self.0.backend
+    }
+
+    /// Another relay committed to `public_key` of `tenant` up to `next`: the tenant's actor
+    /// here, if it runs, reads what it has not seen. Never waits (a doorbell dropped because
+    /// the actor's queue is full is made up by its poll).
+    pub fn doorbell(&self, tenant: &str, public_key: String, next: u64) {
+        let Some(tenant) = TenantId::parse(tenant) else {
+            return;
+        };
+        if let Some(h) = self.0.tenants.get(&tenant) {
+            h.follow(Some(public_key), next);
+        }
+    }
+
+    /// Commits may have been missed: every running actor reads what it has not seen.
+    pub fn resync(&self) {
+        for h in self.0.tenants.iter() {
+            h.value().follow(None, 0);
+        }
+    }
+
     /// Number of tenants with a running actor.
     pub fn active_tenants(&self) -> usize {
         self.0.tenants.len()

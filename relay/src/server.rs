@@ -12,6 +12,7 @@ use crate::auth::{effective_mode, AuthError, Authenticator};
 use crate::config::{AuthMode, Config};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
+use crate::store::postgres::feed::Ring;
 use crate::tls::{CertStore, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,8 @@ pub enum ServeError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("the store is not usable: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A relay, ready to serve.
@@ -80,6 +83,32 @@ impl Relay {
             warn!("{warning}");
         }
         let token = app.shutdown.clone();
+        // The Postgres schema is brought up to date (and the database proven reachable)
+        // before anything is served.
+        app.registry.backend().prepare().await?;
+        if let Some(pg) = app.registry.backend().postgres()? {
+            let (registry, metrics) = (app.registry.clone(), app.metrics.clone());
+            tokio::spawn(crate::store::postgres::feed::listen(
+                pg.clone(),
+                token.clone(),
+                move |ring| match ring {
+                    Ring::Log {
+                        tenant,
+                        public_key,
+                        next,
+                    } => {
+                        metrics.doorbells.inc();
+                        registry.doorbell(&tenant, public_key, next);
+                    }
+                    Ring::Resync { lost } => {
+                        if lost {
+                            metrics.listen_reconnects.inc();
+                        }
+                        registry.resync();
+                    }
+                },
+            ));
+        }
         let auth = match effective_mode(&config, addr)? {
             AuthMode::Token => Authenticator::tokens(&config, token.clone()).await?,
             AuthMode::None => Authenticator::open(),
@@ -121,8 +150,14 @@ impl Relay {
             }
             None => None,
         };
-        info!(%addr, tls = tls.is_some(), data = %config.data.display(), durability = ?config.durability, "relay listening");
-        tokio::spawn(resume_webhooks(app.clone()));
+        let store = match &config.store {
+            Some(url) => crate::store::postgres::redact(url),
+            None => "sqlite".to_owned(),
+        };
+        info!(%addr, tls = tls.is_some(), data = %config.data.display(), %store, durability = ?config.durability, "relay listening");
+        if !config.uses_postgres() {
+            tokio::spawn(resume_webhooks(app.clone()));
+        }
         let stop = token.clone();
         tokio::spawn(async move {
             shutdown.await;

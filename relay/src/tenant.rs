@@ -120,6 +120,12 @@ enum Msg {
         reply: oneshot::Sender<Result<Subscribed, TenantError>>,
     },
     Write(Write),
+    /// Another relay committed to a log of this shared tenant (up to `next`), or, with no
+    /// log, may have: read what the live tails have not seen.
+    Follow {
+        public_key: Option<String>,
+        next: u64,
+    },
     Stop,
 }
 
@@ -225,6 +231,13 @@ impl TenantHandle {
             .await
             .map_err(|_| TenantError::Closed)?;
         rx.await.map_err(|_| TenantError::Closed)?
+    }
+
+    /// Tells the actor that `public_key` (every subscribed log, if `None`) may have entries
+    /// up to `next` it has not seen. Never waits: a full queue drops it, and the actor's poll
+    /// makes up for it.
+    pub fn follow(&self, public_key: Option<String>, next: u64) {
+        let _ = self.tx.try_send(Msg::Follow { public_key, next });
     }
 
     /// Asks the actor to finish what is queued and close its database.
@@ -371,6 +384,11 @@ impl TenantActor {
         // Retention runs when the tenant opens, then every `retention_interval` (sooner while
         // a run stopped at its step budget).
         let mut retain_at: Option<Instant> = Some(Instant::now());
+        // A shared tenant (other relays append to it) looks at its subscribed logs this often,
+        // whatever the doorbells said.
+        let poll_every = self.config.postgres.poll_interval;
+        let mut poll_at: Option<Instant> =
+            db.store.is_shared().then(|| Instant::now() + poll_every);
         let mut batch: Vec<Msg> = Vec::new();
         loop {
             // Wake up to check idleness at most every quarter of the timeout.
@@ -382,6 +400,11 @@ impl TenantActor {
                     if let Err(e) = db.writer.trim().await {
                         warn!(error = %e, "trimming the tenant's memory failed");
                     }
+                    continue;
+                }
+                () = sleep_until(poll_at) => {
+                    poll_at = Some(Instant::now() + poll_every);
+                    follow_all(&mut self.live, &db.store).await;
                     continue;
                 }
                 () = sleep_until(retain_at) => {
@@ -463,6 +486,13 @@ impl TenantActor {
                         self.delivered(db, row, ok).await;
                         let _ = reply.send(());
                     }
+                    Msg::Follow {
+                        public_key: Some(public_key),
+                        next,
+                    } => follow_log(&mut self.live, &db.store, &public_key, next).await,
+                    Msg::Follow {
+                        public_key: None, ..
+                    } => follow_all(&mut self.live, &db.store).await,
                 }
             }
             if !writes.is_empty() {
@@ -606,6 +636,12 @@ impl TenantActor {
                 sender.wake.notify_one();
             }
         }
+        if db.store.is_shared() {
+            // Entries other relays committed before this group come first in the tails.
+            for (public_key, batch) in &batches {
+                follow_log(&mut self.live, &db.store, public_key, batch.first()).await;
+            }
+        }
         let event = Committed {
             writes,
             entries,
@@ -695,6 +731,11 @@ impl TenantActor {
         if let Some(s) = &stored {
             s.validate(&self.config.webhooks)
                 .map_err(TenantError::Settings)?;
+            if let Some(gap) = s.postgres_gap().filter(|_| self.config.uses_postgres()) {
+                return Err(TenantError::Settings(format!(
+                    "{gap} is not available with the Postgres store yet (docs/scale-out.md)"
+                )));
+            }
         }
         let json = match &stored {
             Some(s) => {
@@ -876,7 +917,61 @@ fn fail(msg: Msg, err: TenantError) {
         Msg::Delivered { reply, .. } => {
             let _ = reply.send(());
         }
-        Msg::Stop => {}
+        Msg::Follow { .. } | Msg::Stop => {}
+    }
+}
+
+/// Entries read per query while following a shared log.
+const FOLLOW_PAGE: usize = 1_000;
+
+/// Appends to `public_key`'s live tail, if it has one, what the shared database holds from
+/// the tail's next sequence up to `until`. A failed read is left to the next doorbell or poll.
+async fn follow_log(live: &mut LiveTails, store: &Store, public_key: &str, until: u64) {
+    loop {
+        let Some(from) = live.get(public_key).map(|l| l.next()) else {
+            return;
+        };
+        if from >= until {
+            return;
+        }
+        let entries = match store.read(public_key, from, until, FOLLOW_PAGE).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!(error = %e, "cannot read other relays' entries; the poll retries");
+                return;
+            }
+        };
+        match entries.first() {
+            None => return,
+            Some(first) if first.sequence != from => {
+                // Sequences are dense and commits are seen in order; only a deletion below
+                // the tail (retention, an administrator) gets here. Readers catch up from
+                // storage.
+                debug!(
+                    from,
+                    found = first.sequence,
+                    "shared log has a gap; tail restarts"
+                );
+            }
+            Some(_) => {}
+        }
+        live.followed(public_key, entries);
+    }
+}
+
+/// Follows every subscribed log that another relay has moved past its tail.
+async fn follow_all(live: &mut LiveTails, store: &Store) {
+    let keys = live.keys();
+    if keys.is_empty() {
+        return;
+    }
+    match store.heads(&keys).await {
+        Ok(heads) => {
+            for (public_key, next) in heads {
+                follow_log(live, store, &public_key, next).await;
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot look for other relays' commits; retried"),
     }
 }
 

@@ -24,8 +24,11 @@ function relayBinary() {
  *
  * With `{ auth: "token" }` it runs `--auth token`: `url(tenant)` then carries a read+write token
  * for that tenant as `?token=` (the only way an unmodified Effect v3 client can send one), and
- * `token(tenant, actions, ...flags)` mints others with `wharf-relay token issue`. */
-export async function startRelay({ auth = "none" } = {}) {
+ * `token(tenant, actions, ...flags)` mints others with `wharf-relay token issue`.
+ *
+ * With `{ store: "postgres://…" }` its tenants live in that PostgreSQL database, which other
+ * relays may share (docs/scale-out.md). */
+export async function startRelay({ auth = "none", store } = {}) {
   const data = mkdtempSync(join(tmpdir(), "wharf-compat-"))
   let child, exited
   const token = (tenant, actions = "read,write", ...flags) =>
@@ -37,7 +40,8 @@ export async function startRelay({ auth = "none" } = {}) {
     return writers.get(tenant)
   }
   const spawnRelay = async (listen) => {
-    child = spawn(relayBinary(), ["serve", "--listen", listen, "--data", data, "--auth", auth], {
+    const storeArgs = store ? ["--store", store] : []
+    child = spawn(relayBinary(), ["serve", "--listen", listen, "--data", data, "--auth", auth, ...storeArgs], {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, WHARF_LOG: process.env.WHARF_LOG ?? "warn", NO_COLOR: "1" }
     })

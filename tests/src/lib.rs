@@ -1,6 +1,7 @@
 //! Harness for the end-to-end suites: a real relay on `127.0.0.1:0` (in-process or as a child
 //! process) and a raw protocol client over real WebSockets.
 
+pub mod postgres;
 pub mod proxy;
 
 use std::net::SocketAddr;
@@ -521,9 +522,14 @@ fn built_binary(name: &str, env: &str, package: &str) -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    // target/<profile>/deps/<test> → target/<profile>/<name>; a benchmark program of this
+    // crate sits in target/<profile> itself.
+    let beside = exe.parent().expect("target dir").join(&file);
+    let bin = match exe.parent().and_then(Path::parent) {
+        Some(dir) if !beside.exists() => dir.join(&file),
+        _ => beside,
+    };
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build -p {package}` first (scripts/test does)",

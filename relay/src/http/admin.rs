@@ -43,9 +43,33 @@ pub(crate) fn routes(state: HttpState) -> Router<HttpState> {
         .route("/admin/v1/tenants/{tenant}/retention", post(run_retention))
         .route("/admin/v1/revocations", post(revoke))
         .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            sqlite_only,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
             state,
             loopback_unless_tokens,
         ))
+}
+
+/// With the Postgres store, the operations on tenant files (listing, export, import, deletion,
+/// retention runs) answer 501: the database is the place for them (docs/scale-out.md).
+/// Settings and revocations work on either store.
+async fn sqlite_only(
+    State(state): State<HttpState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    let everywhere = path.ends_with("/settings") || path == "/admin/v1/revocations";
+    if state.app.config.uses_postgres() && !everywhere {
+        return HttpError::NotImplemented(format!(
+            "{} {path} is not available with the Postgres store yet (docs/scale-out.md)",
+            request.method()
+        ))
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Without access control, the admin API answers loopback clients only: a relay exposed with
@@ -262,7 +286,9 @@ async fn show_tenant(
 /// The tenant's database file, or 404 when the tenant does not exist.
 fn existing_tenant(state: &HttpState, tenant: &TenantId) -> Result<std::path::PathBuf, HttpError> {
     let path = tenant_path(state, tenant);
-    if !path.exists() {
+    // With the Postgres store a tenant exists once any relay opened it; settings may be
+    // stored ahead of that.
+    if !state.app.config.uses_postgres() && !path.exists() {
         return Err(HttpError::NotFound(format!(
             "no tenant {:?}",
             tenant.as_str()

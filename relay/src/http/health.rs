@@ -12,8 +12,9 @@ pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: the relay accepts traffic: it is not draining, and its data directory takes
-/// writes (a probe file is created, synced and removed).
+/// `GET /readyz`: the relay accepts traffic: it is not draining, its data directory takes
+/// writes (a probe file of its own is created, synced and removed: relays may share the
+/// directory), and, with the Postgres store, the database answers.
 pub(crate) async fn readyz(State(state): State<HttpState>) -> Result<&'static str, HttpError> {
     if state.app.shutdown.is_cancelled() {
         return Err(HttpError::Unavailable {
@@ -24,12 +25,20 @@ pub(crate) async fn readyz(State(state): State<HttpState>) -> Result<&'static st
     let dir = state.app.config.data.clone();
     let probe = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         std::fs::create_dir_all(&dir)?;
-        let path = dir.join(".readyz-probe");
+        let path = dir.join(format!(".readyz-probe-{}", std::process::id()));
         let file = std::fs::File::create(&path)?;
         file.sync_all()?;
         std::fs::remove_file(&path)
     })
     .await;
+    if let Ok(Ok(())) = probe {
+        if let Err(e) = state.app.registry.backend().ping().await {
+            return Err(HttpError::Unavailable {
+                reason: format!("not ready: {e}"),
+                retry_after: 5,
+            });
+        }
+    }
     match probe {
         Ok(Ok(())) => Ok("ready\n"),
         Ok(Err(e)) => Err(HttpError::Unavailable {

@@ -5,12 +5,17 @@
 //!
 //! - [`sqlite`]: one SQLite file per tenant (the default), synchronous rusqlite calls on the
 //!   relay's storage threads ([`StorePool`]).
+//! - [`postgres`]: every tenant in one PostgreSQL database that any number of relays share
+//!   (scale-out), through sqlx; [`postgres::feed`] carries other relays' commits.
 //!
 //! [`Backend`] opens a tenant on whichever backend the relay was configured with.
 
 pub mod admin;
 pub mod pool;
+pub mod postgres;
 pub mod sqlite;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use uuid::Uuid;
@@ -34,6 +39,14 @@ pub enum StoreError {
     /// A storage job never came back (it panicked): the writer went with it.
     #[error("the tenant's writer was lost")]
     Lost,
+    #[error("database error: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("cannot bring the database schema up to date: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Config(String),
+    #[error("{0} is not available with the Postgres store yet (docs/scale-out.md)")]
+    Unsupported(&'static str),
 }
 
 /// What a tenant stores: ciphertext and snapshot bytes, and logs.
@@ -178,11 +191,49 @@ pub struct OutboxRow {
 pub enum Backend {
     /// `data/tenants/{tenant}.sqlite`, worked on by these storage threads.
     Sqlite(StorePool),
+    /// One shared PostgreSQL database (or why its URL is unusable: [`Backend::prepare`]
+    /// reports it, and the relay does not serve).
+    Postgres(Arc<Result<postgres::Backend, String>>),
 }
 
 impl Backend {
+    /// The backend `config.store` names. A Postgres pool connects on first use
+    /// ([`Backend::prepare`] checks it).
     pub fn new(config: &Config) -> Self {
-        Backend::Sqlite(StorePool::new(config.storage_threads))
+        match &config.store {
+            None => Backend::Sqlite(StorePool::new(config.storage_threads)),
+            Some(url) => Backend::Postgres(Arc::new(
+                postgres::Backend::connect_lazy(url, &config.postgres).map_err(|e| e.to_string()),
+            )),
+        }
+    }
+
+    /// The Postgres backend, when tenants live there.
+    pub fn postgres(&self) -> Result<Option<&postgres::Backend>, StoreError> {
+        match self {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(pg) => match &**pg {
+                Ok(pg) => Ok(Some(pg)),
+                Err(e) => Err(StoreError::Config(e.clone())),
+            },
+        }
+    }
+
+    /// Readies the backend before the relay serves: the Postgres schema is migrated (which
+    /// also proves the database is reachable).
+    pub async fn prepare(&self) -> Result<(), StoreError> {
+        match self.postgres()? {
+            Some(pg) => pg.migrate().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the store answers (the Postgres database, within a few seconds).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self.postgres()? {
+            Some(pg) => pg.ping().await,
+            None => Ok(()),
+        }
     }
 
     /// Opens (creating it if needed) `tenant`'s storage.
@@ -204,6 +255,13 @@ impl Backend {
                     }),
                 ))
             }
+            Backend::Postgres(_) => {
+                let pg = self
+                    .postgres()?
+                    .ok_or_else(|| StoreError::Config("no Postgres store".into()))?;
+                let (store, writer) = pg.open(tenant).await?;
+                Ok((Store::Postgres(store), Writer(Backing::Postgres(writer))))
+            }
         }
     }
 }
@@ -213,6 +271,7 @@ impl Backend {
 #[derive(Debug, Clone)]
 pub enum Store {
     Sqlite(sqlite::Store),
+    Postgres(postgres::Store),
 }
 
 impl Store {
@@ -220,6 +279,21 @@ impl Store {
     pub fn remote_id(&self) -> Uuid {
         match self {
             Store::Sqlite(s) => s.remote_id(),
+            Store::Postgres(s) => s.remote_id(),
+        }
+    }
+
+    /// Whether other relays may append to this tenant (its logs must be followed).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
+    /// The committed next sequence of each of `public_keys` that exists (for following a
+    /// shared tenant; a tenant only this relay writes has nothing to follow).
+    pub async fn heads(&self, public_keys: &[String]) -> Result<Vec<(String, u64)>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(Vec::new()),
+            Store::Postgres(s) => s.heads(public_keys).await,
         }
     }
 
@@ -233,6 +307,7 @@ impl Store {
     ) -> Result<Vec<RemoteEntry>, StoreError> {
         match self {
             Store::Sqlite(s) => s.read(public_key, from, to, limit).await,
+            Store::Postgres(s) => s.read(public_key, from, to, limit).await,
         }
     }
 
@@ -240,6 +315,7 @@ impl Store {
     pub async fn history(&self, public_key: &str) -> Result<(u64, Option<u64>), StoreError> {
         match self {
             Store::Sqlite(s) => s.history(public_key).await,
+            Store::Postgres(s) => s.history(public_key).await,
         }
     }
 
@@ -251,6 +327,7 @@ impl Store {
     ) -> Result<Option<StoredSnapshot>, StoreError> {
         match self {
             Store::Sqlite(s) => s.snapshot(public_key, sequence).await,
+            Store::Postgres(s) => s.snapshot(public_key, sequence).await,
         }
     }
 
@@ -263,6 +340,8 @@ impl Store {
     ) -> Result<(Vec<OutboxRow>, Option<i64>), StoreError> {
         match self {
             Store::Sqlite(s) => s.outbox_due(now_ms, limit).await,
+            // Webhooks are refused with the Postgres store: its outbox is always empty.
+            Store::Postgres(_) => Ok((Vec::new(), None)),
         }
     }
 
@@ -271,6 +350,7 @@ impl Store {
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.checkpoint().await,
+            Store::Postgres(_) => Ok(()),
         }
     }
 
@@ -278,6 +358,7 @@ impl Store {
     pub async fn checkpoint_truncate(&self) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => s.checkpoint_truncate().await,
+            Store::Postgres(_) => Ok(true),
         }
     }
 }
@@ -294,6 +375,7 @@ enum Backing {
         store: sqlite::Store,
         writer: Option<sqlite::Writer>,
     },
+    Postgres(postgres::Writer),
 }
 
 impl Writer {
@@ -317,6 +399,7 @@ impl Writer {
     pub fn is_lost(&self) -> bool {
         match &self.0 {
             Backing::Sqlite { writer, .. } => writer.is_none(),
+            Backing::Postgres(_) => false,
         }
     }
 
@@ -341,6 +424,10 @@ impl Writer {
                 })
                 .await
             }
+            Backing::Postgres(w) => {
+                let outcomes = w.commit(&writes, &rules).await?;
+                Ok((writes, outcomes))
+            }
         }
     }
 
@@ -350,6 +437,7 @@ impl Writer {
             Backing::Sqlite { store, writer } => {
                 Self::job(store, writer, move |w| w.next_sequence(&public_key)).await
             }
+            Backing::Postgres(w) => w.next_sequence(&public_key).await,
         }
     }
 
@@ -368,6 +456,7 @@ impl Writer {
                 })
                 .await
             }
+            Backing::Postgres(w) => w.write_snapshot(&public_key, &snapshot, keep, &rules).await,
         }
     }
 
@@ -382,6 +471,8 @@ impl Writer {
             Backing::Sqlite { store, writer } => {
                 Self::job(store, writer, move |w| w.retain(&limits, now_ms, budget)).await
             }
+            Backing::Postgres(_) if limits.is_off() => Ok(RetainReport::default()),
+            Backing::Postgres(_) => Err(StoreError::Unsupported("retention")),
         }
     }
 
@@ -389,6 +480,7 @@ impl Writer {
     pub async fn settings(&mut self) -> Result<Option<String>, StoreError> {
         match &mut self.0 {
             Backing::Sqlite { store, writer } => Self::job(store, writer, |w| w.settings()).await,
+            Backing::Postgres(w) => w.settings().await,
         }
     }
 
@@ -398,6 +490,7 @@ impl Writer {
             Backing::Sqlite { store, writer } => {
                 Self::job(store, writer, move |w| w.set_settings(json.as_deref())).await
             }
+            Backing::Postgres(w) => w.set_settings(json.as_deref()).await,
         }
     }
 
@@ -413,6 +506,7 @@ impl Writer {
                 })
                 .await
             }
+            Backing::Postgres(_) => Ok(0),
         }
     }
 
@@ -426,6 +520,7 @@ impl Writer {
             Backing::Sqlite { store, writer } => {
                 Self::job(store, writer, move |w| w.outbox_delivered(&row, now_ms)).await
             }
+            Backing::Postgres(_) => Err(StoreError::Unsupported("webhooks")),
         }
     }
 
@@ -443,6 +538,7 @@ impl Writer {
                 })
                 .await
             }
+            Backing::Postgres(_) => Err(StoreError::Unsupported("webhooks")),
         }
     }
 
@@ -457,6 +553,7 @@ impl Writer {
                 })
                 .await
             }
+            Backing::Postgres(_) => Ok(()),
         }
     }
 
@@ -468,6 +565,7 @@ impl Writer {
                     store.close(writer).await;
                 }
             }
+            Backing::Postgres(_) => {}
         }
     }
 }

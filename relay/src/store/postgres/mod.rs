@@ -1,0 +1,676 @@
+//! Tenants in one PostgreSQL database that any number of relays share (`--store
+//! postgres://…`, docs/scale-out.md).
+//!
+//! Postgres decides the order. Each log's next sequence lives in its `logs` row; a commit
+//! locks the rows of the logs it appends to (`SELECT … FOR UPDATE`, in one fixed order so two
+//! relays never deadlock), dedups entry ids against what the log holds, inserts the whole
+//! group with one `UNNEST` statement, moves `next_seq`, and rings the doorbell (`NOTIFY`) in the
+//! same transaction. A relay keeps no sequence state between commits: another relay may have
+//! appended since. Every relay still runs one actor per open tenant, so group commit happens
+//! per relay, and commits of different relays to one log take turns at its row lock.
+
+pub mod feed;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+use wharf_protocol::RemoteEntry;
+
+use super::{CommitRules, Outcome, SnapshotRefusal, StoreError, StoredSnapshot, Totals, WriteReq};
+use crate::config::{PostgresConfig, TenantId};
+
+/// The schema, applied when a relay starts (`relay/migrations/postgres/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The channel commits ring. Payload: a JSON array of `[tenant, publicKey, nextSequence]`
+/// (never ciphertext), split to stay under Postgres's 8,000-byte limit.
+pub const CHANNEL: &str = "wharf_commits";
+/// Largest payload sent in one notification (Postgres refuses 8,000 bytes and more).
+const MAX_PAYLOAD: usize = 7_900;
+
+/// A `postgres://` URL with its password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("(redacted)"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
+/// The shared database, as one relay uses it.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pool: PgPool,
+    options: PgConnectOptions,
+}
+
+impl Backend {
+    /// A pool that connects on first use: `url` plus the relay's session settings (the
+    /// timeouts that bound what a stuck or dead relay can hold).
+    pub fn connect_lazy(url: &str, config: &PostgresConfig) -> Result<Self, StoreError> {
+        let ms = |d: std::time::Duration| format!("{}ms", d.as_millis());
+        let options: PgConnectOptions = url
+            .parse::<PgConnectOptions>()
+            .map_err(|e| StoreError::Config(format!("store: {e}")))?
+            .application_name(&format!("wharf-relay/{}", std::process::id()))
+            .options([
+                ("lock_timeout", ms(config.lock_timeout)),
+                ("statement_timeout", ms(config.statement_timeout)),
+                (
+                    "idle_in_transaction_session_timeout",
+                    ms(config.idle_in_transaction_timeout),
+                ),
+                // An Ack means durable: never let a server default weaken that.
+                ("synchronous_commit", "on".to_owned()),
+            ]);
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_lazy_with(options.clone());
+        Ok(Self { pool, options })
+    }
+
+    /// Brings the schema up to date (every relay does at start; Postgres serializes them).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Whether the database answers within a few seconds.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        match tokio::time::timeout(std::time::Duration::from_secs(3), ping).await {
+            Ok(done) => done.map(|_| ()).map_err(StoreError::from),
+            Err(_) => Err(StoreError::Config(
+                "the Postgres database did not answer within 3 s".into(),
+            )),
+        }
+    }
+
+    /// Options for a connection of its own (the LISTEN connection).
+    pub fn options(&self) -> PgConnectOptions {
+        self.options
+            .clone()
+            .application_name(&format!("wharf-relay-listen/{}", std::process::id()))
+    }
+
+    /// Opens `tenant`, creating it (and its `remoteId`) on first use by any relay.
+    pub async fn open(&self, tenant: &TenantId) -> Result<(Store, Writer), StoreError> {
+        sqlx::query(
+            "INSERT INTO tenants (id, remote_id) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(tenant.as_str())
+        .bind(Uuid::new_v4())
+        .execute(&self.pool)
+        .await?;
+        let remote_id: Uuid = sqlx::query_scalar("SELECT remote_id FROM tenants WHERE id = $1")
+            .bind(tenant.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        let tenant: Arc<str> = tenant.as_str().into();
+        Ok((
+            Store {
+                pool: self.pool.clone(),
+                tenant: tenant.clone(),
+                remote_id,
+            },
+            Writer {
+                pool: self.pool.clone(),
+                tenant,
+            },
+        ))
+    }
+}
+
+/// The reading side of one tenant. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+    tenant: Arc<str>,
+    remote_id: Uuid,
+}
+
+/// The writing side of one tenant on this relay (other relays have their own).
+#[derive(Debug)]
+pub struct Writer {
+    pool: PgPool,
+    tenant: Arc<str>,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Store {
+    pub fn remote_id(&self) -> Uuid {
+        self.remote_id
+    }
+
+    pub async fn read(
+        &self,
+        public_key: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<RemoteEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, entry_id, iv, ciphertext FROM entries \
+             WHERE log_id = (SELECT id FROM logs WHERE tenant = $1 AND public_key = $2) \
+             AND seq >= $3 AND seq < $4 ORDER BY seq LIMIT $5",
+        )
+        .bind(&*self.tenant)
+        .bind(public_key)
+        .bind(to_i64(from))
+        .bind(to_i64(to))
+        .bind(to_i64(limit as u64))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(RemoteEntry {
+                    sequence: to_u64(r.try_get(0)?),
+                    entry_id: Bytes::from(r.try_get::<Vec<u8>, _>(1)?),
+                    iv: Bytes::from(r.try_get::<Vec<u8>, _>(2)?),
+                    encrypted_entry: Bytes::from(r.try_get::<Vec<u8>, _>(3)?),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn history(&self, public_key: &str) -> Result<(u64, Option<u64>), StoreError> {
+        let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT first_seq, (SELECT MAX(seq) FROM snapshots WHERE log_id = logs.id) \
+             FROM logs WHERE tenant = $1 AND public_key = $2",
+        )
+        .bind(&*self.tenant)
+        .bind(public_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map_or((0, None), |(first, newest)| {
+            (to_u64(first), newest.map(to_u64))
+        }))
+    }
+
+    pub async fn snapshot(
+        &self,
+        public_key: &str,
+        sequence: u64,
+    ) -> Result<Option<StoredSnapshot>, StoreError> {
+        let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT iv, data FROM snapshots WHERE seq = $3 AND log_id = \
+             (SELECT id FROM logs WHERE tenant = $1 AND public_key = $2)",
+        )
+        .bind(&*self.tenant)
+        .bind(public_key)
+        .bind(to_i64(sequence))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(iv, data)| StoredSnapshot {
+            sequence,
+            iv: iv.into(),
+            data: data.into(),
+        }))
+    }
+
+    /// The next sequence of each of `public_keys` that exists, as committed now.
+    pub async fn heads(&self, public_keys: &[String]) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT public_key, next_seq FROM logs WHERE tenant = $1 AND public_key = ANY($2)",
+        )
+        .bind(&*self.tenant)
+        .bind(public_keys)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(pk, n)| (pk, to_u64(n))).collect())
+    }
+}
+
+/// One log as a commit holds it: locked, with what the group does to it.
+struct Locked {
+    id: i64,
+    /// Its next sequence when locked, and as this group leaves it.
+    start: u64,
+    next: u64,
+    /// Inserted by this transaction (no entries yet before it).
+    created: bool,
+    /// Some write to it was accepted.
+    accepted: bool,
+    /// Entry ids the log holds (among those this group writes), with their sequences.
+    known: HashMap<Bytes, u64>,
+    /// 12-byte ivs the log holds (among those this group writes).
+    ivs: HashSet<Bytes>,
+    /// Ciphertext bytes this commit adds.
+    bytes: u64,
+}
+
+/// The new entries of a group, column by column, for one `UNNEST` insert.
+#[derive(Default)]
+struct Columns {
+    log_ids: Vec<i64>,
+    seqs: Vec<i64>,
+    entry_ids: Vec<Vec<u8>>,
+    ivs: Vec<Vec<u8>>,
+    ciphertexts: Vec<Vec<u8>>,
+}
+
+impl Writer {
+    /// The sequence the next entry of `public_key` gets, as committed now (by any relay).
+    pub async fn next_sequence(&mut self, public_key: &str) -> Result<u64, StoreError> {
+        let next: Option<i64> =
+            sqlx::query_scalar("SELECT next_seq FROM logs WHERE tenant = $1 AND public_key = $2")
+                .bind(&*self.tenant)
+                .bind(public_key)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(next.map_or(0, to_u64))
+    }
+
+    /// Commits `writes` in one transaction (see the module's documentation). Nothing is kept
+    /// in memory: the next commit reads each log's row again under its lock.
+    pub async fn commit(
+        &mut self,
+        writes: &[WriteReq],
+        rules: &CommitRules,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let tenant = &*self.tenant;
+        let mut tx = self.pool.begin().await?;
+        let quota = rules.quota_applies();
+        let mut totals = Totals::default();
+        if quota {
+            // Quotas count the whole tenant: its commits take turns across relays.
+            sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await?;
+            totals = tenant_totals(&mut tx, tenant).await?;
+        }
+        let mut keys: Vec<&str> = writes.iter().map(|w| w.public_key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut logs: HashMap<&str, Locked> = HashMap::with_capacity(keys.len());
+        for pk in keys {
+            let (id, next, created) = lock_log(&mut tx, tenant, pk).await?;
+            let mut ids: Vec<&[u8]> = Vec::new();
+            let mut ivs: Vec<&[u8]> = Vec::new();
+            for w in writes.iter().filter(|w| w.public_key == pk) {
+                ids.extend(w.entries.iter().map(|e| &e.entry_id[..]));
+                if w.iv.len() == 12 {
+                    ivs.push(&w.iv[..]);
+                }
+            }
+            let mut locked = Locked {
+                id,
+                start: next,
+                next,
+                created,
+                accepted: false,
+                known: HashMap::new(),
+                ivs: HashSet::new(),
+                bytes: 0,
+            };
+            if !created {
+                let rows: Vec<(Vec<u8>, i64)> = sqlx::query_as(
+                    "SELECT entry_id, seq FROM entries WHERE log_id = $1 AND entry_id = ANY($2)",
+                )
+                .bind(id)
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+                locked.known = rows
+                    .into_iter()
+                    .map(|(e, s)| (Bytes::from(e), to_u64(s)))
+                    .collect();
+                if !ivs.is_empty() {
+                    let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+                        "SELECT DISTINCT iv FROM entries \
+                         WHERE log_id = $1 AND length(iv) = 12 AND iv = ANY($2)",
+                    )
+                    .bind(id)
+                    .bind(&ivs)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    locked.ivs = rows.into_iter().map(Bytes::from).collect();
+                }
+            }
+            logs.insert(pk, locked);
+        }
+
+        let mut columns = Columns::default();
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut counted_new: HashSet<&str> = HashSet::new();
+        for w in writes {
+            let log = logs
+                .get_mut(w.public_key.as_str())
+                .ok_or_else(|| StoreError::Corrupt("log state missing".into()))?;
+            let iv_reused = w.iv.len() == 12 && !w.entries.is_empty() && log.ivs.contains(&w.iv);
+            if iv_reused && rules.strict_iv {
+                outcomes.push(Outcome::IvRefused);
+                continue;
+            }
+            if quota {
+                // Entries the log already holds (a retry after a lost Ack) add nothing.
+                let size: u64 = w
+                    .entries
+                    .iter()
+                    .filter(|e| !log.known.contains_key(&e.entry_id))
+                    .map(|e| e.encrypted_entry.len() as u64)
+                    .sum();
+                let new_log = log.created && !counted_new.contains(w.public_key.as_str());
+                if let Some(why) = rules.over_quota(&totals, new_log, size) {
+                    outcomes.push(Outcome::OverQuota(why));
+                    continue;
+                }
+                totals.bytes += size;
+                if new_log {
+                    totals.logs += 1;
+                    counted_new.insert(w.public_key.as_str());
+                }
+            }
+            log.accepted = true;
+            let mut sequences = Vec::with_capacity(w.entries.len());
+            let mut new = Vec::new();
+            for (i, e) in w.entries.iter().enumerate() {
+                if let Some(seq) = log.known.get(&e.entry_id) {
+                    sequences.push(*seq);
+                    continue;
+                }
+                let seq = log.next;
+                log.next += 1;
+                log.known.insert(e.entry_id.clone(), seq);
+                log.bytes += e.encrypted_entry.len() as u64;
+                columns.log_ids.push(log.id);
+                columns.seqs.push(to_i64(seq));
+                columns.entry_ids.push(e.entry_id.to_vec());
+                columns.ivs.push(w.iv.to_vec());
+                columns.ciphertexts.push(e.encrypted_entry.to_vec());
+                sequences.push(seq);
+                new.push(i);
+            }
+            if w.iv.len() == 12 && !new.is_empty() {
+                log.ivs.insert(w.iv.clone());
+            }
+            outcomes.push(Outcome::Written {
+                sequences,
+                new,
+                iv_reused,
+            });
+        }
+
+        if !columns.seqs.is_empty() {
+            sqlx::query(
+                "INSERT INTO entries (log_id, seq, entry_id, iv, ciphertext, at) \
+                 SELECT l, s, e, i, c, $6 FROM UNNEST($1::int8[], $2::int8[], $3::bytea[], \
+                 $4::bytea[], $5::bytea[]) AS t(l, s, e, i, c)",
+            )
+            .bind(&columns.log_ids)
+            .bind(&columns.seqs)
+            .bind(&columns.entry_ids)
+            .bind(&columns.ivs)
+            .bind(&columns.ciphertexts)
+            .bind(rules.now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let (mut ids, mut nexts, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut abandoned = Vec::new();
+        let mut bells = Vec::new();
+        for (pk, log) in &logs {
+            if log.created && !log.accepted {
+                abandoned.push(log.id);
+            } else if log.next > log.start {
+                ids.push(log.id);
+                nexts.push(to_i64(log.next));
+                bytes.push(to_i64(log.bytes));
+                bells.push(serde_json::json!([tenant, pk, log.next]));
+            }
+        }
+        if !ids.is_empty() {
+            sqlx::query(
+                "UPDATE logs SET next_seq = t.n, bytes = logs.bytes + t.b \
+                 FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) AS t(id, n, b) \
+                 WHERE logs.id = t.id",
+            )
+            .bind(&ids)
+            .bind(&nexts)
+            .bind(&bytes)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !abandoned.is_empty() {
+            // A log this commit created for a write a quota then refused: not kept.
+            sqlx::query("DELETE FROM logs WHERE id = ANY($1)")
+                .bind(&abandoned)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for payload in doorbell_payloads(bells) {
+            // Delivered to every listening relay when (and only if) the transaction commits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Stores a snapshot, keeping the newest `keep` of its log.
+    pub async fn write_snapshot(
+        &mut self,
+        public_key: &str,
+        snapshot: &StoredSnapshot,
+        keep: usize,
+        rules: &CommitRules,
+    ) -> Result<Result<(), SnapshotRefusal>, StoreError> {
+        let tenant = &*self.tenant;
+        let mut tx = self.pool.begin().await?;
+        if rules.quota_applies() {
+            sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT id, next_seq FROM logs WHERE tenant = $1 AND public_key = $2 FOR UPDATE",
+        )
+        .bind(tenant)
+        .bind(public_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let log_id = match row {
+            Some((id, next)) if snapshot.sequence < to_u64(next) => id,
+            other => {
+                return Ok(Err(SnapshotRefusal::NotReached {
+                    log: public_key.to_owned(),
+                    sequence: snapshot.sequence,
+                    next: other.map_or(0, |(_, n)| to_u64(n)),
+                }))
+            }
+        };
+        let keep = to_i64(keep.max(1) as u64);
+        if rules.quota_applies() {
+            // What the tenant gains: this snapshot, less what it replaces or pushes out.
+            let mut kept: Vec<(i64, i64)> =
+                sqlx::query_as("SELECT seq, length(data)::int8 FROM snapshots WHERE log_id = $1")
+                    .bind(log_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let before: i64 = kept.iter().map(|(_, n)| n).sum();
+            kept.retain(|(seq, _)| *seq != to_i64(snapshot.sequence));
+            kept.push((to_i64(snapshot.sequence), snapshot.data.len() as i64));
+            kept.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+            kept.truncate(keep as usize);
+            let after: i64 = kept.iter().map(|(_, n)| n).sum();
+            let totals = tenant_totals(&mut tx, tenant).await?;
+            let growth = to_u64(after - before);
+            if let Some(why) = rules.over_quota(&totals, false, growth) {
+                return Ok(Err(SnapshotRefusal::Quota(why)));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO snapshots (log_id, seq, iv, data, at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (log_id, seq) DO UPDATE SET iv = excluded.iv, data = excluded.data, \
+             at = excluded.at",
+        )
+        .bind(log_id)
+        .bind(to_i64(snapshot.sequence))
+        .bind(&snapshot.iv[..])
+        .bind(&snapshot.data[..])
+        .bind(rules.now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM snapshots WHERE log_id = $1 AND seq NOT IN \
+             (SELECT seq FROM snapshots WHERE log_id = $1 ORDER BY seq DESC LIMIT $2)",
+        )
+        .bind(log_id)
+        .bind(keep)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    pub async fn settings(&mut self) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT settings FROM tenants WHERE id = $1")
+                .bind(&*self.tenant)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
+    pub async fn set_settings(&mut self, json: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE tenants SET settings = $2 WHERE id = $1")
+            .bind(&*self.tenant)
+            .bind(json)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Takes `public_key`'s row lock, creating the log if no relay has yet: its id, its next
+/// sequence, and whether this transaction created it.
+async fn lock_log(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: &str,
+    public_key: &str,
+) -> Result<(i64, u64, bool), StoreError> {
+    for _ in 0..2 {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT id, next_seq FROM logs WHERE tenant = $1 AND public_key = $2 FOR UPDATE",
+        )
+        .bind(tenant)
+        .bind(public_key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some((id, next)) = row {
+            return Ok((id, to_u64(next), false));
+        }
+        // Nobody has it. If another relay creates it at this moment, the insert waits for that
+        // transaction and inserts nothing; the lock is then taken on its row.
+        let created: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO logs (tenant, public_key) VALUES ($1, $2) \
+             ON CONFLICT (tenant, public_key) DO NOTHING RETURNING id",
+        )
+        .bind(tenant)
+        .bind(public_key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(id) = created {
+            return Ok((id, 0, true));
+        }
+    }
+    Err(StoreError::Corrupt(format!(
+        "log {public_key:?} could not be created or locked"
+    )))
+}
+
+/// What the tenant stores, for quotas.
+async fn tenant_totals(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: &str,
+) -> Result<Totals, StoreError> {
+    let (bytes, logs, snapshots): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(bytes), 0)::int8, COUNT(*), \
+         COALESCE((SELECT SUM(length(s.data)) FROM snapshots s JOIN logs l ON l.id = s.log_id \
+         WHERE l.tenant = $1), 0)::int8 FROM logs WHERE tenant = $1",
+    )
+    .bind(tenant)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Totals {
+        bytes: to_u64(bytes) + to_u64(snapshots),
+        logs: to_u64(logs),
+    })
+}
+
+/// The doorbells of one commit as notification payloads, each under [`MAX_PAYLOAD`] bytes. A
+/// log whose own doorbell would not fit (it cannot, with `max_public_key_bytes` ≤ 7 kB) is
+/// left to the safety poll.
+fn doorbell_payloads(bells: Vec<serde_json::Value>) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut current = String::new();
+    for bell in bells {
+        let item = bell.to_string();
+        if item.len() + 2 > MAX_PAYLOAD {
+            continue;
+        }
+        if !current.is_empty() && current.len() + item.len() + 2 > MAX_PAYLOAD {
+            current.push(']');
+            payloads.push(std::mem::take(&mut current));
+        }
+        current.push(if current.is_empty() { '[' } else { ',' });
+        current.push_str(&item);
+    }
+    if !current.is_empty() {
+        current.push(']');
+        payloads.push(current);
+    }
+    payloads
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doorbells_split_under_the_payload_limit() {
+        let bells: Vec<_> = (0..500)
+            .map(|i| serde_json::json!(["tenant", format!("log-{i:04}-{}", "x".repeat(40)), i]))
+            .collect();
+        let payloads = doorbell_payloads(bells);
+        assert!(payloads.len() > 1);
+        let mut seen = 0;
+        for p in &payloads {
+            assert!(p.len() < 8000, "{} bytes", p.len());
+            let parsed: Vec<(String, String, u64)> = serde_json::from_str(p).expect("json");
+            seen += parsed.len();
+        }
+        assert_eq!(seen, 500);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://wharf:s3cret@db:5432/wharf"),
+            "postgres://wharf:(redacted)@db:5432/wharf"
+        );
+        assert_eq!(redact("postgres://db/wharf"), "postgres://db/wharf");
+    }
+}

@@ -1,0 +1,507 @@
+//! Scale-out: several relay processes on one real PostgreSQL server (started per test from
+//! Debian's package by the harness; a test fails, never skips, if it cannot start). Clients
+//! reach random relays; the checks are the invariants of one relay: one dense order per log,
+//! dedup by entry id, live delivery, Acks that mean durable, the same remoteId.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use wharf_tests::postgres::PgServer;
+use wharf_tests::{
+    assert_dense, entries, eventually, write_until_failure, AckedIds, ChildRelay, Client, TestRelay,
+};
+
+const QUIET: &[(&str, &str)] = &[
+    ("WHARF_POSTGRES__MAX_CONNECTIONS", "4"),
+    ("WHARF_POSTGRES__ACQUIRE_TIMEOUT", "2s"),
+];
+
+/// A relay process on `store`, with a data directory of its own (its key, its revocations).
+struct Node {
+    relay: ChildRelay,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(store: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let relay = ChildRelay::start_with_args(dir.path(), &["--store", store], QUIET)
+            .await
+            .expect("start a relay on Postgres");
+        Self { relay, _dir: dir }
+    }
+
+    fn url(&self, tenant: &str) -> String {
+        self.relay.url(tenant)
+    }
+
+    fn pid(&self) -> u32 {
+        self.relay.child.id().expect("running")
+    }
+
+    async fn kill(&mut self) {
+        self.relay.child.start_kill().expect("SIGKILL");
+        self.relay.child.wait().await.expect("wait");
+    }
+}
+
+async fn nodes(store: &str, n: usize) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(Node::start(store).await);
+    }
+    nodes
+}
+
+async fn start_postgres() -> (PgServer, String) {
+    let pg = PgServer::start().expect("a PostgreSQL server (scripts/prereqs installs it)");
+    let url = pg.database().await.expect("create a database");
+    (pg, url)
+}
+
+/// The whole log as Postgres holds it: (sequence, entry id), in order; and its next sequence.
+async fn stored(url: &str, tenant: &str, public_key: &str) -> (Vec<(u64, Bytes)>, u64) {
+    let pool = sqlx::PgPool::connect(url).await.expect("connect");
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT e.seq, e.entry_id FROM entries e JOIN logs l ON l.id = e.log_id \
+         WHERE l.tenant = $1 AND l.public_key = $2 ORDER BY e.seq",
+    )
+    .bind(tenant)
+    .bind(public_key)
+    .fetch_all(&pool)
+    .await
+    .expect("read entries");
+    let next: i64 =
+        sqlx::query_scalar("SELECT next_seq FROM logs WHERE tenant = $1 AND public_key = $2")
+            .bind(tenant)
+            .bind(public_key)
+            .fetch_one(&pool)
+            .await
+            .expect("read the log");
+    pool.close().await;
+    (
+        rows.into_iter()
+            .map(|(s, id)| (s as u64, Bytes::from(id)))
+            .collect(),
+        next as u64,
+    )
+}
+
+/// Every acked entry is stored exactly once at the sequence its Ack gave it, and the stored
+/// sequences are dense from 0 up to the log's next sequence.
+fn check_acked(log: &[(u64, Bytes)], next: u64, acked: &HashMap<Bytes, u64>) {
+    for (i, (seq, _)) in log.iter().enumerate() {
+        assert_eq!(*seq, i as u64, "sequences are dense");
+    }
+    assert_eq!(next, log.len() as u64, "next_seq follows the last entry");
+    let at: HashMap<&Bytes, u64> = log.iter().map(|(s, id)| (id, *s)).collect();
+    assert_eq!(at.len(), log.len(), "an entry id is stored once");
+    for (id, seq) in acked {
+        assert_eq!(
+            at.get(id),
+            Some(seq),
+            "an acked entry is where its Ack said"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_relays_give_every_client_one_order() {
+    let (_pg, url) = start_postgres().await;
+    let nodes = nodes(&url, 3).await;
+
+    // Every relay announces the tenant's one remoteId.
+    let mut ids = Vec::new();
+    for n in &nodes {
+        ids.push(
+            Client::connect(&n.url("acme"))
+                .await
+                .expect("hello")
+                .remote_id,
+        );
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "one remoteId: {ids:?}"
+    );
+
+    // A subscriber on every relay, before any write.
+    let mut subscribers = Vec::new();
+    for n in &nodes {
+        let mut c = Client::connect(&n.url("acme")).await.expect("connect");
+        c.subscribe("shared", 0).await.expect("subscribe");
+        c.ping_pong().await.expect("subscribed");
+        subscribers.push(c);
+    }
+
+    // Six writers, each sending every write through a relay picked at random.
+    const WRITERS: u32 = 6;
+    const WRITES: u32 = 20;
+    let urls: Arc<Vec<String>> = Arc::new(nodes.iter().map(|n| n.url("acme")).collect());
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let urls = urls.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conns = Vec::new();
+            for u in urls.iter() {
+                conns.push(Client::connect(u).await.expect("connect"));
+            }
+            let mut acked = HashMap::new();
+            for i in 0..WRITES {
+                let batch = entries(w * 1_000 + i, 5, 100);
+                let ids: Vec<Bytes> = batch.iter().map(|e| e.entry_id.clone()).collect();
+                let node = rand::random::<usize>() % conns.len();
+                let seqs = conns[node]
+                    .write_acked("shared", batch)
+                    .await
+                    .expect("acked");
+                acked.extend(ids.into_iter().zip(seqs));
+            }
+            acked
+        }));
+    }
+    let mut acked = HashMap::new();
+    for t in tasks {
+        acked.extend(t.await.expect("writer"));
+    }
+    let total = (WRITERS * WRITES * 5) as usize;
+    assert_eq!(acked.len(), total);
+
+    // A write resent through another relay is a duplicate: its original sequences, nothing new.
+    let again = entries(0, 5, 100);
+    let original: Vec<u64> = again.iter().map(|e| acked[&e.entry_id]).collect();
+    for n in &nodes {
+        let mut c = Client::connect(&n.url("acme")).await.expect("connect");
+        let seqs = c
+            .write_acked("shared", entries(0, 5, 100))
+            .await
+            .expect("ack");
+        assert_eq!(seqs, original, "dedup across relays");
+    }
+
+    // Every subscriber saw every entry live, in the one order Postgres holds.
+    let (log, next) = stored(&url, "acme", "shared").await;
+    check_acked(&log, next, &acked);
+    assert_eq!(log.len(), total);
+    for (i, s) in subscribers.iter_mut().enumerate() {
+        let got = s.collect("shared", total).await.expect("live entries");
+        assert_dense(&got, 0);
+        let order: Vec<(u64, Bytes)> = got.into_iter().map(|e| (e.sequence, e.entry_id)).collect();
+        assert_eq!(order, log, "relay {i}'s subscriber saw the stored order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_relay_loses_no_acked_entry_and_leaves_no_gap() {
+    let (_pg, url) = start_postgres().await;
+    let mut nodes = nodes(&url, 3).await;
+    let acked: AckedIds = Arc::default();
+    let mut writers = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        writers.push(tokio::spawn(write_until_failure(
+            n.url("acme"),
+            "log",
+            i as u32 * 1_000_000,
+            acked.clone(),
+        )));
+    }
+    eventually("writes through three relays are acked", || async {
+        acked.lock().expect("lock").len() >= 300
+    })
+    .await;
+    // SIGKILL one relay in the middle of its commits; the others go on.
+    nodes[0].kill().await;
+    let at_kill = acked.lock().expect("lock").len();
+    eventually("the other relays keep committing", || async {
+        acked.lock().expect("lock").len() >= at_kill + 300
+    })
+    .await;
+    for n in &mut nodes[1..] {
+        n.kill().await;
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    let (log, next) = stored(&url, "acme", "log").await;
+    check_acked(&log, next, &acked);
+    eprintln!(
+        "SIGKILL: {} entries acked, {} stored (the rest were committed but never acked)",
+        acked.len(),
+        log.len()
+    );
+
+    // A relay started afterwards continues the same log where it stands.
+    let node = Node::start(&url).await;
+    let mut c = Client::connect(&node.url("acme")).await.expect("connect");
+    let seqs = c
+        .write_acked("log", entries(9_000_000, 2, 10))
+        .await
+        .expect("ack");
+    assert_eq!(seqs, vec![next, next + 1]);
+}
+
+/// The pid of the backend serving `relay`'s LISTEN connection, if it has one.
+async fn listener_pid(admin: &sqlx::PgPool, relay: u32) -> Option<i32> {
+    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+        .bind(format!("wharf-relay-listen/{relay}"))
+        .fetch_optional(admin)
+        .await
+        .expect("pg_stat_activity")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_everything_when_the_listen_connection_is_killed() {
+    let (_pg, url) = start_postgres().await;
+    let nodes = nodes(&url, 2).await;
+    let admin = sqlx::PgPool::connect(&url).await.expect("connect");
+    let mut reader = Client::connect(&nodes[0].url("acme"))
+        .await
+        .expect("connect");
+    reader.subscribe("log", 0).await.expect("subscribe");
+    reader.ping_pong().await.expect("subscribed");
+    let mut writer = Client::connect(&nodes[1].url("acme"))
+        .await
+        .expect("connect");
+    let mut expected = 0;
+    for round in 0..3u32 {
+        if round > 0 {
+            // Kill the reading relay's LISTEN connection: doorbells rung now are lost to it.
+            let relay = nodes[0].pid();
+            eventually("the relay listens", || async {
+                listener_pid(&admin, relay).await.is_some()
+            })
+            .await;
+            let pid = listener_pid(&admin, relay).await;
+            let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .fetch_one(&admin)
+                .await
+                .expect("terminate");
+            assert!(killed, "pg_terminate_backend");
+        }
+        for i in 0..10 {
+            writer
+                .write_acked("log", entries(round * 100 + i, 5, 50))
+                .await
+                .expect("ack");
+        }
+        expected += 50;
+        let got = reader.collect("log", 50).await.expect("every entry, live");
+        assert_dense(&got, expected - 50);
+    }
+    // And it listens again, and says so.
+    eventually("the LISTEN connection comes back", || async {
+        listener_pid(&admin, nodes[0].pid()).await.is_some()
+    })
+    .await;
+    let metrics = wharf_tests::get(nodes[0].relay.addr, "/metrics", &[])
+        .await
+        .expect("metrics")
+        .text();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(value("wharf_listen_reconnects_total ") >= 2, "{metrics}");
+    assert!(value("wharf_doorbells_total ") >= 1, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_fail_cleanly_while_postgres_restarts_and_nothing_acked_is_lost() {
+    let (pg, url) = start_postgres().await;
+    let nodes = nodes(&url, 2).await;
+    let acked: AckedIds = Arc::default();
+    let writer = tokio::spawn(write_until_failure(
+        nodes[0].url("acme"),
+        "log",
+        0,
+        acked.clone(),
+    ));
+    eventually("writes are acked", || async {
+        acked.lock().expect("lock").len() >= 200
+    })
+    .await;
+    // `fast`: every connection is cut, transactions in flight roll back. The server stays
+    // down until started again.
+    pg.stop("fast").expect("stop postgres");
+    // The writer's connection fails (a commit error closes it, 1011); nothing hangs.
+    tokio::time::timeout(Duration::from_secs(60), writer)
+        .await
+        .expect("the writer's connection ends")
+        .expect("writer");
+    // So does a write sent while the database is down: refused with the reason, not hung.
+    let mut c = Client::connect(&nodes[0].url("acme"))
+        .await
+        .expect("connect");
+    c.write("log", entries(4_000_000, 5, 100))
+        .await
+        .expect("send");
+    let closed = tokio::time::timeout(Duration::from_secs(60), c.closed())
+        .await
+        .expect("refused in time")
+        .expect("closed");
+    assert_eq!(closed.code, Some(1011), "{closed:?}");
+    assert!(closed.reason.contains("storage"), "{closed:?}");
+    // The relays say they are not ready while their database is away…
+    let ready = wharf_tests::get(nodes[1].relay.addr, "/readyz", &[])
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    pg.start_again().expect("start postgres");
+    // …and ready once it is back.
+    eventually("the relay is ready again", || async {
+        wharf_tests::get(nodes[1].relay.addr, "/readyz", &[])
+            .await
+            .is_ok_and(|a| a.status == 200)
+    })
+    .await;
+    // Writing resumes once the relays' pools reconnect: through both relays.
+    let mut batch = 5_000_000;
+    for n in &nodes {
+        eventually("writes resume after the restart", || {
+            let url = n.url("acme");
+            batch += 1;
+            let acked = acked.clone();
+            async move {
+                let Ok(mut c) = Client::connect(&url).await else {
+                    return false;
+                };
+                let es = entries(batch, 5, 100);
+                let ids: Vec<Bytes> = es.iter().map(|e| e.entry_id.clone()).collect();
+                match c.write_acked("log", es).await {
+                    Ok(seqs) => {
+                        acked
+                            .lock()
+                            .expect("lock")
+                            .extend(ids.into_iter().zip(seqs));
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+    let acked = acked.lock().expect("lock").clone();
+    let (log, next) = stored(&url, "acme", "log").await;
+    check_acked(&log, next, &acked);
+    // A reader on the other relay gets the whole log.
+    let mut reader = Client::connect(&nodes[1].url("acme"))
+        .await
+        .expect("connect");
+    reader.subscribe("log", 0).await.expect("subscribe");
+    let got = reader.collect("log", log.len()).await.expect("the log");
+    assert_dense(&got, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_quotas_and_settings_work_on_postgres() {
+    use wharf_protocol::{ClientMsg, JsNumber, RelayMsg, WriteSnapshot};
+    let (_pg, url) = start_postgres().await;
+    let store = url.clone();
+    let relay = TestRelay::start_with(move |c| {
+        c.store = Some(store);
+        c.postgres.max_connections = 4;
+        c.quota.max_logs = Some(2);
+    })
+    .await;
+    let other = {
+        let store = url.clone();
+        TestRelay::start_with(move |c| {
+            c.store = Some(store);
+            c.postgres.max_connections = 4;
+            c.quota.max_logs = Some(2);
+        })
+        .await
+    };
+    let mut c = relay.client("acme").await;
+    c.write_acked("a", entries(1, 10, 20)).await.expect("ack");
+    // A snapshot stored through one relay is served by the other.
+    c.send(&ClientMsg::WriteSnapshot(WriteSnapshot {
+        public_key: "a".into(),
+        id: JsNumber::from(1u32),
+        sequence: 4,
+        iv: Bytes::from_static(&[1; 24]),
+        data: Bytes::from_static(b"sealed"),
+    }))
+    .await
+    .expect("send");
+    loop {
+        if let RelayMsg::SnapshotAck { sequence, .. } = c.recv().await.expect("recv") {
+            assert_eq!(sequence, 4);
+            break;
+        }
+    }
+    let mut r = Client::connect_with_protocol(&other.url("acme"), Some("wharf.v1"))
+        .await
+        .expect("connect");
+    r.send(&ClientMsg::RequestChanges {
+        public_key: "a".into(),
+        start_sequence: 0,
+        snapshot: true,
+    })
+    .await
+    .expect("send");
+    let mut snapshot = None;
+    let mut after = Vec::new();
+    while after.len() < 5 {
+        match r.recv().await.expect("recv") {
+            RelayMsg::Snapshot { sequence, data, .. } => snapshot = Some((sequence, data)),
+            RelayMsg::Changes { entries, .. } => after.extend(entries),
+            _ => {}
+        }
+    }
+    assert_eq!(snapshot, Some((4, Bytes::from_static(b"sealed"))));
+    assert_dense(&after, 5);
+
+    // The quota counts the tenant's logs across relays: a third log is refused by either.
+    c.write_acked("b", entries(2, 1, 20)).await.expect("ack");
+    let mut c2 = other.client("acme").await;
+    c2.write("c", entries(3, 1, 20)).await.expect("send");
+    let closed = c2.closed().await.expect("closed");
+    assert_eq!(closed.code, Some(1008), "over quota: {closed:?}");
+    assert!(closed.reason.contains("quota"), "{closed:?}");
+
+    // Retention is refused on Postgres, with the reason, rather than ignored.
+    let put = |body: &'static str| {
+        wharf_tests::http_request(
+            relay.addr,
+            "PUT",
+            "/admin/v1/tenants/acme/settings",
+            &[("content-type", "application/json")],
+            body.as_bytes().to_vec(),
+        )
+    };
+    let answer = put(r#"{"retention": {"max_entries": 10}}"#)
+        .await
+        .expect("put");
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(answer.text().contains("Postgres"), "{}", answer.text());
+    let answer = put(r#"{"quota": {"max_logs": 3}}"#).await.expect("put");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = wharf_tests::get(relay.addr, "/admin/v1/tenants", &[])
+        .await
+        .expect("get");
+    assert_eq!(answer.status, 501, "{}", answer.text());
+    relay.shutdown().await;
+    other.shutdown().await;
+}
+
+#[test]
+fn a_store_that_is_not_postgres_or_configures_what_postgres_lacks_is_refused() {
+    let err = wharf_relay::Config::load(None, serde_json::json!({ "store": "mysql://x" }))
+        .expect_err("refused");
+    assert!(err.to_string().contains("postgres://"), "{err}");
+    let err = wharf_relay::Config::load(
+        None,
+        serde_json::json!({ "store": "postgres://u:pw@h/db", "retention": { "max_entries": 5 } }),
+    )
+    .expect_err("refused");
+    assert!(err.to_string().contains("retention"), "{err}");
+    assert!(!err.to_string().contains("pw"), "{err}");
+}

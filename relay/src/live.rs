@@ -77,8 +77,10 @@ impl LiveTails {
     }
 
     /// Appends entries another relay committed (read from the shared database), starting at
-    /// the tail's next sequence. Frees the tail if its last subscriber left.
-    pub fn followed(&mut self, public_key: &str, entries: Vec<RemoteEntry>) {
+    /// the tail's next sequence; with `restart`, they replace the tail instead (they do not
+    /// follow on from it: subscribers behind them read storage). Frees the tail if its last
+    /// subscriber left.
+    pub fn followed(&mut self, public_key: &str, entries: Vec<RemoteEntry>, restart: bool) {
         let Some(live) = self.logs.get(public_key) else {
             return;
         };
@@ -87,14 +89,16 @@ impl LiveTails {
             return;
         }
         let origins = vec![OTHER_RELAY; entries.len()];
-        live.push(
-            Arc::new(LiveBatch {
-                entries,
-                origins,
-                frames: OnceLock::new(),
-            }),
-            self.max_bytes,
-        );
+        let batch = Arc::new(LiveBatch {
+            entries,
+            origins,
+            frames: OnceLock::new(),
+        });
+        if restart {
+            live.restart(batch);
+        } else {
+            live.push(batch, self.max_bytes);
+        }
     }
 }
 
@@ -198,6 +202,23 @@ impl LiveLog {
                         .sum::<usize>();
                 }
             }
+        }
+        self.next.send_replace(end);
+    }
+
+    /// Replaces the whole tail with `batch`: a subscriber whose cursor is before it reads
+    /// storage up to it ([`TailRead::Behind`]).
+    fn restart(&self, batch: Arc<LiveBatch>) {
+        let end = batch.end();
+        {
+            let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            tail.batches.clear();
+            tail.bytes = batch
+                .entries
+                .iter()
+                .map(RemoteEntry::encoded_len_bound)
+                .sum();
+            tail.batches.push_back(batch);
         }
         self.next.send_replace(end);
     }

@@ -165,10 +165,23 @@ impl Registry {
         }
     }
 
-    /// Commits may have been missed: every running actor reads what it has not seen.
+    /// `tenant`'s stored settings changed (through any relay): its actor here, if it runs,
+    /// reads them again.
+    pub fn settings_changed(&self, tenant: &str) {
+        let Some(tenant) = TenantId::parse(tenant) else {
+            return;
+        };
+        if let Some(h) = self.0.tenants.get(&tenant) {
+            h.reload_settings();
+        }
+    }
+
+    /// Commits or settings changes may have been missed: every running actor reads what it
+    /// has not seen and reloads its settings.
     pub fn resync(&self) {
         for h in self.0.tenants.iter() {
             h.value().follow(None, 0);
+            h.value().reload_settings();
         }
     }
 

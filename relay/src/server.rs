@@ -100,6 +100,7 @@ impl Relay {
                         metrics.doorbells.inc();
                         registry.doorbell(&tenant, public_key, next);
                     }
+                    Ring::Settings { tenant } => registry.settings_changed(&tenant),
                     Ring::Resync { lost } => {
                         if lost {
                             metrics.listen_reconnects.inc();

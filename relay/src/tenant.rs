@@ -126,6 +126,8 @@ enum Msg {
         public_key: Option<String>,
         next: u64,
     },
+    /// An administrator changed the settings through another relay (a shared tenant).
+    Reload,
     Stop,
 }
 
@@ -238,6 +240,17 @@ impl TenantHandle {
     /// makes up for it.
     pub fn follow(&self, public_key: Option<String>, next: u64) {
         let _ = self.tx.try_send(Msg::Follow { public_key, next });
+    }
+
+    /// Tells the actor its stored settings changed (through another relay): it reads them
+    /// again. Never dropped: queued by a task of its own when the queue is full.
+    pub fn reload_settings(&self) {
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(Msg::Reload) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(msg).await;
+            });
+        }
     }
 
     /// Asks the actor to finish what is queued and close its database.
@@ -493,6 +506,11 @@ impl TenantActor {
                     Msg::Follow {
                         public_key: None, ..
                     } => follow_all(&mut self.live, &db.store).await,
+                    Msg::Reload => {
+                        if let Err(e) = self.load_settings(db).await {
+                            warn!(error = %e, "cannot reload the tenant's settings; keeping the current ones");
+                        }
+                    }
                 }
             }
             if !writes.is_empty() {
@@ -917,12 +935,15 @@ fn fail(msg: Msg, err: TenantError) {
         Msg::Delivered { reply, .. } => {
             let _ = reply.send(());
         }
-        Msg::Follow { .. } | Msg::Stop => {}
+        Msg::Follow { .. } | Msg::Reload | Msg::Stop => {}
     }
 }
 
 /// Entries read per query while following a shared log.
-const FOLLOW_PAGE: usize = 1_000;
+const FOLLOW_PAGE: u64 = 256;
+/// A tail further behind the database than this is not caught up page by page on the actor's
+/// task: it restarts at the newest page, and subscribers behind it read storage themselves.
+const FOLLOW_MAX: u64 = 4_096;
 
 /// Appends to `public_key`'s live tail, if it has one, what the shared database holds from
 /// the tail's next sequence up to `until`. A failed read is left to the next doorbell or poll.
@@ -934,28 +955,28 @@ async fn follow_log(live: &mut LiveTails, store: &Store, public_key: &str, until
         if from >= until {
             return;
         }
-        let entries = match store.read(public_key, from, until, FOLLOW_PAGE).await {
+        let far = until - from > FOLLOW_MAX;
+        let start = if far { until - FOLLOW_PAGE } else { from };
+        let entries = match store
+            .read(public_key, start, until, FOLLOW_PAGE as usize)
+            .await
+        {
             Ok(entries) => entries,
             Err(e) => {
                 warn!(error = %e, "cannot read other relays' entries; the poll retries");
                 return;
             }
         };
-        match entries.first() {
-            None => return,
-            Some(first) if first.sequence != from => {
-                // Sequences are dense and commits are seen in order; only a deletion below
-                // the tail (retention, an administrator) gets here. Readers catch up from
-                // storage.
-                debug!(
-                    from,
-                    found = first.sequence,
-                    "shared log has a gap; tail restarts"
-                );
-            }
-            Some(_) => {}
+        let Some(first) = entries.first() else {
+            return;
+        };
+        // Sequences are dense and commits are seen in order, so a gap means history below was
+        // deleted (by an administrator): the tail restarts, readers catch up from storage.
+        let restart = far || first.sequence != from;
+        if restart {
+            debug!(from, found = first.sequence, "shared log's tail restarts");
         }
-        live.followed(public_key, entries);
+        live.followed(public_key, entries, restart);
     }
 }
 

@@ -224,6 +224,19 @@ async fn a_killed_relay_loses_no_acked_entry_and_leaves_no_gap() {
     for w in writers {
         w.await.expect("writer");
     }
+    // A COMMIT a killed relay had sent may still be finishing: wait until Postgres has seen
+    // every relay's connections go.
+    let admin = sqlx::PgPool::connect(&url).await.expect("connect");
+    eventually("the killed relays' backends are gone", || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'wharf-relay%'",
+        )
+        .fetch_one(&admin)
+        .await
+        .expect("pg_stat_activity");
+        left == 0
+    })
+    .await;
     let acked = acked.lock().expect("lock").clone();
     let (log, next) = stored(&url, "acme", "log").await;
     check_acked(&log, next, &acked);
@@ -245,11 +258,14 @@ async fn a_killed_relay_loses_no_acked_entry_and_leaves_no_gap() {
 
 /// The pid of the backend serving `relay`'s LISTEN connection, if it has one.
 async fn listener_pid(admin: &sqlx::PgPool, relay: u32) -> Option<i32> {
-    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
-        .bind(format!("wharf-relay-listen/{relay}"))
-        .fetch_optional(admin)
-        .await
-        .expect("pg_stat_activity")
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+         ORDER BY backend_start DESC LIMIT 1",
+    )
+    .bind(format!("wharf-relay-listen/{relay}"))
+    .fetch_optional(admin)
+    .await
+    .expect("pg_stat_activity")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,10 +420,11 @@ async fn snapshots_quotas_and_settings_work_on_postgres() {
     use wharf_protocol::{ClientMsg, JsNumber, RelayMsg, WriteSnapshot};
     let (_pg, url) = start_postgres().await;
     let store = url.clone();
+    // One relay with a quota in its configuration, one without.
     let relay = TestRelay::start_with(move |c| {
         c.store = Some(store);
         c.postgres.max_connections = 4;
-        c.quota.max_logs = Some(2);
+        c.quota.max_logs = Some(1_000);
     })
     .await;
     let other = {
@@ -415,7 +432,6 @@ async fn snapshots_quotas_and_settings_work_on_postgres() {
         TestRelay::start_with(move |c| {
             c.store = Some(store);
             c.postgres.max_connections = 4;
-            c.quota.max_logs = Some(2);
         })
         .await
     };
@@ -459,15 +475,10 @@ async fn snapshots_quotas_and_settings_work_on_postgres() {
     assert_eq!(snapshot, Some((4, Bytes::from_static(b"sealed"))));
     assert_dense(&after, 5);
 
-    // The quota counts the tenant's logs across relays: a third log is refused by either.
-    c.write_acked("b", entries(2, 1, 20)).await.expect("ack");
+    // A quota set through one relay's admin API applies on the other, whose tenant is open,
+    // and counts the tenant's logs across relays: a third log is refused there.
     let mut c2 = other.client("acme").await;
-    c2.write("c", entries(3, 1, 20)).await.expect("send");
-    let closed = c2.closed().await.expect("closed");
-    assert_eq!(closed.code, Some(1008), "over quota: {closed:?}");
-    assert!(closed.reason.contains("quota"), "{closed:?}");
-
-    // Retention is refused on Postgres, with the reason, rather than ignored.
+    c2.write_acked("b", entries(2, 1, 20)).await.expect("ack");
     let put = |body: &'static str| {
         wharf_tests::http_request(
             relay.addr,
@@ -477,13 +488,67 @@ async fn snapshots_quotas_and_settings_work_on_postgres() {
             body.as_bytes().to_vec(),
         )
     };
+    let answer = put(r#"{"quota": {"max_logs": 2}}"#).await.expect("put");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    eventually("the other relay applies the new quota", || async {
+        wharf_tests::get(other.addr, "/admin/v1/tenants/acme/settings", &[])
+            .await
+            .is_ok_and(|a| a.text().contains(r#""max_logs":2"#))
+    })
+    .await;
+    c2.write("c", entries(3, 1, 20)).await.expect("send");
+    let closed = c2.closed().await.expect("closed");
+    assert_eq!(closed.code, Some(1008), "over quota: {closed:?}");
+    assert!(closed.reason.contains("quota"), "{closed:?}");
+
+    // The stored quota removed: the relay configured with one still checks it, the other no
+    // longer does. Both create and append to shared logs at once: no deadlock (the quota's
+    // lock on the tenant's row and a new log's foreign-key check must not wait for each other).
+    let answer = wharf_tests::http_request(
+        relay.addr,
+        "DELETE",
+        "/admin/v1/tenants/acme/settings",
+        &[],
+        Vec::new(),
+    )
+    .await
+    .expect("delete");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    eventually("the other relay drops the stored quota", || async {
+        wharf_tests::get(other.addr, "/admin/v1/tenants/acme/settings", &[])
+            .await
+            .is_ok_and(|a| a.text().contains(r#""max_logs":null"#))
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for (i, addr) in [relay.addr, other.addr]
+        .into_iter()
+        .cycle()
+        .take(8)
+        .enumerate()
+    {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&format!("ws://{addr}/t/acme"))
+                .await
+                .expect("connect");
+            for j in 0..40u32 {
+                let log = format!("new-{}", (i as u32 + j) % 12);
+                c.write_acked(&log, entries(100 + i as u32 * 100 + j, 2, 10))
+                    .await
+                    .expect("acked, no deadlock");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+
+    // Retention is refused on Postgres, with the reason, rather than ignored.
     let answer = put(r#"{"retention": {"max_entries": 10}}"#)
         .await
         .expect("put");
     assert_eq!(answer.status, 400, "{}", answer.text());
     assert!(answer.text().contains("Postgres"), "{}", answer.text());
-    let answer = put(r#"{"quota": {"max_logs": 3}}"#).await.expect("put");
-    assert_eq!(answer.status, 200, "{}", answer.text());
     let answer = wharf_tests::get(relay.addr, "/admin/v1/tenants", &[])
         .await
         .expect("get");

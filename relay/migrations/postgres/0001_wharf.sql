@@ -10,7 +10,7 @@ CREATE TABLE tenants (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- A log and its next sequence. A commit takes this row's lock (SELECT ... FOR UPDATE) for
+-- A log and its next sequence. A commit takes this row's lock (SELECT ... FOR NO KEY UPDATE) for
 -- the whole transaction: relays appending to one log are serialized here, and `next_seq`
 -- only moves in a transaction that committed. History starts at `first_seq`.
 CREATE TABLE logs (

@@ -11,7 +11,14 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Backend, CHANNEL};
+use super::{Backend, CHANNEL, SETTINGS_CHANNEL};
+
+/// How often the LISTEN connection is checked (a half-open TCP connection would otherwise wait
+/// for notifications forever), and how long the check may take.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection that stayed up this long resets the reconnect backoff.
+const STABLE: Duration = Duration::from_secs(10);
 
 /// What the feed tells the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,13 +29,15 @@ pub enum Ring {
         public_key: String,
         next: u64,
     },
-    /// Notifications may have been missed: every open tenant should look at its logs.
-    /// `lost`: because the LISTEN connection was lost (not at the first connect).
+    /// An administrator changed `tenant`'s settings (through any relay): reload them.
+    Settings { tenant: String },
+    /// Notifications may have been missed: every open tenant should look at its logs and
+    /// reload its settings. `lost`: after a lost connection (not at the first connect).
     Resync { lost: bool },
 }
 
 /// Listens until `stop` is cancelled, calling `ring` for every doorbell, and reconnecting
-/// (with backoff, then [`Ring::Resync`]) whenever the connection is lost.
+/// (with backoff, then [`Ring::Resync`]) whenever the connection is lost or stops answering.
 pub async fn listen(backend: Backend, stop: CancellationToken, ring: impl Fn(Ring) + Send) {
     let mut backoff = Duration::from_millis(100);
     let mut connected_once = false;
@@ -49,19 +58,36 @@ pub async fn listen(backend: Backend, stop: CancellationToken, ring: impl Fn(Rin
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        let connected = tokio::time::Instant::now();
         if connected_once {
             info!("listening for other relays' commits again");
         }
+        // Whatever was committed (or reconfigured) while nobody listened.
+        ring(Ring::Resync {
+            lost: connected_once,
+        });
         connected_once = true;
-        // Whatever was committed while nobody listened.
-        ring(Ring::Resync { lost: false });
+        let mut check = tokio::time::interval_at(connected + CHECK_EVERY, CHECK_EVERY);
         loop {
             let next = tokio::select! {
                 () = stop.cancelled() => return,
                 n = listener.try_recv() => n,
+                _ = check.tick() => {
+                    let alive = tokio::time::timeout(
+                        CHECK_TIMEOUT,
+                        sqlx::query("SELECT 1").execute(&mut listener),
+                    )
+                    .await;
+                    match alive {
+                        Ok(Ok(_)) => continue,
+                        _ => Ok(None),
+                    }
+                }
             };
             match next {
+                Ok(Some(n)) if n.channel() == SETTINGS_CHANNEL => ring(Ring::Settings {
+                    tenant: n.payload().to_owned(),
+                }),
                 Ok(Some(n)) => {
                     match serde_json::from_str::<Vec<(String, String, u64)>>(n.payload()) {
                         Ok(bells) => {
@@ -80,10 +106,20 @@ pub async fn listen(backend: Backend, stop: CancellationToken, ring: impl Fn(Rin
                     warn!(
                         "lost the connection that listens for other relays' commits; reconnecting"
                     );
-                    ring(Ring::Resync { lost: true });
                     break;
                 }
             }
+        }
+        if connected.elapsed() >= STABLE {
+            backoff = Duration::from_millis(100);
+        } else {
+            // It dropped right away: wait before trying again, so a flapping connection does
+            // not make every open tenant look at its logs in a tight loop.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }
@@ -95,6 +131,6 @@ async fn connect(backend: &Backend) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(&pool).await?;
     // The relay reconnects itself, and rings Resync when it does.
     listener.ignore_pool_close_event(true);
-    listener.listen(CHANNEL).await?;
+    listener.listen_all([CHANNEL, SETTINGS_CHANNEL]).await?;
     Ok(listener)
 }

@@ -2,7 +2,7 @@
 //! postgres://…`, docs/scale-out.md).
 //!
 //! Postgres decides the order. Each log's next sequence lives in its `logs` row; a commit
-//! locks the rows of the logs it appends to (`SELECT … FOR UPDATE`, in one fixed order so two
+//! locks the rows of the logs it appends to (`SELECT … FOR NO KEY UPDATE`, in one fixed order so two
 //! relays never deadlock), dedups entry ids against what the log holds, inserts the whole
 //! group with one `UNNEST` statement, moves `next_seq`, and rings the doorbell (`NOTIFY`) in the
 //! same transaction. A relay keeps no sequence state between commits: another relay may have
@@ -29,8 +29,13 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgr
 /// The channel commits ring. Payload: a JSON array of `[tenant, publicKey, nextSequence]`
 /// (never ciphertext), split to stay under Postgres's 8,000-byte limit.
 pub const CHANNEL: &str = "wharf_commits";
+/// The channel a settings change rings (payload: the tenant id), so that every relay with the
+/// tenant open applies it.
+pub const SETTINGS_CHANNEL: &str = "wharf_settings";
 /// Largest payload sent in one notification (Postgres refuses 8,000 bytes and more).
 const MAX_PAYLOAD: usize = 7_900;
+/// Ciphertext bytes inserted by one statement, at most (about: an entry is never split).
+const INSERT_CHUNK_BYTES: usize = 16 << 20;
 
 /// A `postgres://` URL with its password replaced, for messages and logs.
 pub fn redact(url: &str) -> String {
@@ -290,7 +295,7 @@ impl Writer {
         let mut totals = Totals::default();
         if quota {
             // Quotas count the whole tenant: its commits take turns across relays.
-            sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+            sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
                 .bind(tenant)
                 .execute(&mut *tx)
                 .await?;
@@ -408,20 +413,30 @@ impl Writer {
             });
         }
 
-        if !columns.seqs.is_empty() {
+        // One statement per ~16 MiB of ciphertext (a group may hold far more than one
+        // message to the server should).
+        let mut start = 0;
+        while start < columns.seqs.len() {
+            let mut end = start;
+            let mut size = 0;
+            while end < columns.seqs.len() && (end == start || size < INSERT_CHUNK_BYTES) {
+                size += columns.ciphertexts[end].len();
+                end += 1;
+            }
             sqlx::query(
                 "INSERT INTO entries (log_id, seq, entry_id, iv, ciphertext, at) \
                  SELECT l, s, e, i, c, $6 FROM UNNEST($1::int8[], $2::int8[], $3::bytea[], \
                  $4::bytea[], $5::bytea[]) AS t(l, s, e, i, c)",
             )
-            .bind(&columns.log_ids)
-            .bind(&columns.seqs)
-            .bind(&columns.entry_ids)
-            .bind(&columns.ivs)
-            .bind(&columns.ciphertexts)
+            .bind(&columns.log_ids[start..end])
+            .bind(&columns.seqs[start..end])
+            .bind(&columns.entry_ids[start..end])
+            .bind(&columns.ivs[start..end])
+            .bind(&columns.ciphertexts[start..end])
             .bind(rules.now_ms)
             .execute(&mut *tx)
             .await?;
+            start = end;
         }
         let (mut ids, mut nexts, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
         let mut abandoned = Vec::new();
@@ -478,13 +493,13 @@ impl Writer {
         let tenant = &*self.tenant;
         let mut tx = self.pool.begin().await?;
         if rules.quota_applies() {
-            sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+            sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
                 .bind(tenant)
                 .execute(&mut *tx)
                 .await?;
         }
         let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT id, next_seq FROM logs WHERE tenant = $1 AND public_key = $2 FOR UPDATE",
+            "SELECT id, next_seq FROM logs WHERE tenant = $1 AND public_key = $2 FOR NO KEY UPDATE",
         )
         .bind(tenant)
         .bind(public_key)
@@ -554,12 +569,20 @@ impl Writer {
         )
     }
 
+    /// Replaces the stored settings, and tells every relay (this one included) to reload them.
     pub async fn set_settings(&mut self, json: Option<&str>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE tenants SET settings = $2 WHERE id = $1")
             .bind(&*self.tenant)
             .bind(json)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(SETTINGS_CHANNEL)
+            .bind(&*self.tenant)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 }
@@ -573,7 +596,7 @@ async fn lock_log(
 ) -> Result<(i64, u64, bool), StoreError> {
     for _ in 0..2 {
         let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT id, next_seq FROM logs WHERE tenant = $1 AND public_key = $2 FOR UPDATE",
+            "SELECT id, next_seq FROM logs WHERE tenant = $1 AND public_key = $2 FOR NO KEY UPDATE",
         )
         .bind(tenant)
         .bind(public_key)

@@ -3,7 +3,8 @@
 //! SQLite. Two workloads, each for `--seconds`: `one log` (every writer appends to the same
 //! log, so the relays take turns at its row lock) and `tenants` (each writer has a tenant of
 //! its own). Writers are spread round-robin over the relays; each keeps 8 writes in flight,
-//! `--batch` entries of 100 bytes per write. Everything runs on this machine: the relays, the
+//! `--batch` entries of 100 bytes per write. "commit × writes": the mean time of one group
+//! commit and the mean number of writes it held, from the relays' `/metrics`. Everything runs on this machine: the relays, the
 //! database and the writers share its cores.
 //!
 //! `cargo build --release -p wharf-relay -p wharf-tests --bin wharf-scale-bench`
@@ -54,8 +55,8 @@ async fn main() -> Result<()> {
         args.seconds
     );
     println!();
-    println!("| store | relays | one log: entries/s | one log: p50 / p99 ack | tenants: entries/s | tenants: p50 / p99 ack |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| store | relays | one log: entries/s | one log: p50 / p99 ack | one log: commit × writes | tenants: entries/s | tenants: p50 / p99 ack | tenants: commit × writes |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let sqlite = run(None, 1, &args).await?;
     println!("| SQLite | 1 | {} |", sqlite.join(" | "));
     for &n in &args.nodes {
@@ -81,15 +82,39 @@ async fn run(store: Option<&str>, nodes: usize, args: &Args) -> Result<Vec<Strin
     }
     let mut cells = Vec::new();
     for shared_log in [true, false] {
+        let before = commit_stats(&relays).await?;
         let (rate, p50, p99) = workload(&relays, shared_log, args).await?;
+        let after = commit_stats(&relays).await?;
+        let commits = after.1 - before.1;
+        let per_commit_ms = (after.0 - before.0) / commits.max(1.0) * 1000.0;
+        let writes_per_commit = (after.2 - before.2) / commits.max(1.0);
         cells.push(format!("{rate:.0}"));
         cells.push(format!("{p50:.1} / {p99:.1} ms"));
+        cells.push(format!("{per_commit_ms:.1} ms × {writes_per_commit:.0}"));
     }
     for mut r in relays {
         r.child.start_kill()?;
         r.child.wait().await?;
     }
     Ok(cells)
+}
+
+/// Summed over the relays: seconds spent in group commits, commits, and writes they held
+/// (`wharf_commit_duration_seconds`, `wharf_commit_batch_writes`).
+async fn commit_stats(relays: &[ChildRelay]) -> Result<(f64, f64, f64)> {
+    let mut total = (0.0, 0.0, 0.0);
+    for r in relays {
+        let text = wharf_tests::get(r.addr, "/metrics", &[]).await?.text();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        total.0 += value("wharf_commit_duration_seconds_sum ");
+        total.1 += value("wharf_commit_duration_seconds_count ");
+        total.2 += value("wharf_commit_batch_writes_sum ");
+    }
+    Ok(total)
 }
 
 /// Entries acked per second, and the Ack latency's median and 99th percentile (ms).

@@ -260,6 +260,9 @@ struct Locked {
     bytes: u64,
 }
 
+/// A row of what a log already holds: an entry id with its sequence, or a 12-byte iv.
+type Held = (Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>);
+
 /// The new entries of a group, column by column, for one `UNNEST` insert.
 #[derive(Default)]
 struct Columns {
@@ -315,6 +318,8 @@ impl Writer {
                     ivs.push(&w.iv[..]);
                 }
             }
+            ivs.sort_unstable();
+            ivs.dedup();
             let mut locked = Locked {
                 id,
                 start: next,
@@ -326,27 +331,31 @@ impl Writer {
                 bytes: 0,
             };
             if !created {
-                let rows: Vec<(Vec<u8>, i64)> = sqlx::query_as(
-                    "SELECT entry_id, seq FROM entries WHERE log_id = $1 AND entry_id = ANY($2)",
+                // Under the lock (a statement of its own, so it sees every commit that held
+                // the lock before): the entry ids the log already holds, with their
+                // sequences, and the 12-byte ivs it already holds (one index probe each).
+                let rows: Vec<Held> = sqlx::query_as(
+                    "SELECT entry_id, seq, NULL::bytea FROM entries \
+                     WHERE log_id = $1 AND entry_id = ANY($2) \
+                     UNION ALL SELECT NULL, NULL, t.iv FROM UNNEST($3::bytea[]) AS t(iv) \
+                     WHERE EXISTS (SELECT 1 FROM entries e WHERE e.log_id = $1 \
+                     AND length(e.iv) = 12 AND e.iv = t.iv)",
                 )
                 .bind(id)
                 .bind(&ids)
+                .bind(&ivs)
                 .fetch_all(&mut *tx)
                 .await?;
-                locked.known = rows
-                    .into_iter()
-                    .map(|(e, s)| (Bytes::from(e), to_u64(s)))
-                    .collect();
-                if !ivs.is_empty() {
-                    let rows: Vec<Vec<u8>> = sqlx::query_scalar(
-                        "SELECT DISTINCT iv FROM entries \
-                         WHERE log_id = $1 AND length(iv) = 12 AND iv = ANY($2)",
-                    )
-                    .bind(id)
-                    .bind(&ivs)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    locked.ivs = rows.into_iter().map(Bytes::from).collect();
+                for row in rows {
+                    match row {
+                        (Some(entry_id), Some(seq), _) => {
+                            locked.known.insert(Bytes::from(entry_id), to_u64(seq));
+                        }
+                        (_, _, Some(iv)) => {
+                            locked.ivs.insert(Bytes::from(iv));
+                        }
+                        _ => {}
+                    }
                 }
             }
             logs.insert(pk, locked);
@@ -452,14 +461,19 @@ impl Writer {
             }
         }
         if !ids.is_empty() {
+            // The logs move on, and the doorbells ring (delivered to every listening relay when,
+            // and only if, the transaction commits): one statement.
             sqlx::query(
-                "UPDATE logs SET next_seq = t.n, bytes = logs.bytes + t.b \
+                "WITH moved AS (UPDATE logs SET next_seq = t.n, bytes = logs.bytes + t.b \
                  FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) AS t(id, n, b) \
-                 WHERE logs.id = t.id",
+                 WHERE logs.id = t.id) \
+                 SELECT pg_notify($4, p) FROM UNNEST($5::text[]) AS p",
             )
             .bind(&ids)
             .bind(&nexts)
             .bind(&bytes)
+            .bind(CHANNEL)
+            .bind(doorbell_payloads(bells))
             .execute(&mut *tx)
             .await?;
         }
@@ -467,14 +481,6 @@ impl Writer {
             // A log this commit created for a write a quota then refused: not kept.
             sqlx::query("DELETE FROM logs WHERE id = ANY($1)")
                 .bind(&abandoned)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for payload in doorbell_payloads(bells) {
-            // Delivered to every listening relay when (and only if) the transaction commits.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(payload)
                 .execute(&mut *tx)
                 .await?;
         }

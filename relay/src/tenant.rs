@@ -152,22 +152,37 @@ pub struct TenantHandle {
 }
 
 impl TenantHandle {
-    pub async fn attach(&self) -> Result<Attached, TenantError> {
+    /// Sends the message `make` builds around a reply channel: the receiver of the reply.
+    async fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, TenantError>>) -> Msg,
+    ) -> Result<oneshot::Receiver<Result<T, TenantError>>, TenantError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Attach(reply))
+            .send(make(reply))
             .await
             .map_err(|_| TenantError::Closed)?;
-        rx.await.map_err(|_| TenantError::Closed)?
+        Ok(rx)
+    }
+
+    /// [`TenantHandle::send`], then waits for the reply.
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, TenantError>>) -> Msg,
+    ) -> Result<T, TenantError> {
+        self.send(make)
+            .await?
+            .await
+            .map_err(|_| TenantError::Closed)?
+    }
+
+    pub async fn attach(&self) -> Result<Attached, TenantError> {
+        self.request(Msg::Attach).await
     }
 
     pub async fn subscribe(&self, public_key: String) -> Result<Subscribed, TenantError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Subscribe { public_key, reply })
+        self.request(|reply| Msg::Subscribe { public_key, reply })
             .await
-            .map_err(|_| TenantError::Closed)?;
-        rx.await.map_err(|_| TenantError::Closed)?
     }
 
     /// Queues a write; the returned receiver resolves once it is durable (or failed).
@@ -178,9 +193,8 @@ impl TenantHandle {
         entries: Vec<EncryptedEntry>,
         origin: ConnId,
     ) -> Result<oneshot::Receiver<Result<Acked, TenantError>>, TenantError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Write(Write {
+        self.send(|reply| {
+            Msg::Write(Write {
                 req: WriteReq {
                     public_key,
                     iv,
@@ -188,10 +202,9 @@ impl TenantHandle {
                 },
                 origin,
                 reply,
-            }))
-            .await
-            .map_err(|_| TenantError::Closed)?;
-        Ok(rx)
+            })
+        })
+        .await
     }
 
     /// Stores a snapshot; resolves with its sequence once durable.
@@ -200,26 +213,17 @@ impl TenantHandle {
         public_key: String,
         snapshot: StoredSnapshot,
     ) -> Result<oneshot::Receiver<Result<u64, TenantError>>, TenantError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Snapshot {
-                public_key,
-                snapshot,
-                reply,
-            })
-            .await
-            .map_err(|_| TenantError::Closed)?;
-        Ok(rx)
+        self.send(|reply| Msg::Snapshot {
+            public_key,
+            snapshot,
+            reply,
+        })
+        .await
     }
 
     /// Applies the retention policy now, to the end.
     pub async fn retain(&self) -> Result<RetainReport, TenantError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Retain(reply))
-            .await
-            .map_err(|_| TenantError::Closed)?;
-        rx.await.map_err(|_| TenantError::Closed)?
+        self.request(Msg::Retain).await
     }
 
     /// Reads the tenant's settings, or replaces what an administrator stored.
@@ -227,12 +231,7 @@ impl TenantHandle {
         &self,
         set: Option<Option<TenantSettings>>,
     ) -> Result<SettingsView, TenantError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Settings { set, reply })
-            .await
-            .map_err(|_| TenantError::Closed)?;
-        rx.await.map_err(|_| TenantError::Closed)?
+        self.request(|reply| Msg::Settings { set, reply }).await
     }
 
     /// Tells the actor that `public_key` (every subscribed log, if `None`) may have entries
@@ -378,7 +377,7 @@ impl TenantActor {
         let mut db = Db { store, writer };
         if let Err(e) = self.load_settings(&mut db).await {
             warn!(error = %e, "the tenant's stored settings are unreadable; using the config file's");
-            self.apply_settings(&db, None);
+            self.apply_settings(&db.store, None).await;
         }
         self.serve(&mut db).await;
         if let Some(sender) = self.sender.take() {
@@ -696,13 +695,13 @@ impl TenantActor {
             .map(|w| w.url.clone())
             .collect();
         db.writer.outbox_retain_endpoints(endpoints).await?;
-        self.apply_settings(db, stored);
+        self.apply_settings(&db.store, stored).await;
         Ok(())
     }
 
     /// Makes `stored` current: the effective settings, the webhook sender, and the marker
     /// that restarts delivery after a relay restart.
-    fn apply_settings(&mut self, db: &Db, stored: Option<TenantSettings>) {
+    async fn apply_settings(&mut self, store: &Store, stored: Option<TenantSettings>) {
         self.effective = self.config.effective(&self.tenant, stored.as_ref());
         self.stored = stored;
         if let Some(sender) = self.sender.take() {
@@ -721,19 +720,20 @@ impl TenantActor {
                 }
             })
             .collect();
+        // The marker's file operations run off the actor's task (tokio::fs), in order.
         if endpoints.is_empty() {
-            let _ = std::fs::remove_file(&marker);
+            let _ = tokio::fs::remove_file(&marker).await;
             return;
         }
         if let Some(dir) = marker.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            let _ = tokio::fs::create_dir_all(dir).await;
         }
-        if let Err(e) = std::fs::write(&marker, b"") {
+        if let Err(e) = tokio::fs::write(&marker, b"").await {
             warn!(error = %e, "cannot mark the tenant for webhook delivery after a restart");
         }
         self.sender = Some(spawn_sender(
             self.tenant.clone(),
-            db.store.clone(),
+            store.clone(),
             endpoints,
             self.config.clone(),
             self.metrics.clone(),
@@ -770,7 +770,7 @@ impl TenantActor {
             .collect();
         db.writer.set_settings(json).await?;
         db.writer.outbox_retain_endpoints(endpoints).await?;
-        self.apply_settings(db, stored);
+        self.apply_settings(&db.store, stored).await;
         Ok(())
     }
 

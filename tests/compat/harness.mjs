@@ -19,6 +19,19 @@ function relayBinary() {
   return bin
 }
 
+let databases = 0
+/** With WHARF_COMPAT_STORE (a postgres:// URL), every relay a suite starts keeps its tenants in a
+ * fresh database of that server (scripts/test runs the Effect suites so a second time). */
+function compatStore() {
+  const server = process.env.WHARF_COMPAT_STORE
+  if (!server) return undefined
+  const name = `compat_${process.pid}_${databases++}`
+  execFileSync("psql", ["-q", "-d", server, "-c", `CREATE DATABASE ${name}`])
+  const url = new URL(server)
+  url.pathname = `/${name}`
+  return url.toString()
+}
+
 /** Starts a relay on a free port with a fresh data directory. `restart()` stops it (SIGTERM) and
  * starts it again on the same address with the same data.
  *
@@ -28,7 +41,7 @@ function relayBinary() {
  *
  * With `{ store: "postgres://…" }` its tenants live in that PostgreSQL database, which other
  * relays may share (docs/scale-out.md). */
-export async function startRelay({ auth = "none", store } = {}) {
+export async function startRelay({ auth = "none", store = compatStore() } = {}) {
   const data = mkdtempSync(join(tmpdir(), "wharf-compat-"))
   let child, exited
   const token = (tenant, actions = "read,write", ...flags) =>

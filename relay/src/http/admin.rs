@@ -359,10 +359,7 @@ async fn get_settings(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, HttpError> {
-    let tenant = tenant_id(&tenant)?;
-    admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    let view = with_actor(&state, &tenant, |h| async move { h.settings(None).await }).await?;
-    Ok(Json(settings_json(&view)))
+    settings(&state, &tenant, query.as_deref(), &headers, None).await
 }
 
 /// `PUT /admin/v1/tenants/{tenant}/settings`: replaces what an administrator stored for the
@@ -374,22 +371,19 @@ async fn put_settings(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, HttpError> {
-    let tenant = tenant_id(&tenant)?;
-    admit(&state, &headers, query.as_deref(), Some(&tenant))?;
     let settings: crate::policy::TenantSettings = serde_json::from_slice(&body)
         .map_err(|e| HttpError::BadRequest(format!("invalid settings: {e}")))?;
     settings
         .validate(&state.app.config.webhooks)
         .map_err(HttpError::BadRequest)?;
-    let view = with_actor(&state, &tenant, |h| async move {
-        h.settings(Some(Some(settings))).await
-    })
-    .await?;
-    info!(
-        tenant = tenant.as_str(),
-        "tenant settings changed by an administrator"
-    );
-    Ok(Json(settings_json(&view)))
+    self::settings(
+        &state,
+        &tenant,
+        query.as_deref(),
+        &headers,
+        Some(Some(settings)),
+    )
+    .await
 }
 
 /// `DELETE /admin/v1/tenants/{tenant}/settings`: back to the config file's settings.
@@ -399,14 +393,28 @@ async fn delete_settings(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, HttpError> {
-    let tenant = tenant_id(&tenant)?;
-    admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    let view = with_actor(
-        &state,
-        &tenant,
-        |h| async move { h.settings(Some(None)).await },
-    )
-    .await?;
+    settings(&state, &tenant, query.as_deref(), &headers, Some(None)).await
+}
+
+/// The three settings operations: admission, then the tenant's actor reads the settings or
+/// replaces the stored ones (`set`), and the answer is what is now in force.
+async fn settings(
+    state: &HttpState,
+    tenant: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    set: Option<Option<crate::policy::TenantSettings>>,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let tenant = tenant_id(tenant)?;
+    admit(state, headers, query, Some(&tenant))?;
+    let changed = set.is_some();
+    let view = with_actor(state, &tenant, |h| async move { h.settings(set).await }).await?;
+    if changed {
+        info!(
+            tenant = tenant.as_str(),
+            "tenant settings changed by an administrator"
+        );
+    }
     Ok(Json(settings_json(&view)))
 }
 

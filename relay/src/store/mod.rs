@@ -186,6 +186,25 @@ pub struct OutboxRow {
     pub due_at: i64,
 }
 
+/// What storing a snapshot of `size` bytes covering `sequence` adds to what a log stores, when
+/// the log holds the snapshots `kept` (sequence, bytes) and keeps the newest `keep`: the new
+/// one, less the one it replaces and those it pushes out (so a tenant at its quota can still
+/// move its snapshot on). Both stores check quotas with it.
+pub(crate) fn snapshot_growth(
+    mut kept: Vec<(u64, u64)>,
+    sequence: u64,
+    size: u64,
+    keep: usize,
+) -> u64 {
+    let before: u64 = kept.iter().map(|(_, n)| n).sum();
+    kept.retain(|(seq, _)| *seq != sequence);
+    kept.push((sequence, size));
+    kept.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+    kept.truncate(keep.max(1));
+    let after: u64 = kept.iter().map(|(_, n)| n).sum();
+    after.saturating_sub(before)
+}
+
 /// Where tenants are stored; opens one tenant's [`Store`] and [`Writer`].
 #[derive(Debug, Clone)]
 pub enum Backend {

@@ -20,7 +20,10 @@ use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 use wharf_protocol::RemoteEntry;
 
-use super::{CommitRules, Outcome, SnapshotRefusal, StoreError, StoredSnapshot, Totals, WriteReq};
+use super::{
+    snapshot_growth, CommitRules, Outcome, SnapshotRefusal, StoreError, StoredSnapshot, Totals,
+    WriteReq,
+};
 use crate::config::{PostgresConfig, TenantId};
 
 /// The schema, applied when a relay starts (`relay/migrations/postgres/`).
@@ -523,20 +526,22 @@ impl Writer {
         };
         let keep = to_i64(keep.max(1) as u64);
         if rules.quota_applies() {
-            // What the tenant gains: this snapshot, less what it replaces or pushes out.
-            let mut kept: Vec<(i64, i64)> =
+            let kept: Vec<(i64, i64)> =
                 sqlx::query_as("SELECT seq, length(data)::int8 FROM snapshots WHERE log_id = $1")
                     .bind(log_id)
                     .fetch_all(&mut *tx)
                     .await?;
-            let before: i64 = kept.iter().map(|(_, n)| n).sum();
-            kept.retain(|(seq, _)| *seq != to_i64(snapshot.sequence));
-            kept.push((to_i64(snapshot.sequence), snapshot.data.len() as i64));
-            kept.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
-            kept.truncate(keep as usize);
-            let after: i64 = kept.iter().map(|(_, n)| n).sum();
+            let kept = kept
+                .into_iter()
+                .map(|(s, n)| (to_u64(s), to_u64(n)))
+                .collect();
+            let growth = snapshot_growth(
+                kept,
+                snapshot.sequence,
+                snapshot.data.len() as u64,
+                keep as usize,
+            );
             let totals = tenant_totals(&mut tx, tenant).await?;
-            let growth = to_u64(after - before);
             if let Some(why) = rules.over_quota(&totals, false, growth) {
                 return Ok(Err(SnapshotRefusal::Quota(why)));
             }

@@ -186,6 +186,16 @@ impl Store {
             .await?)
     }
 
+    /// Runs `f` with a read-only connection on a storage thread.
+    pub(super) async fn with_read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let shared = self.shared.clone();
+        self.shared.pool.run(move || shared.with_reader(f)).await?
+    }
+
     /// Entries of a log with `from <= sequence < to`, in order, at most `limit` of them.
     pub async fn read(
         &self,
@@ -194,33 +204,28 @@ impl Store {
         to: u64,
         limit: usize,
     ) -> Result<Vec<RemoteEntry>, StoreError> {
-        let shared = self.shared.clone();
         let public_key = public_key.to_owned();
-        self.shared
-            .pool
-            .run(move || {
-                shared.with_reader(|conn| {
-                    let mut stmt = conn.prepare_cached(
-                        "SELECT seq, entry_id, iv, ciphertext FROM entries \
-                         WHERE log_id = (SELECT id FROM logs WHERE public_key = ?1) \
-                         AND seq >= ?2 AND seq < ?3 ORDER BY seq LIMIT ?4",
-                    )?;
-                    let to = i64::try_from(to).unwrap_or(i64::MAX);
-                    let from = i64::try_from(from).unwrap_or(i64::MAX);
-                    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-                    let rows = stmt.query_map(params![public_key, from, to, limit], |r| {
-                        let seq: i64 = r.get(0)?;
-                        Ok(RemoteEntry {
-                            sequence: seq as u64,
-                            entry_id: Bytes::from(r.get::<_, Vec<u8>>(1)?),
-                            iv: Bytes::from(r.get::<_, Vec<u8>>(2)?),
-                            encrypted_entry: Bytes::from(r.get::<_, Vec<u8>>(3)?),
-                        })
-                    })?;
-                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        self.with_read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, entry_id, iv, ciphertext FROM entries \
+             WHERE log_id = (SELECT id FROM logs WHERE public_key = ?1) \
+             AND seq >= ?2 AND seq < ?3 ORDER BY seq LIMIT ?4",
+            )?;
+            let to = i64::try_from(to).unwrap_or(i64::MAX);
+            let from = i64::try_from(from).unwrap_or(i64::MAX);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![public_key, from, to, limit], |r| {
+                let seq: i64 = r.get(0)?;
+                Ok(RemoteEntry {
+                    sequence: seq as u64,
+                    entry_id: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                    iv: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+                    encrypted_entry: Bytes::from(r.get::<_, Vec<u8>>(3)?),
                 })
-            })
-            .await?
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 
     /// Moves committed pages from the WAL into the database file (`PASSIVE`: never waits for

@@ -10,8 +10,8 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{Store, Writer};
 use crate::store::{
-    CommitRules, OutboxRow, RetainReport, RetentionLimits, SnapshotRefusal, StoreError,
-    StoredSnapshot, Totals,
+    snapshot_growth, CommitRules, OutboxRow, RetainReport, RetentionLimits, SnapshotRefusal,
+    StoreError, StoredSnapshot, Totals,
 };
 
 fn to_i64(v: u64) -> i64 {
@@ -102,21 +102,16 @@ impl Writer {
         if rules.quota_applies() {
             // What the tenant gains: this snapshot, less the one it replaces and those it pushes
             // out of the newest `keep` (a tenant at its quota can still move its snapshot on).
-            let mut kept: Vec<(i64, u64)> = {
+            let kept: Vec<(u64, u64)> = {
                 let mut stmt = self
                     .conn
                     .prepare_cached("SELECT seq, length(data) FROM snapshots WHERE log_id = ?1")?;
-                let rows =
-                    stmt.query_map([log_id], |r| Ok((r.get::<_, i64>(0)?, to_u64(r.get(1)?))))?;
+                let rows = stmt.query_map([log_id], |r| {
+                    Ok((to_u64(r.get::<_, i64>(0)?), to_u64(r.get(1)?)))
+                })?;
                 rows.collect::<Result<_, _>>()?
             };
-            let before: u64 = kept.iter().map(|(_, n)| n).sum();
-            kept.retain(|(seq, _)| *seq != to_i64(snapshot.sequence));
-            kept.push((to_i64(snapshot.sequence), size));
-            kept.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
-            kept.truncate(keep.max(1));
-            let after: u64 = kept.iter().map(|(_, n)| n).sum();
-            let growth = after.saturating_sub(before);
+            let growth = snapshot_growth(kept, snapshot.sequence, size, keep);
             let totals = self.totals()?;
             if let Some(why) = rules.over_quota(&totals, false, growth) {
                 return Ok(Err(SnapshotRefusal::Quota(why)));
@@ -356,6 +351,12 @@ impl Writer {
     /// A notification was delivered: what it announced leaves the outbox; anything coalesced
     /// into the row meanwhile stays, due at once.
     pub fn outbox_delivered(&mut self, row: &OutboxRow, now_ms: i64) -> Result<(), StoreError> {
+        self.retire_attempted(row, now_ms)
+    }
+
+    /// What `row` announced leaves the outbox (delivered, or given up); anything coalesced into
+    /// the row since is new news, due at `due_at` with its attempts reset.
+    fn retire_attempted(&mut self, row: &OutboxRow, due_at: i64) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "DELETE FROM webhook_outbox WHERE endpoint = ?1 AND log_id = ?2 AND to_seq <= ?3",
@@ -369,7 +370,7 @@ impl Writer {
                 row.log_id,
                 to_i64(row.to_seq),
                 to_i64(row.count),
-                now_ms
+                due_at
             ],
         )?;
         tx.commit()?;
@@ -385,23 +386,7 @@ impl Writer {
     ) -> Result<(), StoreError> {
         if give_up {
             // What was tried is dropped; entries coalesced into the row since are new news.
-            let tx = self.conn.transaction()?;
-            tx.execute(
-                "DELETE FROM webhook_outbox WHERE endpoint = ?1 AND log_id = ?2 AND to_seq <= ?3",
-                params![row.endpoint, row.log_id, to_i64(row.to_seq)],
-            )?;
-            tx.execute(
-                "UPDATE webhook_outbox SET from_seq = ?3 + 1, count = max(count - ?4, 1), \
-                 attempts = 0, due_at = ?5 WHERE endpoint = ?1 AND log_id = ?2",
-                params![
-                    row.endpoint,
-                    row.log_id,
-                    to_i64(row.to_seq),
-                    to_i64(row.count),
-                    due_at
-                ],
-            )?;
-            tx.commit()?;
+            self.retire_attempted(row, due_at)?;
         } else {
             self.conn.execute(
                 "UPDATE webhook_outbox SET attempts = attempts + 1, due_at = ?3 \
@@ -425,26 +410,21 @@ impl Writer {
 impl Store {
     /// Where `public_key`'s history starts, and the sequence its newest snapshot covers.
     pub async fn history(&self, public_key: &str) -> Result<(u64, Option<u64>), StoreError> {
-        let shared = self.shared.clone();
         let public_key = public_key.to_owned();
-        self.shared
-            .pool
-            .run(move || {
-                shared.with_reader(|conn| {
-                    let row: Option<(i64, i64, Option<i64>)> = conn
-                        .prepare_cached(
-                            "SELECT id, first_seq, (SELECT MAX(seq) FROM snapshots \
-                             WHERE log_id = logs.id) FROM logs WHERE public_key = ?1",
-                        )?
-                        .query_row([&public_key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .optional()?;
-                    Ok(match row {
-                        None => (0, None),
-                        Some((_, first, newest)) => (to_u64(first), newest.map(to_u64)),
-                    })
-                })
+        self.with_read(move |conn| {
+            let row: Option<(i64, i64, Option<i64>)> = conn
+                .prepare_cached(
+                    "SELECT id, first_seq, (SELECT MAX(seq) FROM snapshots \
+                 WHERE log_id = logs.id) FROM logs WHERE public_key = ?1",
+                )?
+                .query_row([&public_key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            Ok(match row {
+                None => (0, None),
+                Some((_, first, newest)) => (to_u64(first), newest.map(to_u64)),
             })
-            .await?
+        })
+        .await
     }
 
     /// The snapshot of `public_key` covering `sequence` (read only when it is to be sent: it
@@ -454,28 +434,23 @@ impl Store {
         public_key: &str,
         sequence: u64,
     ) -> Result<Option<StoredSnapshot>, StoreError> {
-        let shared = self.shared.clone();
         let public_key = public_key.to_owned();
-        self.shared
-            .pool
-            .run(move || {
-                shared.with_reader(|conn| {
-                    Ok(conn
-                        .prepare_cached(
-                            "SELECT iv, data FROM snapshots WHERE seq = ?2 AND log_id = \
-                             (SELECT id FROM logs WHERE public_key = ?1)",
-                        )?
-                        .query_row(params![public_key, to_i64(sequence)], |r| {
-                            Ok(StoredSnapshot {
-                                sequence,
-                                iv: Bytes::from(r.get::<_, Vec<u8>>(0)?),
-                                data: Bytes::from(r.get::<_, Vec<u8>>(1)?),
-                            })
-                        })
-                        .optional()?)
+        self.with_read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT iv, data FROM snapshots WHERE seq = ?2 AND log_id = \
+                 (SELECT id FROM logs WHERE public_key = ?1)",
+                )?
+                .query_row(params![public_key, to_i64(sequence)], |r| {
+                    Ok(StoredSnapshot {
+                        sequence,
+                        iv: Bytes::from(r.get::<_, Vec<u8>>(0)?),
+                        data: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                    })
                 })
-            })
-            .await?
+                .optional()?)
+        })
+        .await
     }
 
     /// Notifications due at `now_ms`, oldest first, at most `limit`.
@@ -484,37 +459,32 @@ impl Store {
         now_ms: i64,
         limit: usize,
     ) -> Result<(Vec<OutboxRow>, Option<i64>), StoreError> {
-        let shared = self.shared.clone();
-        self.shared
-            .pool
-            .run(move || {
-                shared.with_reader(|conn| {
-                    let mut stmt = conn.prepare_cached(
-                        "SELECT o.endpoint, o.log_id, l.public_key, o.from_seq, o.to_seq, o.count, \
-                         o.attempts, o.due_at FROM webhook_outbox o JOIN logs l ON l.id = o.log_id \
-                         WHERE o.due_at <= ?1 ORDER BY o.due_at LIMIT ?2",
-                    )?;
-                    let rows = stmt
-                        .query_map(params![now_ms, to_i64(limit as u64)], |r| {
-                            Ok(OutboxRow {
-                                endpoint: r.get(0)?,
-                                log_id: r.get(1)?,
-                                public_key: r.get(2)?,
-                                from_seq: to_u64(r.get(3)?),
-                                to_seq: to_u64(r.get(4)?),
-                                count: to_u64(r.get(5)?),
-                                attempts: u32::try_from(r.get::<_, i64>(6)?).unwrap_or(u32::MAX),
-                                due_at: r.get(7)?,
-                            })
-                        })?
-                        .collect::<Result<Vec<_>, _>>()?;
-                    // When the next row not yet due is due.
-                    let next: Option<i64> = conn
-                        .prepare_cached("SELECT MIN(due_at) FROM webhook_outbox WHERE due_at > ?1")?
-                        .query_row([now_ms], |r| r.get(0))?;
-                    Ok((rows, next))
-                })
-            })
-            .await?
+        self.with_read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT o.endpoint, o.log_id, l.public_key, o.from_seq, o.to_seq, o.count, \
+             o.attempts, o.due_at FROM webhook_outbox o JOIN logs l ON l.id = o.log_id \
+             WHERE o.due_at <= ?1 ORDER BY o.due_at LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![now_ms, to_i64(limit as u64)], |r| {
+                    Ok(OutboxRow {
+                        endpoint: r.get(0)?,
+                        log_id: r.get(1)?,
+                        public_key: r.get(2)?,
+                        from_seq: to_u64(r.get(3)?),
+                        to_seq: to_u64(r.get(4)?),
+                        count: to_u64(r.get(5)?),
+                        attempts: u32::try_from(r.get::<_, i64>(6)?).unwrap_or(u32::MAX),
+                        due_at: r.get(7)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            // When the next row not yet due is due.
+            let next: Option<i64> = conn
+                .prepare_cached("SELECT MIN(due_at) FROM webhook_outbox WHERE due_at > ?1")?
+                .query_row([now_ms], |r| r.get(0))?;
+            Ok((rows, next))
+        })
+        .await
     }
 }

@@ -177,5 +177,18 @@ export function makeAgent({ url, identity, journal = EventJournal.layerMemory })
   }
 }
 
+/** Agents a test file makes, to dispose of together (in its `after`). */
+export function agentPool() {
+  const agents = []
+  return {
+    agent(opts) {
+      const a = makeAgent(opts)
+      agents.push(a)
+      return a
+    },
+    dispose: () => Promise.allSettled(agents.map((a) => a.dispose()))
+  }
+}
+
 export const ids = (seen) => seen.map((t) => t.id).sort()
 export const newIdentity = () => EventLog.Identity.makeRandom()

@@ -17,17 +17,12 @@ import { test, after } from "node:test"
 import assert from "node:assert/strict"
 import { EventJournal } from "@effect/experimental"
 import { Effect, Layer } from "effect"
-import { startRelay, makeAgent, newIdentity } from "../harness.mjs"
+import { startRelay, agentPool, newIdentity } from "../harness.mjs"
 
 const relay = await startRelay()
-const agents = []
-const agent = (opts) => {
-  const a = makeAgent(opts)
-  agents.push(a)
-  return a
-}
+const { agent, dispose } = agentPool()
 after(async () => {
-  await Promise.allSettled(agents.map((a) => a.dispose()))
+  await dispose()
   assert.equal(await relay.stop(), 0, "relay exits 0 on SIGTERM")
 })
 

@@ -5,7 +5,7 @@
 // this suite fails rather than skips.
 import { test, after } from "node:test"
 import assert from "node:assert/strict"
-import { startRelay, makeAgent, newIdentity, ids } from "../harness.mjs"
+import { startRelay, agentPool, newIdentity, ids } from "../harness.mjs"
 
 const store = process.env.WHARF_TEST_POSTGRES
 if (!store) {
@@ -13,14 +13,9 @@ if (!store) {
 }
 const one = await startRelay({ store })
 const two = await startRelay({ store })
-const agents = []
-const agent = (opts) => {
-  const a = makeAgent(opts)
-  agents.push(a)
-  return a
-}
+const { agent, dispose } = agentPool()
 after(async () => {
-  await Promise.allSettled(agents.map((a) => a.dispose()))
+  await dispose()
   assert.equal(await one.stop(), 0, "relay one exits 0 on SIGTERM")
   assert.equal(await two.stop(), 0, "relay two exits 0 on SIGTERM")
 })

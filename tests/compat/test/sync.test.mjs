@@ -5,18 +5,13 @@ import assert from "node:assert/strict"
 import { createHash } from "node:crypto"
 import { EventJournal } from "@effect/experimental"
 import WebSocket from "ws"
-import { startRelay, makeAgent, newIdentity, ids } from "../harness.mjs"
+import { startRelay, agentPool, newIdentity, ids } from "../harness.mjs"
 
 // Token auth on: every client below sends its token the only way a v3 client can, `?token=`.
 const relay = await startRelay({ auth: "token" })
-const agents = []
-const agent = (opts) => {
-  const a = makeAgent(opts)
-  agents.push(a)
-  return a
-}
+const { agent, dispose } = agentPool()
 after(async () => {
-  await Promise.allSettled(agents.map((a) => a.dispose()))
+  await dispose()
   assert.equal(await relay.stop(), 0, "relay exits 0 on SIGTERM")
 })
 

@@ -95,6 +95,11 @@ struct StoreArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<PathBuf>,
+    /// The relays' postgres:// URL, when they use the Postgres store: the revocation list is
+    /// in that database (also `WHARF_STORE`, or `store` in the configuration file).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -403,7 +408,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke(args) => {
             let config = Config::load(args.store.config.as_deref(), &args.store)?;
-            let store = RevocationStore::open(&config.revocations_path()).await?;
+            let store = RevocationStore::open(&config, None).await?;
             let now = unix_now();
             let result = match (&args.jti, &args.tenant) {
                 (Some(jti), _) => store.revoke(jti, now).await.map(|new| {
@@ -434,7 +439,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::ListRevoked(args) => {
             let config = Config::load(args.config.as_deref(), &args)?;
-            let store = RevocationStore::open(&config.revocations_path()).await?;
+            let store = RevocationStore::open(&config, None).await?;
             let list = store.list().await;
             store.close().await;
             for item in list? {

@@ -176,6 +176,29 @@ impl Registry {
         }
     }
 
+    /// An administrator deleted or replaced `tenant`'s data through some relay: if its actor
+    /// runs here, its sessions close and it stops (clients reconnect to what is stored now).
+    /// Nothing if an administrative operation here holds the tenant: that one is doing it.
+    pub fn changed_elsewhere(&self, tenant: &str) {
+        let Some(tenant) = TenantId::parse(tenant) else {
+            return;
+        };
+        if !self.0.tenants.contains_key(&tenant) {
+            return;
+        }
+        let Ok(hold) = self.hold(&tenant) else {
+            return;
+        };
+        let registry = self.clone();
+        tokio::spawn(async move {
+            registry.evict(&hold).await;
+            tracing::info!(
+                tenant = hold.tenant.as_str(),
+                "tenant changed by an administrator on another relay; its sessions here closed"
+            );
+        });
+    }
+
     /// Commits or settings changes may have been missed: every running actor reads what it
     /// has not seen and reloads its settings.
     pub fn resync(&self) {

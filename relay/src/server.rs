@@ -101,6 +101,7 @@ impl Relay {
                         registry.doorbell(&tenant, public_key, next);
                     }
                     Ring::Settings { tenant } => registry.settings_changed(&tenant),
+                    Ring::Evict { tenant } => registry.changed_elsewhere(&tenant),
                     Ring::Resync { lost } => {
                         if lost {
                             metrics.listen_reconnects.inc();
@@ -111,7 +112,10 @@ impl Relay {
             ));
         }
         let auth = match effective_mode(&config, addr)? {
-            AuthMode::Token => Authenticator::tokens(&config, token.clone()).await?,
+            AuthMode::Token => {
+                let shared = app.registry.backend().postgres()?;
+                Authenticator::tokens(&config, shared, token.clone()).await?
+            }
             AuthMode::None => Authenticator::open(),
         };
         let tls = match (&config.tls.cert, &config.tls.key) {

@@ -308,7 +308,7 @@ async fn revocation_reaches_open_connections() {
         .await
         .expect("b");
     // The same store `wharf-relay token revoke` writes, from another connection.
-    let store = RevocationStore::open(&relay.config.revocations_path())
+    let store = RevocationStore::open_file(&relay.config.revocations_path())
         .await
         .expect("store");
     assert!(store.revoke(&doomed.jti, unix_now()).await.expect("revoke"));

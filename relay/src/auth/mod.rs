@@ -52,7 +52,7 @@ pub enum AuthError {
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error("revocation list: {0}")]
-    Revocations(#[from] wharf_sqlite::DbError),
+    Revocations(#[from] revocation::RevocationError),
     #[error(
         "refusing to serve {addr} without access control: anyone who can reach it could read \
          and append to every log. Use --auth token (the default off loopback), listen on \
@@ -99,11 +99,16 @@ impl Authenticator {
     }
 
     /// Every connection needs a token: loads (or creates) the relay's key, the trusted
-    /// issuers and the revocation list, which it follows until `stop`.
-    pub async fn tokens(config: &Config, stop: CancellationToken) -> Result<Self, AuthError> {
+    /// issuers and the revocation list, which it follows until `stop`. `shared`: the relay's
+    /// Postgres database, where the list lives with the Postgres store.
+    pub async fn tokens(
+        config: &Config,
+        shared: Option<&crate::store::postgres::Backend>,
+        stop: CancellationToken,
+    ) -> Result<Self, AuthError> {
         let key = RelayKey::load_or_create(&config.key_path())?;
         let verifier = Verifier::new(&key, &config.auth)?;
-        let store = RevocationStore::open(&config.revocations_path()).await?;
+        let store = RevocationStore::open(config, shared).await?;
         let revocations = store.watch(config.auth.revocation_poll, stop).await?;
         tracing::info!(kid = key.kid(), issuer = %config.auth.issuer, "token auth on");
         Ok(Self {

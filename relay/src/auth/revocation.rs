@@ -1,18 +1,37 @@
-//! The revocation list, persisted in `{data}/auth/revocations.sqlite`: revoked `jti`s and, per
-//! tenant, a "not before" time that revokes every token issued earlier. `wharf-relay token
-//! revoke` writes it (also while the relay runs); the relay re-reads it when SQLite's
-//! `data_version` says another connection changed it, and open connections holding a revoked
-//! token are closed.
+//! The revocation list: revoked `jti`s and, per tenant, a "not before" time that revokes every
+//! token issued earlier. Persisted in `{data}/auth/revocations.sqlite`, or, with the Postgres
+//! store, in the shared database, so a revocation made through any relay reaches every relay.
+//! `wharf-relay token revoke` writes it (also while relays run); a relay re-reads it when it
+//! changed (SQLite's `data_version`, the Postgres `revocations_version` row), and open
+//! connections holding a revoked token are closed.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Row;
+use sqlx::postgres::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wharf_sqlite::{Db, DbError, Options, Synchronous};
+
+use crate::config::Config;
+use crate::store::postgres::Backend as PgBackend;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationError {
+    #[error(transparent)]
+    Sqlite(#[from] DbError),
+    #[error(transparent)]
+    Postgres(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for RevocationError {
+    fn from(e: sqlx::Error) -> Self {
+        RevocationError::Postgres(e.into())
+    }
+}
 
 const MIGRATIONS: &[&[&str]] = &[&[
     "CREATE TABLE revoked_tokens (
@@ -46,104 +65,205 @@ pub enum Revoked {
     Tenant { tenant: String, not_before: u64 },
 }
 
-/// The revocation database.
+/// The revocation list's storage.
 #[derive(Debug, Clone)]
-pub struct RevocationStore {
-    db: Db,
+pub struct RevocationStore(Backing);
+
+#[derive(Debug, Clone)]
+enum Backing {
+    Sqlite(Db),
+    /// `owned`: this store made the pool (rather than sharing the relay's), and closes it.
+    Postgres {
+        pool: PgPool,
+        owned: bool,
+    },
+}
+
+/// `(jti, revoked_at)` or `(tenant, not_before)` rows.
+type Rows = Vec<(String, i64)>;
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 impl RevocationStore {
-    pub async fn open(path: &Path) -> Result<Self, DbError> {
+    /// The list `config` names: in the Postgres database with the Postgres store (`shared`:
+    /// the relay's own connection pool, if it has one; otherwise one is made, and the schema
+    /// brought up to date), else in the data directory.
+    pub async fn open(
+        config: &Config,
+        shared: Option<&PgBackend>,
+    ) -> Result<Self, RevocationError> {
+        match (&config.store, shared) {
+            (Some(_), Some(pg)) => Ok(Self(Backing::Postgres {
+                pool: pg.pool().clone(),
+                owned: false,
+            })),
+            (Some(url), None) => {
+                let pg = PgBackend::connect_lazy(url, &config.postgres)?;
+                pg.migrate().await?;
+                Ok(Self(Backing::Postgres {
+                    pool: pg.pool().clone(),
+                    owned: true,
+                }))
+            }
+            (None, _) => Self::open_file(&config.revocations_path()).await,
+        }
+    }
+
+    /// The list in a SQLite file at `path`.
+    pub async fn open_file(path: &Path) -> Result<Self, RevocationError> {
         let options = Options {
             synchronous: Synchronous::Full,
             readers: 1,
             idle_timeout: Some(Duration::from_secs(30)),
             ..Options::default()
         };
-        Ok(Self {
-            db: Db::open(path, &options, MIGRATIONS).await?,
+        Ok(Self(Backing::Sqlite(
+            Db::open(path, &options, MIGRATIONS).await?,
+        )))
+    }
+
+    pub async fn load(&self) -> Result<Revocations, RevocationError> {
+        let (tokens, tenants) = self.rows().await?;
+        Ok(Revocations {
+            jtis: tokens.into_iter().map(|(jti, _)| jti).collect(),
+            not_before: tenants
+                .into_iter()
+                .map(|(tenant, nb)| (tenant, to_u64(nb)))
+                .collect(),
         })
     }
 
-    pub async fn load(&self) -> Result<Revocations, DbError> {
-        let mut out = Revocations::default();
-        for row in sqlx::query("SELECT jti FROM revoked_tokens")
-            .fetch_all(&self.db.writer)
-            .await?
-        {
-            out.jtis.insert(row.try_get(0)?);
-        }
-        for row in sqlx::query("SELECT tenant, not_before FROM tenant_not_before")
-            .fetch_all(&self.db.writer)
-            .await?
-        {
-            let nb: i64 = row.try_get(1)?;
-            out.not_before
-                .insert(row.try_get(0)?, u64::try_from(nb).unwrap_or(0));
-        }
-        Ok(out)
+    /// Revoked tokens (`jti`, when), and tenants' "not before" times, in order.
+    async fn rows(&self) -> Result<(Rows, Rows), RevocationError> {
+        const TOKENS: &str = "SELECT jti, revoked_at FROM revoked_tokens ORDER BY revoked_at, jti";
+        const TENANTS: &str = "SELECT tenant, not_before FROM tenant_not_before ORDER BY tenant";
+        Ok(match &self.0 {
+            Backing::Sqlite(db) => (
+                sqlx::query_as(TOKENS)
+                    .fetch_all(&db.writer)
+                    .await
+                    .map_err(DbError::from)?,
+                sqlx::query_as(TENANTS)
+                    .fetch_all(&db.writer)
+                    .await
+                    .map_err(DbError::from)?,
+            ),
+            Backing::Postgres { pool, .. } => (
+                sqlx::query_as(TOKENS).fetch_all(pool).await?,
+                sqlx::query_as(TENANTS).fetch_all(pool).await?,
+            ),
+        })
     }
 
     /// Revokes `jti`; false if it already was.
-    pub async fn revoke(&self, jti: &str, now: u64) -> Result<bool, DbError> {
-        let done = sqlx::query(
-            "INSERT INTO revoked_tokens (jti, revoked_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(jti)
-        .bind(i64::try_from(now).unwrap_or(i64::MAX))
-        .execute(&self.db.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+    pub async fn revoke(&self, jti: &str, now: u64) -> Result<bool, RevocationError> {
+        Ok(match &self.0 {
+            Backing::Sqlite(db) => {
+                sqlx::query(
+                    "INSERT INTO revoked_tokens (jti, revoked_at) VALUES (?, ?) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(jti)
+                .bind(to_i64(now))
+                .execute(&db.writer)
+                .await
+                .map_err(DbError::from)?
+                .rows_affected()
+                    == 1
+            }
+            Backing::Postgres { pool, .. } => {
+                let added: i64 = sqlx::query_scalar(
+                    "WITH added AS (INSERT INTO revoked_tokens (jti, revoked_at) VALUES ($1, $2) \
+                     ON CONFLICT DO NOTHING RETURNING 1), \
+                     moved AS (UPDATE revocations_version SET version = version + 1 \
+                     WHERE EXISTS (SELECT 1 FROM added)) SELECT COUNT(*) FROM added",
+                )
+                .bind(jti)
+                .bind(to_i64(now))
+                .fetch_one(pool)
+                .await?;
+                added == 1
+            }
+        })
     }
 
     /// Revokes every token of `tenant` issued before `not_before` (it only moves forward).
-    pub async fn revoke_tenant(&self, tenant: &str, not_before: u64) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO tenant_not_before (tenant, not_before) VALUES (?1, ?2)
-             ON CONFLICT (tenant) DO UPDATE SET not_before = max(not_before, ?2)",
-        )
-        .bind(tenant)
-        .bind(i64::try_from(not_before).unwrap_or(i64::MAX))
-        .execute(&self.db.writer)
-        .await?;
+    pub async fn revoke_tenant(
+        &self,
+        tenant: &str,
+        not_before: u64,
+    ) -> Result<(), RevocationError> {
+        match &self.0 {
+            Backing::Sqlite(db) => {
+                sqlx::query(
+                    "INSERT INTO tenant_not_before (tenant, not_before) VALUES (?1, ?2)
+                     ON CONFLICT (tenant) DO UPDATE SET not_before = max(not_before, ?2)",
+                )
+                .bind(tenant)
+                .bind(to_i64(not_before))
+                .execute(&db.writer)
+                .await
+                .map_err(DbError::from)?;
+            }
+            Backing::Postgres { pool, .. } => {
+                sqlx::query(
+                    "WITH moved AS (UPDATE revocations_version SET version = version + 1) \
+                     INSERT INTO tenant_not_before (tenant, not_before) VALUES ($1, $2) \
+                     ON CONFLICT (tenant) DO UPDATE \
+                     SET not_before = GREATEST(tenant_not_before.not_before, excluded.not_before)",
+                )
+                .bind(tenant)
+                .bind(to_i64(not_before))
+                .execute(pool)
+                .await?;
+            }
+        }
         Ok(())
     }
 
-    pub async fn list(&self) -> Result<Vec<Revoked>, DbError> {
-        let mut out = Vec::new();
-        for row in
-            sqlx::query("SELECT jti, revoked_at FROM revoked_tokens ORDER BY revoked_at, jti")
-                .fetch_all(&self.db.writer)
-                .await?
-        {
-            let at: i64 = row.try_get(1)?;
-            out.push(Revoked::Token {
-                jti: row.try_get(0)?,
-                revoked_at: u64::try_from(at).unwrap_or(0),
-            });
-        }
-        for row in sqlx::query("SELECT tenant, not_before FROM tenant_not_before ORDER BY tenant")
-            .fetch_all(&self.db.writer)
-            .await?
-        {
-            let nb: i64 = row.try_get(1)?;
-            out.push(Revoked::Tenant {
-                tenant: row.try_get(0)?,
-                not_before: u64::try_from(nb).unwrap_or(0),
-            });
-        }
-        Ok(out)
+    pub async fn list(&self) -> Result<Vec<Revoked>, RevocationError> {
+        let (tokens, tenants) = self.rows().await?;
+        Ok(tokens
+            .into_iter()
+            .map(|(jti, at)| Revoked::Token {
+                jti,
+                revoked_at: to_u64(at),
+            })
+            .chain(tenants.into_iter().map(|(tenant, nb)| Revoked::Tenant {
+                tenant,
+                not_before: to_u64(nb),
+            }))
+            .collect())
     }
 
-    /// Changes whenever another connection committed to the database.
-    async fn data_version(&self) -> Result<i64, DbError> {
-        Ok(sqlx::query_scalar("PRAGMA data_version")
-            .fetch_one(&self.db.writer)
-            .await?)
+    /// Changes whenever a change to the list was committed (by any connection).
+    async fn data_version(&self) -> Result<i64, RevocationError> {
+        Ok(match &self.0 {
+            Backing::Sqlite(db) => sqlx::query_scalar("PRAGMA data_version")
+                .fetch_one(&db.writer)
+                .await
+                .map_err(DbError::from)?,
+            Backing::Postgres { pool, .. } => {
+                sqlx::query_scalar("SELECT version FROM revocations_version")
+                    .fetch_one(pool)
+                    .await?
+            }
+        })
     }
 
+    /// Closes the list's connections (a pool shared with the relay stays open).
     pub async fn close(&self) {
-        self.db.close().await;
+        match &self.0 {
+            Backing::Sqlite(db) => db.close().await,
+            Backing::Postgres { pool, owned: true } => pool.close().await,
+            Backing::Postgres { owned: false, .. } => {}
+        }
     }
 
     /// Loads the list and re-reads it every `poll` when it changed, until `stop`; the receiver
@@ -152,7 +272,7 @@ impl RevocationStore {
         self,
         poll: Duration,
         stop: CancellationToken,
-    ) -> Result<watch::Receiver<Arc<Revocations>>, DbError> {
+    ) -> Result<watch::Receiver<Arc<Revocations>>, RevocationError> {
         let mut version = self.data_version().await?;
         let (tx, rx) = watch::channel(Arc::new(self.load().await?));
         tokio::spawn(async move {
@@ -166,7 +286,7 @@ impl RevocationStore {
                 let reread = async {
                     let now = self.data_version().await?;
                     if now == version {
-                        return Ok::<_, DbError>(None);
+                        return Ok::<_, RevocationError>(None);
                     }
                     version = now;
                     self.load().await.map(Some)

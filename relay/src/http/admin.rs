@@ -21,6 +21,8 @@ use crate::auth::revocation::RevocationStore;
 use crate::auth::{unix_now, Refusal};
 use crate::config::TenantId;
 use crate::store::admin::{self as store_admin, Imported, LogState};
+use crate::store::postgres::admin::TenantRow;
+use crate::store::postgres::Backend as PgBackend;
 use crate::store::StoreError;
 
 pub(crate) fn routes(state: HttpState) -> Router<HttpState> {
@@ -43,33 +45,9 @@ pub(crate) fn routes(state: HttpState) -> Router<HttpState> {
         .route("/admin/v1/tenants/{tenant}/retention", post(run_retention))
         .route("/admin/v1/revocations", post(revoke))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            sqlite_only,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
             state,
             loopback_unless_tokens,
         ))
-}
-
-/// With the Postgres store, the operations on tenant files (listing, export, import, deletion,
-/// retention runs) answer 501: the database is the place for them (docs/scale-out.md).
-/// Settings and revocations work on either store.
-async fn sqlite_only(
-    State(state): State<HttpState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let path = request.uri().path();
-    let everywhere = path.ends_with("/settings") || path == "/admin/v1/revocations";
-    if state.app.config.uses_postgres() && !everywhere {
-        return HttpError::NotImplemented(format!(
-            "{} {path} is not available with the Postgres store yet (docs/scale-out.md)",
-            request.method()
-        ))
-        .into_response();
-    }
-    next.run(request).await
 }
 
 /// Without access control, the admin API answers loopback clients only: a relay exposed with
@@ -156,6 +134,48 @@ fn internal(e: impl std::fmt::Display) -> HttpError {
     HttpError::Internal(e.to_string())
 }
 
+/// The shared database, when tenants live in Postgres (`None`: SQLite files).
+fn postgres(state: &HttpState) -> Result<Option<&PgBackend>, HttpError> {
+    state.app.registry.backend().postgres().map_err(internal)
+}
+
+/// A tenant's summary as the admin API shows it, from what its store reports.
+fn summary(state: &HttpState, tenant: &TenantId, stored: Stored) -> TenantSummary {
+    let app = &state.app;
+    TenantSummary {
+        tenant: tenant.as_str().to_owned(),
+        state: if app.registry.is_active(tenant) {
+            "active"
+        } else {
+            "hibernated"
+        },
+        size_bytes: stored.size_bytes,
+        logs: stored.logs,
+        entries: stored.entries,
+        connections: app.limits.tenant_connections(tenant),
+        last_write_unix_ms: stored.last_write_unix_ms,
+    }
+}
+
+/// What a store reports about a tenant.
+struct Stored {
+    size_bytes: u64,
+    logs: usize,
+    entries: u64,
+    last_write_unix_ms: Option<u64>,
+}
+
+impl From<&TenantRow> for Stored {
+    fn from(row: &TenantRow) -> Self {
+        Stored {
+            size_bytes: row.bytes,
+            logs: usize::try_from(row.logs).unwrap_or(usize::MAX),
+            entries: row.entries,
+            last_write_unix_ms: row.last_write_unix_ms,
+        }
+    }
+}
+
 /// Runs blocking storage work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, HttpError> + Send + 'static,
@@ -205,21 +225,30 @@ fn summarize(state: &HttpState, tenant: &TenantId) -> Result<Option<TenantDetail
         }
         Err(e) => return Err(internal(e)),
     };
-    let app = &state.app;
+    let stored = Stored {
+        size_bytes,
+        logs: logs.len(),
+        entries: logs.iter().map(|l| l.entries).sum(),
+        last_write_unix_ms,
+    };
     Ok(Some(TenantDetail {
-        summary: TenantSummary {
-            tenant: tenant.as_str().to_owned(),
-            state: if app.registry.is_active(tenant) {
-                "active"
-            } else {
-                "hibernated"
-            },
-            size_bytes,
-            logs: logs.len(),
-            entries: logs.iter().map(|l| l.entries).sum(),
-            connections: app.limits.tenant_connections(tenant),
-            last_write_unix_ms,
-        },
+        summary: summary(state, tenant, stored),
+        remote_id: remote_id.to_string(),
+        log_states: logs,
+    }))
+}
+
+/// `tenant` described from the Postgres database.
+async fn summarize_postgres(
+    state: &HttpState,
+    pg: &PgBackend,
+    tenant: &TenantId,
+) -> Result<Option<TenantDetail>, HttpError> {
+    let Some((row, remote_id, logs)) = pg.describe(tenant).await.map_err(internal)? else {
+        return Ok(None);
+    };
+    Ok(Some(TenantDetail {
+        summary: summary(state, tenant, Stored::from(&row)),
         remote_id: remote_id.to_string(),
         log_states: logs,
     }))
@@ -237,6 +266,17 @@ async fn list_tenants(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, HttpError> {
     admit(&state, &headers, query.as_deref(), None)?;
+    if let Some(pg) = postgres(&state)? {
+        let rows = pg.tenants().await.map_err(internal)?;
+        let tenants: Vec<TenantSummary> = rows
+            .iter()
+            .filter_map(|row| {
+                let tenant = TenantId::parse(&row.tenant)?;
+                Some(summary(&state, &tenant, Stored::from(row)))
+            })
+            .collect();
+        return Ok(Json(serde_json::json!({ "tenants": tenants })));
+    }
     let st = state.clone();
     let tenants = blocking(move || {
         let dir = st.app.config.data.join("tenants");
@@ -275,10 +315,15 @@ async fn show_tenant(
 ) -> Result<Json<TenantDetail>, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    let st = state.clone();
-    let t = tenant.clone();
-    blocking(move || summarize(&st, &t))
-        .await?
+    let detail = match postgres(&state)? {
+        Some(pg) => summarize_postgres(&state, pg, &tenant).await?,
+        None => {
+            let st = state.clone();
+            let t = tenant.clone();
+            blocking(move || summarize(&st, &t)).await?
+        }
+    };
+    detail
         .map(Json)
         .ok_or_else(|| HttpError::NotFound(format!("no tenant {:?}", tenant.as_str())))
 }
@@ -428,6 +473,11 @@ async fn run_retention(
 ) -> Result<Json<serde_json::Value>, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
+    if postgres(&state)?.is_some() {
+        return Err(HttpError::NotImplemented(
+            "retention is not available with the Postgres store yet (docs/scale-out.md)".into(),
+        ));
+    }
     let path = existing_tenant(&state, &tenant)?;
     let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
     let before = size(&path);
@@ -479,6 +529,23 @@ async fn delete_tenant(
 ) -> Result<StatusCode, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
+    if let Some(pg) = postgres(&state)? {
+        let hold = take(&state, &tenant, force).await?;
+        let existed = pg.delete_tenant(&tenant).await.map_err(internal)?;
+        drop(hold);
+        if !existed {
+            return Err(HttpError::NotFound(format!(
+                "no tenant {:?}",
+                tenant.as_str()
+            )));
+        }
+        state.app.metrics.forget_tenant(tenant.as_str());
+        info!(
+            tenant = tenant.as_str(),
+            force, "tenant deleted by an administrator"
+        );
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let path = existing_tenant(&state, &tenant)?;
     let hold = take(&state, &tenant, force).await?;
     blocking(move || {
@@ -518,11 +585,26 @@ async fn delete_log(
 ) -> Result<StatusCode, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    let path = existing_tenant(&state, &tenant)?;
-    let hold = take(&state, &tenant, force).await?;
-    let pk = public_key.clone();
-    let existed = blocking(move || store_admin::delete_log(&path, &pk).map_err(internal)).await?;
-    drop(hold);
+    let existed = match postgres(&state)? {
+        Some(pg) => {
+            let hold = take(&state, &tenant, force).await?;
+            let existed = pg
+                .delete_log(&tenant, &public_key)
+                .await
+                .map_err(internal)?;
+            drop(hold);
+            existed
+        }
+        None => {
+            let path = existing_tenant(&state, &tenant)?;
+            let hold = take(&state, &tenant, force).await?;
+            let pk = public_key.clone();
+            let existed =
+                blocking(move || store_admin::delete_log(&path, &pk).map_err(internal)).await?;
+            drop(hold);
+            existed
+        }
+    };
     if !existed {
         return Err(HttpError::NotFound(format!(
             "tenant {:?} has no log {public_key:?}",
@@ -558,7 +640,7 @@ async fn revoke(
     };
     // Revoking a tenant's tokens needs admin over that tenant; one token by jti, over all.
     admit(&state, &headers, query.as_deref(), tenant.as_ref())?;
-    let store = RevocationStore::open(&state.app.config.revocations_path())
+    let store = RevocationStore::open(&state.app.config, postgres(&state)?)
         .await
         .map_err(internal)?;
     let now = unix_now();
@@ -593,25 +675,44 @@ async fn export_tenant(
 ) -> Result<Response, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    let path = existing_tenant(&state, &tenant)?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
-    let name = tenant.as_str().to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut out = ChannelWriter {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(CHUNK),
-        };
-        if let Err(e) = store_admin::export(&path, &name, &mut out) {
-            warn!(tenant = %name, error = %e, "export failed");
-            // The client sees a cut stream: no end line, so an import refuses it.
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(8);
+    // The client sees a cut stream when an export fails: no end line, so an import refuses it.
+    let failed = |name: &str, tx: &tokio::sync::mpsc::Sender<_>, e: String| {
+        warn!(tenant = %name, error = %e, "export failed");
+        let _ = tx.try_send(Err(std::io::Error::other(e)));
+    };
+    if let Some(pg) = postgres(&state)? {
+        if pg.describe(&tenant).await.map_err(internal)?.is_none() {
+            return Err(HttpError::NotFound(format!(
+                "no tenant {:?}",
+                tenant.as_str()
+            )));
         }
-    });
+        let (pg, name) = (pg.clone(), tenant.clone());
+        tokio::spawn(async move {
+            match pg.export(&name, &tx).await {
+                Ok(Some(_)) => {}
+                Ok(None) => failed(name.as_str(), &tx, "the tenant was deleted".into()),
+                Err(e) => failed(name.as_str(), &tx, e.to_string()),
+            }
+        });
+    } else {
+        let path = existing_tenant(&state, &tenant)?;
+        let name = tenant.as_str().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut out = ChannelWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(CHUNK),
+            };
+            if let Err(e) = store_admin::export(&path, &name, &mut out) {
+                failed(&name, &tx, e.to_string());
+            }
+        });
+    }
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     });
-    let mut response =
-        Body::from_stream(stream.map(|r| r.map(axum::body::Bytes::from))).into_response();
+    let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -630,7 +731,7 @@ const CHUNK: usize = 256 * 1024;
 
 /// A `Write` that sends 256 KiB chunks to the response body.
 struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    tx: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>,
     buf: Vec<u8>,
 }
 
@@ -649,7 +750,7 @@ impl std::io::Write for ChannelWriter {
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         self.tx
-            .blocking_send(Ok(chunk))
+            .blocking_send(Ok(chunk.into()))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
     }
 }
@@ -665,6 +766,36 @@ async fn import_tenant(
 ) -> Result<(StatusCode, Json<Imported>), HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
+    if let Some(pg) = postgres(&state)? {
+        let hold = match take(&state, &tenant, replace).await {
+            Ok(hold) => hold,
+            Err(refused) => return Err(drain(body, refused).await),
+        };
+        let mut input = tokio_util::io::StreamReader::new(
+            body.into_data_stream()
+                .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string()))),
+        );
+        let result = pg
+            .import(&tenant, &mut input, replace, crate::policy::now_ms())
+            .await;
+        drop(hold);
+        let imported = match result {
+            Ok(imported) => imported,
+            Err(e) => {
+                // Read the rest of the upload, so the client gets to read the answer.
+                let _ = tokio::io::copy(&mut input, &mut tokio::io::sink()).await;
+                return Err(import_failed(&tenant, e));
+            }
+        };
+        state.app.metrics.forget_tenant(tenant.as_str());
+        info!(
+            tenant = tenant.as_str(),
+            entries = imported.entries,
+            replace,
+            "tenant imported by an administrator"
+        );
+        return Ok((StatusCode::CREATED, Json(imported)));
+    }
     let path = tenant_path(&state, &tenant);
     let exists = path.exists();
     if exists && !replace {
@@ -703,13 +834,10 @@ async fn import_tenant(
         }
     }
     drop(tx);
-    let imported = worker.await.map_err(internal)?.map_err(|e| {
-        warn!(tenant = tenant.as_str(), error = %e, "import failed; nothing changed");
-        match e {
-            store_admin::ImportError::Invalid { .. } => HttpError::BadRequest(e.to_string()),
-            other => HttpError::Internal(other.to_string()),
-        }
-    })?;
+    let imported = worker
+        .await
+        .map_err(internal)?
+        .map_err(|e| import_failed(&tenant, e))?;
     drop(hold);
     info!(
         tenant = tenant.as_str(),
@@ -718,6 +846,15 @@ async fn import_tenant(
         "tenant imported by an administrator"
     );
     Ok((StatusCode::CREATED, Json(imported)))
+}
+
+fn import_failed(tenant: &TenantId, e: store_admin::ImportError) -> HttpError {
+    warn!(tenant = tenant.as_str(), error = %e, "import failed; nothing changed");
+    match e {
+        store_admin::ImportError::Invalid { .. } => HttpError::BadRequest(e.to_string()),
+        store_admin::ImportError::Exists(why) => HttpError::Conflict(why),
+        other => HttpError::Internal(other.to_string()),
+    }
 }
 
 /// Reads the rest of an upload before refusing it: a client still sending would otherwise see

@@ -106,7 +106,7 @@ pub fn export(path: &Path, tenant: &str, out: &mut dyn Write) -> Result<u64, Exp
         remote_id,
         logs,
     };
-    line(out, &header)?;
+    write_line(out, &header)?;
     let mut stmt = tx
         .prepare(
             "SELECT logs.public_key, entries.seq, entries.entry_id, entries.iv, \
@@ -140,10 +140,10 @@ pub fn export(path: &Path, tenant: &str, out: &mut dyn Write) -> Result<u64, Exp
                     .unwrap_or_default(),
             ),
         };
-        line(out, &entry)?;
+        write_line(out, &entry)?;
         n += 1;
     }
-    line(
+    write_line(
         out,
         &ExportEnd {
             end: true,
@@ -180,7 +180,8 @@ fn describe_in(conn: &Connection) -> Result<(Uuid, Vec<LogState>), StoreError> {
     Ok((remote_id, logs))
 }
 
-fn line(out: &mut dyn Write, value: &impl Serialize) -> Result<(), ExportError> {
+/// One NDJSON line.
+pub(crate) fn write_line(out: &mut dyn Write, value: &impl Serialize) -> Result<(), ExportError> {
     serde_json::to_writer(&mut *out, value).map_err(|e| ExportError::Io(e.into()))?;
     out.write_all(b"\n").map_err(ExportError::Io)
 }
@@ -201,6 +202,9 @@ pub enum ImportError {
     Io(#[from] std::io::Error),
     #[error("line {line}: {reason}")]
     Invalid { line: u64, reason: String },
+    /// The tenant has data, and the import was not asked to replace it.
+    #[error("{0}")]
+    Exists(String),
 }
 
 /// What an import brought in.
@@ -241,32 +245,18 @@ pub fn import(path: &Path, input: &mut dyn BufRead) -> Result<Imported, ImportEr
 
 fn import_into(partial: &Path, input: &mut dyn BufRead) -> Result<Imported, ImportError> {
     let mut lines = input.lines();
-    let mut at = 1u64;
-    let invalid = |line: u64, reason: String| ImportError::Invalid { line, reason };
-    let first = lines
-        .next()
-        .transpose()?
-        .ok_or_else(|| invalid(1, "empty input".into()))?;
-    let header: ExportHeader = serde_json::from_str(&first)
-        .map_err(|e| invalid(1, format!("not an export header: {e}")))?;
-    if header.format != EXPORT_FORMAT || header.version != EXPORT_VERSION {
-        return Err(invalid(
-            1,
-            format!(
-                "format {:?} version {}; this relay reads {EXPORT_FORMAT:?} version {EXPORT_VERSION}",
-                header.format, header.version
-            ),
-        ));
-    }
+    let first = lines.next().transpose()?;
+    let mut check = ImportCheck::start(first.as_deref())?;
     let mut conn = blocking::open_writer(partial, Synchronous::Off, BUSY_TIMEOUT, MIGRATIONS)
         .map_err(StoreError::from)?;
     let tx = conn.transaction().map_err(StoreError::from)?;
+    let header = check.header().clone();
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('remote_id', ?1)",
         [header.remote_id.as_bytes().as_slice()],
     )
     .map_err(StoreError::from)?;
-    let mut ids: std::collections::HashMap<String, (i64, u64)> = std::collections::HashMap::new();
+    let mut ids: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     for log in &header.logs {
         tx.execute(
             "INSERT INTO logs (public_key, first_seq) VALUES (?1, ?2)",
@@ -276,13 +266,8 @@ fn import_into(partial: &Path, input: &mut dyn BufRead) -> Result<Imported, Impo
             ],
         )
         .map_err(StoreError::from)?;
-        ids.insert(
-            log.public_key.clone(),
-            (tx.last_insert_rowid(), log.first_sequence),
-        );
+        ids.insert(log.public_key.clone(), tx.last_insert_rowid());
     }
-    let mut entries = 0u64;
-    let mut ended = false;
     {
         let mut insert = tx
             .prepare(
@@ -291,83 +276,26 @@ fn import_into(partial: &Path, input: &mut dyn BufRead) -> Result<Imported, Impo
             )
             .map_err(StoreError::from)?;
         while let Some(text) = lines.next().transpose()? {
-            at += 1;
-            let line = at;
-            if text.trim().is_empty() {
+            let Some(e) = check.line(&text)? else {
                 continue;
-            }
-            if ended {
-                return Err(invalid(line, "data after the end line".into()));
-            }
-            if let Ok(end) = serde_json::from_str::<ExportEnd>(&text) {
-                if !end.end || end.entries != entries {
-                    return Err(invalid(
-                        line,
-                        format!(
-                            "the end line counts {} entries; {entries} were read",
-                            end.entries
-                        ),
-                    ));
-                }
-                ended = true;
-                continue;
-            }
-            let e: ExportEntry = serde_json::from_str(&text)
-                .map_err(|err| invalid(line, format!("not an entry: {err}")))?;
-            let (log_id, expected) = ids
-                .get_mut(&e.log)
-                .ok_or_else(|| invalid(line, format!("log {:?} is not in the header", e.log)))?;
-            if e.seq != *expected {
-                return Err(invalid(
-                    line,
-                    format!(
-                        "log {:?}: sequence {} where {} was due",
-                        e.log, e.seq, expected
-                    ),
-                ));
-            }
-            let blob = |field: &str, value: &str| {
-                B64.decode(value)
-                    .map_err(|err| invalid(line, format!("{field} is not base64: {err}")))
             };
-            let seq =
-                i64::try_from(e.seq).map_err(|_| invalid(line, "sequence too large".into()))?;
+            let log_id = ids
+                .get(&e.log)
+                .copied()
+                .ok_or_else(|| check.invalid(format!("log {:?} is not in the header", e.log)))?;
             insert
-                .execute(params![
-                    *log_id,
-                    seq,
-                    blob("entry_id", &e.entry_id)?,
-                    blob("iv", &e.iv)?,
-                    blob("ciphertext", &e.ciphertext)?
-                ])
+                .execute(params![log_id, e.seq, e.entry_id, e.iv, e.ciphertext])
                 .map_err(|err| match err {
                     rusqlite::Error::SqliteFailure(f, _)
                         if f.code == rusqlite::ErrorCode::ConstraintViolation =>
                     {
-                        invalid(line, format!("entry id repeated in log {:?}", e.log))
+                        check.invalid(format!("entry id repeated in log {:?}", e.log))
                     }
                     other => ImportError::Store(other.into()),
                 })?;
-            *expected += 1;
-            entries += 1;
         }
     }
-    if !ended {
-        return Err(invalid(at, "no end line: the export was cut short".into()));
-    }
-    for log in &header.logs {
-        let (_, end) = ids[&log.public_key];
-        let got = end - log.first_sequence;
-        if got != log.entries {
-            return Err(invalid(
-                at,
-                format!(
-                    "log {:?}: the header announces {} entries; {got} were read",
-                    log.public_key, log.entries
-                ),
-            ));
-        }
-    }
+    let imported = check.finish()?;
     tx.execute(
         "UPDATE logs SET bytes = \
          (SELECT COALESCE(SUM(length(ciphertext)), 0) FROM entries WHERE log_id = logs.id)",
@@ -382,9 +310,149 @@ fn import_into(partial: &Path, input: &mut dyn BufRead) -> Result<Imported, Impo
     if let Some(file) = file {
         std::fs::File::open(file)?.sync_all()?;
     }
-    Ok(Imported {
-        remote_id: header.remote_id,
-        logs: header.logs.len(),
-        entries,
-    })
+    Ok(imported)
+}
+
+/// One entry of an import, checked and decoded.
+#[derive(Debug)]
+pub struct CheckedEntry {
+    pub log: String,
+    pub seq: i64,
+    pub entry_id: Vec<u8>,
+    pub iv: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+/// Reads an export line by line and checks it, whichever store it goes into: its header,
+/// dense sequences per log from where the log's history starts, the end line, and that every
+/// log has the entries its header announces.
+#[derive(Debug)]
+pub struct ImportCheck {
+    header: ExportHeader,
+    /// Each log's sequence due next.
+    due: std::collections::HashMap<String, u64>,
+    line: u64,
+    entries: u64,
+    ended: bool,
+}
+
+impl ImportCheck {
+    /// Checks the export's first line (`None`: the input is empty).
+    pub fn start(first: Option<&str>) -> Result<Self, ImportError> {
+        let invalid = |reason: String| ImportError::Invalid { line: 1, reason };
+        let first = first.ok_or_else(|| invalid("empty input".into()))?;
+        let header: ExportHeader = serde_json::from_str(first)
+            .map_err(|e| invalid(format!("not an export header: {e}")))?;
+        if header.format != EXPORT_FORMAT || header.version != EXPORT_VERSION {
+            return Err(invalid(format!(
+                "format {:?} version {}; this relay reads {EXPORT_FORMAT:?} version {EXPORT_VERSION}",
+                header.format, header.version
+            )));
+        }
+        let mut due = std::collections::HashMap::with_capacity(header.logs.len());
+        for log in &header.logs {
+            if i64::try_from(log.first_sequence.saturating_add(log.entries)).is_err() {
+                return Err(invalid(format!(
+                    "log {:?}: sequences too large",
+                    log.public_key
+                )));
+            }
+            if due
+                .insert(log.public_key.clone(), log.first_sequence)
+                .is_some()
+            {
+                return Err(invalid(format!(
+                    "log {:?} is listed twice in the header",
+                    log.public_key
+                )));
+            }
+        }
+        Ok(Self {
+            header,
+            due,
+            line: 1,
+            entries: 0,
+            ended: false,
+        })
+    }
+
+    pub fn header(&self) -> &ExportHeader {
+        &self.header
+    }
+
+    /// An error about the line read last.
+    pub fn invalid(&self, reason: String) -> ImportError {
+        ImportError::Invalid {
+            line: self.line,
+            reason,
+        }
+    }
+
+    /// Checks the next line: an entry, or `None` for a blank line and the end line.
+    pub fn line(&mut self, text: &str) -> Result<Option<CheckedEntry>, ImportError> {
+        self.line += 1;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        if self.ended {
+            return Err(self.invalid("data after the end line".into()));
+        }
+        if let Ok(end) = serde_json::from_str::<ExportEnd>(text) {
+            if !end.end || end.entries != self.entries {
+                return Err(self.invalid(format!(
+                    "the end line counts {} entries; {} were read",
+                    end.entries, self.entries
+                )));
+            }
+            self.ended = true;
+            return Ok(None);
+        }
+        let e: ExportEntry = serde_json::from_str(text)
+            .map_err(|err| self.invalid(format!("not an entry: {err}")))?;
+        let Some(due) = self.due.get(&e.log).copied() else {
+            return Err(self.invalid(format!("log {:?} is not in the header", e.log)));
+        };
+        if e.seq != due {
+            return Err(self.invalid(format!(
+                "log {:?}: sequence {} where {due} was due",
+                e.log, e.seq
+            )));
+        }
+        let blob = |field: &str, value: &str| {
+            B64.decode(value)
+                .map_err(|err| self.invalid(format!("{field} is not base64: {err}")))
+        };
+        let entry = CheckedEntry {
+            seq: i64::try_from(e.seq).map_err(|_| self.invalid("sequence too large".into()))?,
+            entry_id: blob("entry_id", &e.entry_id)?,
+            iv: blob("iv", &e.iv)?,
+            ciphertext: blob("ciphertext", &e.ciphertext)?,
+            log: e.log,
+        };
+        self.due.insert(entry.log.clone(), due + 1);
+        self.entries += 1;
+        Ok(Some(entry))
+    }
+
+    /// After the last line: the export ended, and every log got what its header announced.
+    pub fn finish(self) -> Result<Imported, ImportError> {
+        if !self.ended {
+            return Err(self.invalid("no end line: the export was cut short".into()));
+        }
+        for log in &self.header.logs {
+            let due = self.due.get(&log.public_key).copied();
+            let got = due.unwrap_or(log.first_sequence) - log.first_sequence;
+            if got != log.entries {
+                return Err(self.invalid(format!(
+                    "log {:?}: the header announces {} entries; {got} were read",
+                    log.public_key, log.entries
+                )));
+            }
+        }
+        Ok(Imported {
+            remote_id: self.header.remote_id,
+            logs: self.header.logs.len(),
+            entries: self.entries,
+        })
+    }
 }

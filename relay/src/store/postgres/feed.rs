@@ -11,6 +11,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::admin::EVICT_CHANNEL;
 use super::{Backend, CHANNEL, SETTINGS_CHANNEL};
 
 /// How often the LISTEN connection is checked (a half-open TCP connection would otherwise wait
@@ -31,6 +32,9 @@ pub enum Ring {
     },
     /// An administrator changed `tenant`'s settings (through any relay): reload them.
     Settings { tenant: String },
+    /// An administrator deleted or replaced `tenant`'s data (through any relay): let its
+    /// clients go, so that they reconnect to what is stored now.
+    Evict { tenant: String },
     /// Notifications may have been missed: every open tenant should look at its logs and
     /// reload its settings. `lost`: after a lost connection (not at the first connect).
     Resync { lost: bool },
@@ -88,6 +92,9 @@ pub async fn listen(backend: Backend, stop: CancellationToken, ring: impl Fn(Rin
                 Ok(Some(n)) if n.channel() == SETTINGS_CHANNEL => ring(Ring::Settings {
                     tenant: n.payload().to_owned(),
                 }),
+                Ok(Some(n)) if n.channel() == EVICT_CHANNEL => ring(Ring::Evict {
+                    tenant: n.payload().to_owned(),
+                }),
                 Ok(Some(n)) => {
                     match serde_json::from_str::<Vec<(String, String, u64)>>(n.payload()) {
                         Ok(bells) => {
@@ -131,6 +138,8 @@ async fn connect(backend: &Backend) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(&pool).await?;
     // The relay reconnects itself, and rings Resync when it does.
     listener.ignore_pool_close_event(true);
-    listener.listen_all([CHANNEL, SETTINGS_CHANNEL]).await?;
+    listener
+        .listen_all([CHANNEL, SETTINGS_CHANNEL, EVICT_CHANNEL])
+        .await?;
     Ok(listener)
 }

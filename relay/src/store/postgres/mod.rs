@@ -9,6 +9,7 @@
 //! appended since. Every relay still runs one actor per open tenant, so group commit happens
 //! per relay, and commits of different relays to one log take turns at its row lock.
 
+pub mod admin;
 pub mod feed;
 
 use std::collections::{HashMap, HashSet};
@@ -84,6 +85,11 @@ impl Backend {
             .acquire_timeout(config.acquire_timeout)
             .connect_lazy_with(options.clone());
         Ok(Self { pool, options })
+    }
+
+    /// The relay's connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Brings the schema up to date (every relay does at start; Postgres serializes them).

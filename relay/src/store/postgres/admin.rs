@@ -1,0 +1,420 @@
+//! The admin API's work on the shared database: tenants listed and described, a log or a
+//! tenant deleted, a tenant exported and imported in the same NDJSON format as the SQLite
+//! store (so an export from a SQLite relay moves a tenant onto Postgres).
+//!
+//! Whatever changes a tenant under the relays serving it rings [`EVICT_CHANNEL`] in its own
+//! transaction: every relay with the tenant open closes its sessions and stops its actor when
+//! (and only if) the change commits, and clients reconnect to what is now stored.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use sqlx::{Postgres, Row, Transaction};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{to_i64, to_u64, Backend, INSERT_CHUNK_BYTES};
+use crate::config::TenantId;
+use crate::store::admin::{
+    write_line, ExportEnd, ExportEntry, ExportError, ExportHeader, ImportCheck, ImportError,
+    Imported, LogState, EXPORT_FORMAT, EXPORT_VERSION,
+};
+use crate::store::StoreError;
+
+/// The channel an administrative change to a tenant rings (payload: the tenant id).
+pub const EVICT_CHANNEL: &str = "wharf_evict";
+
+/// Export output is handed over in chunks of about this size.
+const EXPORT_CHUNK: usize = 256 * 1024;
+
+/// One tenant as the database holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRow {
+    pub tenant: String,
+    pub logs: u64,
+    pub entries: u64,
+    /// Ciphertext and snapshot bytes.
+    pub bytes: u64,
+    /// When its newest entry was committed, Unix ms.
+    pub last_write_unix_ms: Option<u64>,
+}
+
+/// Every tenant's summary, or one tenant's (`$1` NULL: all). Entries are counted from the
+/// logs' rows (`next_seq - first_seq`: sequences are dense), never by scanning entries.
+const SUMMARY: &str =
+    "SELECT t.id, COUNT(l.id), COALESCE(SUM(l.next_seq - l.first_seq), 0)::int8, \
+     (COALESCE(SUM(l.bytes), 0) + COALESCE((SELECT SUM(length(s.data)) FROM snapshots s \
+     JOIN logs sl ON sl.id = s.log_id WHERE sl.tenant = t.id), 0))::int8, \
+     MAX((SELECT e.at FROM entries e WHERE e.log_id = l.id AND e.seq = l.next_seq - 1)) \
+     FROM tenants t LEFT JOIN logs l ON l.tenant = t.id \
+     WHERE $1::text IS NULL OR t.id = $1 GROUP BY t.id ORDER BY t.id";
+
+fn summary_row(r: &sqlx::postgres::PgRow) -> Result<TenantRow, sqlx::Error> {
+    Ok(TenantRow {
+        tenant: r.try_get(0)?,
+        logs: to_u64(r.try_get(1)?),
+        entries: to_u64(r.try_get(2)?),
+        bytes: to_u64(r.try_get(3)?),
+        last_write_unix_ms: r.try_get::<Option<i64>, _>(4)?.map(to_u64),
+    })
+}
+
+impl Backend {
+    /// Every tenant, by id.
+    pub async fn tenants(&self) -> Result<Vec<TenantRow>, StoreError> {
+        let rows = sqlx::query(SUMMARY)
+            .bind(None::<&str>)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(summary_row).collect::<Result<_, _>>()?)
+    }
+
+    /// `tenant`'s summary, `remoteId` and logs (by public key), from one snapshot of the
+    /// database; `None` if no relay has opened it.
+    pub async fn describe(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<(TenantRow, Uuid, Vec<LogState>)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let described = describe_in(&mut tx, tenant).await?;
+        tx.commit().await?;
+        Ok(described)
+    }
+
+    /// Deletes `tenant` (its logs, entries, snapshots, settings and `remoteId`); whether it
+    /// existed. Relays serving it let its clients go.
+    pub async fn delete_tenant(&self, tenant: &TenantId) -> Result<bool, StoreError> {
+        let mut tx = self.admin_transaction().await?;
+        let gone = sqlx::query(
+            "WITH gone AS (DELETE FROM tenants WHERE id = $1 RETURNING id) \
+             SELECT pg_notify($2, id) FROM gone",
+        )
+        .bind(tenant.as_str())
+        .bind(EVICT_CHANNEL)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        tx.commit().await?;
+        Ok(gone)
+    }
+
+    /// Deletes log `public_key` of `tenant` with its entries and snapshots; whether it
+    /// existed. Relays serving the tenant let its clients go.
+    pub async fn delete_log(
+        &self,
+        tenant: &TenantId,
+        public_key: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.admin_transaction().await?;
+        let gone = sqlx::query(
+            "WITH gone AS (DELETE FROM logs WHERE tenant = $1 AND public_key = $2 \
+             RETURNING tenant) SELECT pg_notify($3, tenant) FROM gone",
+        )
+        .bind(tenant.as_str())
+        .bind(public_key)
+        .bind(EVICT_CHANNEL)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        tx.commit().await?;
+        Ok(gone)
+    }
+
+    /// Writes `tenant` as NDJSON to `out` in chunks, from one snapshot of the database while
+    /// relays keep serving; how many entries it wrote. `Ok(None)`: no such tenant (nothing was
+    /// written).
+    pub async fn export(
+        &self,
+        tenant: &TenantId,
+        out: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) -> Result<Option<u64>, ExportError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        for setting in [
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            "SET LOCAL statement_timeout = 0",
+        ] {
+            sqlx::query(setting)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+        }
+        let Some((_, remote_id, logs)) = describe_in(&mut tx, tenant).await? else {
+            return Ok(None);
+        };
+        let mut buf = Vec::with_capacity(EXPORT_CHUNK);
+        write_line(
+            &mut buf,
+            &ExportHeader {
+                format: EXPORT_FORMAT.to_owned(),
+                version: EXPORT_VERSION,
+                tenant: tenant.as_str().to_owned(),
+                remote_id,
+                logs: logs.clone(),
+            },
+        )?;
+        let mut n = 0u64;
+        for log in &logs {
+            let mut rows = sqlx::query(
+                "SELECT e.seq, e.entry_id, e.iv, e.ciphertext FROM entries e \
+                 WHERE e.log_id = (SELECT id FROM logs WHERE tenant = $1 AND public_key = $2) \
+                 ORDER BY e.seq",
+            )
+            .bind(tenant.as_str())
+            .bind(&log.public_key)
+            .fetch(&mut *tx);
+            while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows)
+                .await
+                .map_err(StoreError::from)?
+            {
+                let blob = |i: usize| -> Result<String, StoreError> {
+                    use base64::Engine;
+                    Ok(base64::engine::general_purpose::STANDARD
+                        .encode(row.try_get::<&[u8], _>(i)?))
+                };
+                write_line(
+                    &mut buf,
+                    &ExportEntry {
+                        log: log.public_key.clone(),
+                        seq: to_u64(row.try_get(0).map_err(StoreError::from)?),
+                        entry_id: blob(1)?,
+                        iv: blob(2)?,
+                        ciphertext: blob(3)?,
+                    },
+                )?;
+                n += 1;
+                if buf.len() >= EXPORT_CHUNK {
+                    send(out, &mut buf).await?;
+                }
+            }
+        }
+        write_line(
+            &mut buf,
+            &ExportEnd {
+                end: true,
+                entries: n,
+            },
+        )?;
+        send(out, &mut buf).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(Some(n))
+    }
+
+    /// Builds `tenant` from the NDJSON export in `input`, keeping `remoteId`, entry ids and
+    /// sequences, in one transaction: checked as a whole (the same checks as the SQLite
+    /// store's import) before anything is visible, so a failed import changes nothing. An
+    /// existing tenant is refused unless `replace`, which deletes it in the same transaction.
+    pub async fn import(
+        &self,
+        tenant: &TenantId,
+        input: &mut (dyn AsyncBufRead + Send + Unpin),
+        replace: bool,
+        now_ms: i64,
+    ) -> Result<Imported, ImportError> {
+        let mut lines = input.lines();
+        let first = lines.next_line().await?;
+        let mut check = ImportCheck::start(first.as_deref())?;
+        let header = check.header().clone();
+        let mut tx = self.admin_transaction().await?;
+        if replace {
+            sqlx::query("DELETE FROM tenants WHERE id = $1")
+                .bind(tenant.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+        }
+        // Another relay opening the tenant meanwhile waits for this transaction, then finds
+        // the imported tenant.
+        let created = sqlx::query(
+            "INSERT INTO tenants (id, remote_id) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING \
+             RETURNING id",
+        )
+        .bind(tenant.as_str())
+        .bind(header.remote_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        if created.is_none() {
+            return Err(ImportError::Exists(format!(
+                "tenant {:?} already has data; add ?replace=true to replace it",
+                tenant.as_str()
+            )));
+        }
+        let (keys, nexts, firsts): (Vec<&str>, Vec<i64>, Vec<i64>) = header
+            .logs
+            .iter()
+            .map(|l| {
+                (
+                    l.public_key.as_str(),
+                    to_i64(l.first_sequence.saturating_add(l.entries)),
+                    to_i64(l.first_sequence),
+                )
+            })
+            .fold(Default::default(), |(mut k, mut n, mut f), (a, b, c)| {
+                k.push(a);
+                n.push(b);
+                f.push(c);
+                (k, n, f)
+            });
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "INSERT INTO logs (tenant, public_key, next_seq, first_seq) \
+             SELECT $1, k, n, f FROM UNNEST($2::text[], $3::int8[], $4::int8[]) AS t(k, n, f) \
+             RETURNING id, public_key",
+        )
+        .bind(tenant.as_str())
+        .bind(&keys)
+        .bind(&nexts)
+        .bind(&firsts)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        // Each log's id and the ciphertext bytes it receives.
+        let mut logs: HashMap<String, (i64, i64)> =
+            rows.into_iter().map(|(id, pk)| (pk, (id, 0))).collect();
+        let mut batch = Batch::default();
+        while let Some(text) = lines.next_line().await? {
+            let Some(e) = check.line(&text)? else {
+                continue;
+            };
+            let (id, bytes) = logs
+                .get_mut(&e.log)
+                .ok_or_else(|| check.invalid(format!("log {:?} is not in the header", e.log)))?;
+            *bytes += to_i64(e.ciphertext.len() as u64);
+            batch.size += e.ciphertext.len();
+            batch.log_ids.push(*id);
+            batch.seqs.push(e.seq);
+            batch.entry_ids.push(e.entry_id);
+            batch.ivs.push(e.iv);
+            batch.ciphertexts.push(e.ciphertext);
+            if batch.size >= INSERT_CHUNK_BYTES || batch.seqs.len() >= 10_000 {
+                batch.insert(&mut tx, now_ms, &check).await?;
+            }
+        }
+        batch.insert(&mut tx, now_ms, &check).await?;
+        let imported = check.finish()?;
+        let (ids, bytes): (Vec<i64>, Vec<i64>) = logs.into_values().unzip();
+        sqlx::query(
+            "WITH sized AS (UPDATE logs SET bytes = t.b FROM UNNEST($1::int8[], $2::int8[]) \
+             AS t(id, b) WHERE logs.id = t.id) SELECT pg_notify($3, $4)",
+        )
+        .bind(&ids)
+        .bind(&bytes)
+        .bind(EVICT_CHANNEL)
+        .bind(tenant.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(imported)
+    }
+
+    /// A transaction for an administrative change: it may run longer than a commit's
+    /// `statement_timeout` (deleting or importing a large tenant), never waits for a lock
+    /// longer than `lock_timeout`.
+    async fn admin_transaction(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL statement_timeout = 0")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+}
+
+async fn describe_in(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: &TenantId,
+) -> Result<Option<(TenantRow, Uuid, Vec<LogState>)>, StoreError> {
+    let summary = sqlx::query(SUMMARY)
+        .bind(tenant.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(summary) = summary else {
+        return Ok(None);
+    };
+    let summary = summary_row(&summary)?;
+    let remote_id: Uuid = sqlx::query_scalar("SELECT remote_id FROM tenants WHERE id = $1")
+        .bind(tenant.as_str())
+        .fetch_one(&mut **tx)
+        .await?;
+    let logs: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT public_key, next_seq, first_seq FROM logs WHERE tenant = $1 ORDER BY public_key",
+    )
+    .bind(tenant.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    let logs = logs
+        .into_iter()
+        .map(|(public_key, next, first)| LogState {
+            public_key,
+            entries: to_u64(next - first),
+            next_sequence: to_u64(next),
+            first_sequence: to_u64(first),
+        })
+        .collect();
+    Ok(Some((summary, remote_id, logs)))
+}
+
+async fn send(
+    out: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: &mut Vec<u8>,
+) -> Result<(), ExportError> {
+    let chunk = std::mem::replace(buf, Vec::with_capacity(EXPORT_CHUNK));
+    out.send(Ok(Bytes::from(chunk))).await.map_err(|_| {
+        ExportError::Io(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "client went away",
+        ))
+    })
+}
+
+/// Imported entries not yet inserted, column by column for one `UNNEST` statement.
+#[derive(Default)]
+struct Batch {
+    log_ids: Vec<i64>,
+    seqs: Vec<i64>,
+    entry_ids: Vec<Vec<u8>>,
+    ivs: Vec<Vec<u8>>,
+    ciphertexts: Vec<Vec<u8>>,
+    size: usize,
+}
+
+impl Batch {
+    async fn insert(
+        &mut self,
+        tx: &mut Transaction<'static, Postgres>,
+        now_ms: i64,
+        check: &ImportCheck,
+    ) -> Result<(), ImportError> {
+        if self.seqs.is_empty() {
+            return Ok(());
+        }
+        let done = sqlx::query(
+            "INSERT INTO entries (log_id, seq, entry_id, iv, ciphertext, at) \
+             SELECT l, s, e, i, c, $6 FROM UNNEST($1::int8[], $2::int8[], $3::bytea[], \
+             $4::bytea[], $5::bytea[]) AS t(l, s, e, i, c)",
+        )
+        .bind(&self.log_ids)
+        .bind(&self.seqs)
+        .bind(&self.entry_ids)
+        .bind(&self.ivs)
+        .bind(&self.ciphertexts)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await;
+        match done {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(check.invalid(
+                    "an entry id is repeated within a log (in this line or the ones before it)"
+                        .into(),
+                ))
+            }
+            Err(e) => return Err(StoreError::from(e).into()),
+        }
+        *self = Batch::default();
+        Ok(())
+    }
+}

@@ -104,9 +104,6 @@ pub struct TenantSettings {
 impl TenantSettings {
     /// What of these settings the Postgres store cannot apply yet (docs/scale-out.md).
     pub fn postgres_gap(&self) -> Option<&'static str> {
-        if self.retention != Retention::default() {
-            return Some("retention");
-        }
         if self.webhooks.as_ref().is_some_and(|w| !w.is_empty()) {
             return Some("webhooks");
         }

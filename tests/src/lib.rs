@@ -411,6 +411,48 @@ impl Client {
     }
 }
 
+/// Reads a subscription from `start` until `CaughtUp`, returning every message before it.
+pub async fn read_to_caught_up(
+    c: &mut Client,
+    log: &str,
+    start: u64,
+    snapshot: bool,
+) -> Vec<RelayMsg> {
+    c.send(&ClientMsg::RequestChanges {
+        public_key: log.into(),
+        start_sequence: start,
+        snapshot,
+    })
+    .await
+    .expect("subscribe");
+    let mut got = Vec::new();
+    loop {
+        match c.recv().await.expect("recv") {
+            RelayMsg::CaughtUp { .. } => return got,
+            other => got.push(other),
+        }
+    }
+}
+
+/// The sequences of the entries of every `Changes` in `msgs`, in order.
+pub fn sequences(msgs: &[RelayMsg]) -> Vec<u64> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            RelayMsg::Changes { entries, .. } => Some(entries.iter().map(|e| e.sequence)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// Where a `HistoryStarts` in `msgs` says the log's history starts.
+pub fn history_starts(msgs: &[RelayMsg]) -> Option<u64> {
+    msgs.iter().find_map(|m| match m {
+        RelayMsg::HistoryStarts { first_sequence, .. } => Some(*first_sequence),
+        _ => None,
+    })
+}
+
 /// The status and body of a refused upgrade.
 fn refusal(
     response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,

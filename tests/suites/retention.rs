@@ -16,7 +16,10 @@ use wharf_client::{Client as Sdk, Identity, NewEvent, Status};
 use wharf_protocol::{ClientMsg, ErrorCode, JsNumber, RelayMsg, WriteSnapshot};
 use wharf_relay::policy::{Retention, TenantSettings, Webhook};
 use wharf_relay::Config;
-use wharf_tests::{entries, eventually, http_request, stored_count, Client, TestRelay, PATIENCE};
+use wharf_tests::{
+    entries, eventually, history_starts, http_request, read_to_caught_up, sequences, stored_count,
+    Client, TestRelay, PATIENCE,
+};
 
 const V1: Option<&str> = Some("wharf.v1");
 
@@ -66,41 +69,6 @@ async fn set_retention(relay: &TestRelay, tenant: &str, retention: Value) {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-}
-
-/// Reads a subscription from `start` until `CaughtUp`, returning every message before it.
-async fn read_to_caught_up(c: &mut Client, log: &str, start: u64, snapshot: bool) -> Vec<RelayMsg> {
-    c.send(&ClientMsg::RequestChanges {
-        public_key: log.into(),
-        start_sequence: start,
-        snapshot,
-    })
-    .await
-    .expect("subscribe");
-    let mut got = Vec::new();
-    loop {
-        match c.recv().await.expect("recv") {
-            RelayMsg::CaughtUp { .. } => return got,
-            other => got.push(other),
-        }
-    }
-}
-
-fn sequences(msgs: &[RelayMsg]) -> Vec<u64> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            RelayMsg::Changes { entries, .. } => Some(entries.iter().map(|e| e.sequence)),
-            _ => None,
-        })
-        .flatten()
-        .collect()
-}
-
-fn history_starts(msgs: &[RelayMsg]) -> Option<u64> {
-    msgs.iter().find_map(|m| match m {
-        RelayMsg::HistoryStarts { first_sequence, .. } => Some(*first_sequence),
-        _ => None,
-    })
 }
 
 async fn write_snapshot(c: &mut Client, log: &str, sequence: u64, data: &[u8]) -> RelayMsg {

@@ -543,10 +543,12 @@ async fn snapshots_quotas_and_settings_work_on_postgres() {
         t.await.expect("writer");
     }
 
-    // Retention is refused on Postgres, with the reason, rather than ignored.
-    let answer = put(r#"{"retention": {"max_entries": 10}}"#)
-        .await
-        .expect("put");
+    // Webhooks are refused on Postgres, with the reason, rather than ignored.
+    let answer = put(
+        r#"{"webhooks": [{"url": "http://127.0.0.1:9/hook", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]}"#,
+    )
+    .await
+    .expect("put");
     assert_eq!(answer.status, 400, "{}", answer.text());
     assert!(answer.text().contains("Postgres"), "{}", answer.text());
     relay.shutdown().await;
@@ -703,13 +705,119 @@ async fn the_admin_api_works_across_relays_on_postgres() {
             .to_string(),
         sqlite_detail["remote_id"].as_str().expect("remote_id")
     );
-    // Retention runs are what the Postgres store cannot do yet: a 501 with the reason.
-    let retention = admin(&one, "POST", "/admin/v1/tenants/acme/retention", b"").await;
-    assert_eq!(retention.status, 501, "{}", retention.text());
-    assert!(
-        retention.text().contains("Postgres"),
-        "{}",
-        retention.text()
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+/// Retention on Postgres: a policy stored through one relay applies on the other, each policy
+/// truncates whole prefixes (the log's row lock serializes relays trimming one log), readers
+/// on either relay are told where history starts, a snapshot covers the gap, and sequences are
+/// never reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_truncates_across_relays_on_postgres() {
+    use wharf_protocol::{ClientMsg, JsNumber, RelayMsg, WriteSnapshot};
+    use wharf_tests::{history_starts, read_to_caught_up, sequences};
+    let (_pg, url) = start_postgres().await;
+    let pg_relay = |url: String| {
+        TestRelay::start_with(move |c| {
+            c.store = Some(url);
+            c.postgres.max_connections = 4;
+        })
+    };
+    let one = pg_relay(url.clone()).await;
+    let two = pg_relay(url.clone()).await;
+    let v1 = |relay: &TestRelay, tenant: &str| {
+        let url = relay.url(tenant);
+        async move {
+            Client::connect_with_protocol(&url, Some("wharf.v1"))
+                .await
+                .expect("connect")
+        }
+    };
+    // One tenant per policy, written through relay one.
+    for tenant in ["count", "bytes", "age", "snap"] {
+        let mut c = v1(&one, tenant).await;
+        c.write_acked(tenant, entries(1, 100, 100))
+            .await
+            .expect("write");
+    }
+    let mut c = v1(&one, "snap").await;
+    c.send(&ClientMsg::WriteSnapshot(WriteSnapshot {
+        public_key: "snap".into(),
+        id: JsNumber::from(7u32),
+        sequence: 59,
+        iv: Bytes::from_static(&[1; 24]),
+        data: Bytes::from_static(b"state"),
+    }))
+    .await
+    .expect("send");
+    while !matches!(c.recv().await.expect("recv"), RelayMsg::SnapshotAck { .. }) {}
+    drop(c);
+
+    // The policy is stored through relay two; a run is asked of relay one. The relays also
+    // apply a new policy on their own: whichever trims first, the other finds nothing left.
+    let mut trimmed = HashMap::new();
+    for (tenant, policy) in [
+        ("count", serde_json::json!({ "max_entries": 30 })),
+        ("bytes", serde_json::json!({ "max_bytes": 1000 })),
+        ("age", serde_json::json!({ "max_age": "1ms" })),
+        ("snap", serde_json::json!({ "after_snapshot": true })),
+    ] {
+        let body = serde_json::json!({ "retention": policy }).to_string();
+        let path = format!("/admin/v1/tenants/{tenant}/settings");
+        let stored = admin(&two, "PUT", &path, body.as_bytes()).await;
+        assert_eq!(stored.status, 200, "{}", stored.text());
+        // Relay one has the policy once the settings notification reached it.
+        eventually("the policy reaches relay one", || async {
+            let answer = admin(&one, "GET", &path, b"").await;
+            json(&answer)["stored"]["retention"].is_object()
+        })
+        .await;
+        let path = format!("/admin/v1/tenants/{tenant}/retention");
+        let run = admin(&one, "POST", &path, b"").await;
+        assert_eq!(run.status, 200, "{}", run.text());
+        let again = json(&admin(&one, "POST", &path, b"").await);
+        assert_eq!(again["entries_deleted"], 0, "all done: {again}");
+        let detail = json(&admin(&two, "GET", &format!("/admin/v1/tenants/{tenant}"), b"").await);
+        let log = &detail["log_states"][0];
+        assert_eq!(log["next_sequence"], 100, "{detail}");
+        assert_eq!(
+            log["entries"]
+                .as_u64()
+                .map(|n| n + log["first_sequence"].as_u64().unwrap_or(0)),
+            Some(100),
+            "{detail}"
+        );
+        trimmed.insert(tenant, log["first_sequence"].clone());
+    }
+    assert_eq!(trimmed["count"], 70);
+    assert_eq!(trimmed["bytes"], 90);
+    assert_eq!(trimmed["age"], 100);
+    assert_eq!(trimmed["snap"], 60);
+
+    // Readers on the other relay are told where history starts.
+    let mut r = v1(&two, "count").await;
+    let msgs = read_to_caught_up(&mut r, "count", 0, false).await;
+    assert_eq!(history_starts(&msgs), Some(70));
+    assert_eq!(sequences(&msgs), (70..100).collect::<Vec<_>>());
+    let mut r = v1(&two, "snap").await;
+    let msgs = read_to_caught_up(&mut r, "snap", 0, false).await;
+    assert!(msgs
+        .iter()
+        .any(|m| matches!(m, RelayMsg::Snapshot { sequence: 59, .. })));
+    assert_eq!(history_starts(&msgs), None, "the snapshot covers the gap");
+    assert_eq!(sequences(&msgs), (60..100).collect::<Vec<_>>());
+    // Nothing is left of "age", and the log continues where it was.
+    let (log, next) = stored(&url, "age", "age").await;
+    assert!(log.is_empty());
+    assert_eq!(next, 100);
+    let mut w = v1(&two, "age").await;
+    assert_eq!(
+        w.write_acked("age", entries(2, 1, 10))
+            .await
+            .expect("write"),
+        vec![100],
+        "sequences are never reused"
     );
     one.shutdown().await;
     two.shutdown().await;
@@ -806,9 +914,14 @@ fn a_store_that_is_not_postgres_or_configures_what_postgres_lacks_is_refused() {
     assert!(err.to_string().contains("postgres://"), "{err}");
     let err = wharf_relay::Config::load(
         None,
-        serde_json::json!({ "store": "postgres://u:pw@h/db", "retention": { "max_entries": 5 } }),
+        serde_json::json!({
+            "store": "postgres://u:pw@h/db",
+            "tenants": { "acme": { "webhooks": [
+                { "url": "https://hooks.example/wharf", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" }
+            ] } }
+        }),
     )
     .expect_err("refused");
-    assert!(err.to_string().contains("retention"), "{err}");
+    assert!(err.to_string().contains("webhooks"), "{err}");
     assert!(!err.to_string().contains("pw"), "{err}");
 }

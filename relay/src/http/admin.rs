@@ -463,6 +463,15 @@ async fn settings(
     Ok(Json(settings_json(&view)))
 }
 
+/// The ciphertext and snapshot bytes `tenant` holds in the Postgres database.
+async fn stored_bytes(pg: &PgBackend, tenant: &TenantId) -> Result<u64, HttpError> {
+    pg.describe(tenant)
+        .await
+        .map_err(internal)?
+        .map(|(row, _, _)| row.bytes)
+        .ok_or_else(|| HttpError::NotFound(format!("no tenant {:?}", tenant.as_str())))
+}
+
 /// `POST /admin/v1/tenants/{tenant}/retention`: applies the tenant's retention policy now, to
 /// the end, and reports what it deleted and the database file's size before and after.
 async fn run_retention(
@@ -473,16 +482,22 @@ async fn run_retention(
 ) -> Result<Json<serde_json::Value>, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    if postgres(&state)?.is_some() {
-        return Err(HttpError::NotImplemented(
-            "retention is not available with the Postgres store yet (docs/scale-out.md)".into(),
-        ));
-    }
-    let path = existing_tenant(&state, &tenant)?;
-    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
-    let before = size(&path);
-    let report = with_actor(&state, &tenant, |h| async move { h.retain().await }).await?;
-    let after = size(&path);
+    // What the tenant occupies: its database file on SQLite; on Postgres, the ciphertext and
+    // snapshots it holds (the database returns the space to itself through autovacuum).
+    let (before, report, after) = match postgres(&state)? {
+        Some(pg) => {
+            let before = stored_bytes(pg, &tenant).await?;
+            let report = with_actor(&state, &tenant, |h| async move { h.retain().await }).await?;
+            (before, report, stored_bytes(pg, &tenant).await?)
+        }
+        None => {
+            let path = existing_tenant(&state, &tenant)?;
+            let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+            let before = size(&path);
+            let report = with_actor(&state, &tenant, |h| async move { h.retain().await }).await?;
+            (before, report, size(&path))
+        }
+    };
     Ok(Json(serde_json::json!({
         "entries_deleted": report.entries_deleted,
         "bytes_deleted": report.bytes_deleted,

@@ -55,9 +55,6 @@ pub(crate) enum HttpError {
     TooMany { reason: String, retry_after: u32 },
     #[error("{reason}")]
     Unavailable { reason: String, retry_after: u32 },
-    /// Not available with this relay's configuration (the Postgres store).
-    #[error("{0}")]
-    NotImplemented(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -73,7 +70,6 @@ impl HttpError {
             HttpError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             HttpError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            HttpError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }

@@ -490,8 +490,7 @@ impl Writer {
             Backing::Sqlite { store, writer } => {
                 Self::job(store, writer, move |w| w.retain(&limits, now_ms, budget)).await
             }
-            Backing::Postgres(_) if limits.is_off() => Ok(RetainReport::default()),
-            Backing::Postgres(_) => Err(StoreError::Unsupported("retention")),
+            Backing::Postgres(w) => w.retain(&limits, now_ms, budget).await,
         }
     }
 

@@ -452,11 +452,6 @@ impl Config {
                     crate::store::postgres::redact(store)
                 )));
             }
-            if let Some(what) = self.postgres_gaps() {
-                return Err(ConfigError::Invalid(format!(
-                    "{what} is not available with the Postgres store yet (docs/scale-out.md)"
-                )));
-            }
         }
         let global = self.global_settings();
         global
@@ -543,13 +538,6 @@ impl Config {
             self.tenants.get(tenant.as_str()),
             stored,
         )
-    }
-
-    /// What the Postgres store cannot do yet, if the configuration asks for it.
-    pub fn postgres_gaps(&self) -> Option<&'static str> {
-        std::iter::once(&self.global_settings())
-            .chain(self.tenants.values())
-            .find_map(TenantSettings::postgres_gap)
     }
 
     /// Whether tenants live in PostgreSQL (`store` is set).

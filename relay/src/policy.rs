@@ -102,14 +102,6 @@ pub struct TenantSettings {
 }
 
 impl TenantSettings {
-    /// What of these settings the Postgres store cannot apply yet (docs/scale-out.md).
-    pub fn postgres_gap(&self) -> Option<&'static str> {
-        if self.webhooks.as_ref().is_some_and(|w| !w.is_empty()) {
-            return Some("webhooks");
-        }
-        None
-    }
-
     pub fn over(&self, base: &TenantSettings) -> TenantSettings {
         TenantSettings {
             retention: self.retention.over(&base.retention),

@@ -160,7 +160,9 @@ impl Relay {
             None => "sqlite".to_owned(),
         };
         info!(%addr, tls = tls.is_some(), data = %config.data.display(), %store, durability = ?config.durability, "relay listening");
-        if !config.uses_postgres() {
+        if config.uses_postgres() {
+            tokio::spawn(sweep_outboxes(app.clone(), token.clone()));
+        } else {
             tokio::spawn(resume_webhooks(app.clone()));
         }
         let stop = token.clone();
@@ -183,6 +185,18 @@ impl Relay {
             warn!("some connections did not close in time");
         }
         app.registry.shutdown().await;
+        if let Ok(Some(pg)) = app.registry.backend().postgres() {
+            match pg.release_claims().await {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    notifications = n,
+                    "webhook notifications left to the other relays"
+                ),
+                Err(e) => {
+                    warn!(error = %e, "cannot release webhook claims; they run out on their own")
+                }
+            }
+        }
         info!("relay stopped");
         result
     }
@@ -210,6 +224,43 @@ async fn resume_webhooks(app: Arc<App>) {
         }
         if let Err(e) = app.registry.attach(&tenant).await {
             warn!(tenant = %name, error = %e, "cannot open tenant to resume webhook delivery");
+        }
+    }
+}
+
+/// How often a relay on the Postgres store looks for tenants with webhook notifications
+/// pending that it does not have open (left by a relay that stopped or died).
+const OUTBOX_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// With the Postgres store: at start, then every [`OUTBOX_SWEEP`], opens every tenant with
+/// notifications pending in the database, so they are delivered without waiting for a client
+/// (by whichever relay claims each row first). Each tenant closes again once idle and
+/// delivered.
+async fn sweep_outboxes(app: Arc<App>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        let pending = match app.registry.backend().postgres() {
+            Ok(Some(pg)) => pg.tenants_with_outbox().await,
+            _ => return,
+        };
+        match pending {
+            Ok(tenants) => {
+                for name in tenants {
+                    let Some(tenant) = crate::config::TenantId::parse(&name) else {
+                        continue;
+                    };
+                    if app.registry.is_active(&tenant) {
+                        continue;
+                    }
+                    if let Err(e) = app.registry.attach(&tenant).await {
+                        warn!(tenant = %name, error = %e, "cannot open tenant to deliver its webhooks");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot look for pending webhook notifications"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(OUTBOX_SWEEP) => {}
         }
     }
 }

@@ -699,8 +699,9 @@ impl TenantActor {
         Ok(())
     }
 
-    /// Makes `stored` current: the effective settings, the webhook sender, and the marker
-    /// that restarts delivery after a relay restart.
+    /// Makes `stored` current: the effective settings, the webhook sender, and (SQLite) the
+    /// marker that restarts delivery after a relay restart; with Postgres the relays find
+    /// pending notifications in the database.
     async fn apply_settings(&mut self, store: &Store, stored: Option<TenantSettings>) {
         self.effective = self.config.effective(&self.tenant, stored.as_ref());
         self.stored = stored;
@@ -725,11 +726,13 @@ impl TenantActor {
             let _ = tokio::fs::remove_file(&marker).await;
             return;
         }
-        if let Some(dir) = marker.parent() {
-            let _ = tokio::fs::create_dir_all(dir).await;
-        }
-        if let Err(e) = tokio::fs::write(&marker, b"").await {
-            warn!(error = %e, "cannot mark the tenant for webhook delivery after a restart");
+        if !store.is_shared() {
+            if let Some(dir) = marker.parent() {
+                let _ = tokio::fs::create_dir_all(dir).await;
+            }
+            if let Err(e) = tokio::fs::write(&marker, b"").await {
+                warn!(error = %e, "cannot mark the tenant for webhook delivery after a restart");
+            }
         }
         self.sender = Some(spawn_sender(
             self.tenant.clone(),
@@ -749,11 +752,6 @@ impl TenantActor {
         if let Some(s) = &stored {
             s.validate(&self.config.webhooks)
                 .map_err(TenantError::Settings)?;
-            if let Some(gap) = s.postgres_gap().filter(|_| self.config.uses_postgres()) {
-                return Err(TenantError::Settings(format!(
-                    "{gap} is not available with the Postgres store yet (docs/scale-out.md)"
-                )));
-            }
         }
         let json = match &stored {
             Some(s) => {
@@ -1120,7 +1118,12 @@ async fn send_loop(
     loop {
         let seen = enqueued.load(Ordering::Relaxed);
         let now = crate::policy::now_ms();
-        let (rows, next_due) = match store.outbox_due(now, 64).await {
+        // On a shared store the rows are claimed for as long as their deliveries may take:
+        // fewer at a time, so a relay that dies leaves them due again soon.
+        let batch: usize = if store.is_shared() { 8 } else { 64 };
+        let claim = config.webhooks.timeout.saturating_mul(batch as u32) + Duration::from_secs(5);
+        let claim_ms = i64::try_from(claim.as_millis()).unwrap_or(i64::MAX);
+        let (rows, next_due) = match store.outbox_due(now, batch, claim_ms).await {
             Ok(x) => x,
             Err(e) => {
                 warn!(error = %e, "cannot read the webhook outbox");

@@ -813,6 +813,115 @@ async fn notifications_survive_a_restart_and_are_given_up_after_the_bound() {
     never.task.abort();
 }
 
+/// Webhooks on the Postgres store: a relay that stopped with notifications pending leaves
+/// them in the database, and another relay delivers them without any client connecting; with
+/// two relays writing one log, every entry is announced exactly once (a row is claimed by one
+/// relay at a time), signed the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_on_postgres_survive_a_relay_and_are_delivered_once() {
+    let pg = wharf_tests::postgres::PgServer::start().expect("a PostgreSQL server");
+    let store = pg.database().await.expect("a database");
+    let down = Receiver::start(vec![500; 1000]).await;
+    let config = |url: String| {
+        let mut c = Config::default();
+        with_webhook(&mut c, url);
+        c.webhooks.backoff_base = Duration::from_millis(300);
+        c.webhooks.backoff_max = Duration::from_millis(300);
+        c.store = Some(store.clone());
+        c.postgres.max_connections = 4;
+        c
+    };
+    let one = TestRelay::start_config(config(format!("http://{}/hook", down.addr))).await;
+    let mut c = v1(&one, "t").await;
+    c.write_acked("log", entries(1, 3, 16))
+        .await
+        .expect("write");
+    eventually("a first attempt failed", || async {
+        !down.requests().is_empty()
+    })
+    .await;
+    drop(c);
+    one.shutdown().await;
+
+    // The endpoint is back; a relay that never served the tenant finds the notification in
+    // the database and delivers it.
+    down.answer_with(Vec::new());
+    let before = down.requests().len();
+    let two = TestRelay::start_config(config(format!("http://{}/hook", down.addr))).await;
+    eventually("delivered by the other relay", || async {
+        down.requests()[before..]
+            .iter()
+            .any(|(_, b)| serde_json::from_slice::<Value>(b).is_ok_and(|v| v["count"] == 3))
+    })
+    .await;
+    two.shutdown().await;
+    down.task.abort();
+
+    // Two relays, writers on both, one failure first: every entry announced exactly once.
+    let receiver = Receiver::start(vec![500]).await;
+    let url = format!("http://{}/hook", receiver.addr);
+    let relays = [
+        TestRelay::start_config(config(url.clone())).await,
+        TestRelay::start_config(config(url)).await,
+    ];
+    let mut writers = Vec::new();
+    for relay in &relays {
+        writers.push(v1(relay, "t").await);
+    }
+    for i in 0..5 {
+        for (j, w) in writers.iter_mut().enumerate() {
+            w.write_acked("log", entries(10 + i * 2 + j as u32, 4, 16))
+                .await
+                .expect("write");
+        }
+    }
+    // Sequences 0..=2 were announced above; 3..=42 now.
+    let announced = || -> u64 {
+        receiver.requests()[1..]
+            .iter()
+            .map(|(_, b)| {
+                serde_json::from_slice::<Value>(b).expect("json")["count"]
+                    .as_u64()
+                    .expect("count")
+            })
+            .sum()
+    };
+    // Once the outbox is empty nothing more can be sent: a delivery needs a claimed row, and
+    // a row leaves the outbox only after its delivery.
+    let db = sqlx::PgPool::connect(&store).await.expect("connect");
+    eventually("every entry announced, the outbox empty", || async {
+        let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_outbox")
+            .fetch_one(&db)
+            .await
+            .expect("count");
+        pending == 0 && receiver.requests().len() > 1 && announced() >= 40
+    })
+    .await;
+    db.close().await;
+    assert_eq!(announced(), 40, "{} requests", receiver.requests().len());
+    let mut covered: Vec<(u64, u64)> = receiver.requests()[1..]
+        .iter()
+        .map(|(h, b)| {
+            assert!(verify(h, b), "bad signature: {h:?}");
+            let v: Value = serde_json::from_slice(b).expect("json");
+            (
+                v["fromSequence"].as_u64().expect("from"),
+                v["toSequence"].as_u64().expect("to"),
+            )
+        })
+        .collect();
+    covered.sort_unstable();
+    assert_eq!(covered.first().map(|c| c.0), Some(3), "{covered:?}");
+    assert_eq!(covered.last().map(|c| c.1), Some(42), "{covered:?}");
+    for pair in covered.windows(2) {
+        assert_eq!(pair[1].0, pair[0].1 + 1, "no overlap, no gap: {covered:?}");
+    }
+    for relay in relays {
+        relay.shutdown().await;
+    }
+    receiver.task.abort();
+}
+
 #[tokio::test]
 async fn webhook_urls_to_link_local_addresses_are_refused() {
     let relay = TestRelay::start().await;

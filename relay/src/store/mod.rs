@@ -45,8 +45,6 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Config(String),
-    #[error("{0} is not available with the Postgres store yet (docs/scale-out.md)")]
-    Unsupported(&'static str),
 }
 
 /// What a tenant stores: ciphertext and snapshot bytes, and logs.
@@ -351,16 +349,17 @@ impl Store {
     }
 
     /// Webhook notifications due at `now_ms`, oldest first, at most `limit`; and when the
-    /// next one not yet due is due.
+    /// next one not yet due is due. On a shared store the rows are claimed for `claim_ms`
+    /// (the time their delivery may take), so that no other relay delivers them meanwhile.
     pub async fn outbox_due(
         &self,
         now_ms: i64,
         limit: usize,
+        claim_ms: i64,
     ) -> Result<(Vec<OutboxRow>, Option<i64>), StoreError> {
         match self {
             Store::Sqlite(s) => s.outbox_due(now_ms, limit).await,
-            // Webhooks are refused with the Postgres store: its outbox is always empty.
-            Store::Postgres(_) => Ok((Vec::new(), None)),
+            Store::Postgres(s) => s.outbox_due(now_ms, limit, claim_ms).await,
         }
     }
 
@@ -524,7 +523,7 @@ impl Writer {
                 })
                 .await
             }
-            Backing::Postgres(_) => Ok(0),
+            Backing::Postgres(w) => w.outbox_retain_endpoints(&endpoints).await,
         }
     }
 
@@ -538,7 +537,7 @@ impl Writer {
             Backing::Sqlite { store, writer } => {
                 Self::job(store, writer, move |w| w.outbox_delivered(&row, now_ms)).await
             }
-            Backing::Postgres(_) => Err(StoreError::Unsupported("webhooks")),
+            Backing::Postgres(w) => w.outbox_retire(&row, now_ms).await,
         }
     }
 
@@ -556,7 +555,8 @@ impl Writer {
                 })
                 .await
             }
-            Backing::Postgres(_) => Err(StoreError::Unsupported("webhooks")),
+            Backing::Postgres(w) if give_up => w.outbox_retire(&row, due_at).await,
+            Backing::Postgres(w) => w.outbox_retry(&row, due_at).await,
         }
     }
 

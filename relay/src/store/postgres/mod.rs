@@ -22,8 +22,8 @@ use uuid::Uuid;
 use wharf_protocol::RemoteEntry;
 
 use super::{
-    snapshot_growth, CommitRules, Outcome, RetainReport, RetentionLimits, SnapshotRefusal,
-    StoreError, StoredSnapshot, Totals, WriteReq,
+    snapshot_growth, CommitRules, OutboxRow, Outcome, RetainReport, RetentionLimits,
+    SnapshotRefusal, StoreError, StoredSnapshot, Totals, WriteReq,
 };
 use crate::config::{PostgresConfig, TenantId};
 
@@ -59,6 +59,8 @@ pub fn redact(url: &str) -> String {
 pub struct Backend {
     pool: PgPool,
     options: PgConnectOptions,
+    /// This relay process, as the webhook outbox's claims name it.
+    instance: Uuid,
 }
 
 impl Backend {
@@ -84,7 +86,11 @@ impl Backend {
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
             .connect_lazy_with(options.clone());
-        Ok(Self { pool, options })
+        Ok(Self {
+            pool,
+            options,
+            instance: Uuid::new_v4(),
+        })
     }
 
     /// The relay's connection pool.
@@ -107,6 +113,30 @@ impl Backend {
                 "the Postgres database did not answer within 3 s".into(),
             )),
         }
+    }
+
+    /// The tenants with webhook notifications pending, by id.
+    pub async fn tenants_with_outbox(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT l.tenant FROM webhook_outbox o JOIN logs l ON l.id = o.log_id \
+             ORDER BY l.tenant",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Gives back the webhook notifications this relay claimed and never reported on (it is
+    /// stopping): due at once, for whichever relay looks next.
+    pub async fn release_claims(&self) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE webhook_outbox SET claimed_by = NULL, \
+             due_at = LEAST(due_at, (extract(epoch from clock_timestamp()) * 1000)::int8) \
+             WHERE claimed_by = $1",
+        )
+        .bind(self.instance)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// Options for a connection of its own (the LISTEN connection).
@@ -135,6 +165,7 @@ impl Backend {
                 pool: self.pool.clone(),
                 tenant: tenant.clone(),
                 remote_id,
+                instance: self.instance,
             },
             Writer {
                 pool: self.pool.clone(),
@@ -150,6 +181,8 @@ pub struct Store {
     pool: PgPool,
     tenant: Arc<str>,
     remote_id: Uuid,
+    /// This relay process (it claims webhook notifications under this id).
+    instance: Uuid,
 }
 
 /// The writing side of one tenant on this relay (other relays have their own).
@@ -236,6 +269,66 @@ impl Store {
             iv: iv.into(),
             data: data.into(),
         }))
+    }
+
+    /// Claims up to `limit` of the tenant's notifications due at `now_ms`, oldest first, for
+    /// `claim_ms` (their `due_at` moves that far ahead, so no other relay delivers them
+    /// meanwhile; rows another relay holds are skipped); and when the next row not yet due
+    /// (or claimed) is due.
+    pub async fn outbox_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        claim_ms: i64,
+    ) -> Result<(Vec<OutboxRow>, Option<i64>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "WITH due AS (SELECT o.log_id, o.endpoint, o.due_at FROM webhook_outbox o \
+             JOIN logs l ON l.id = o.log_id WHERE l.tenant = $1 AND o.due_at <= $2 \
+             ORDER BY o.due_at LIMIT $3 FOR UPDATE OF o SKIP LOCKED) \
+             UPDATE webhook_outbox o SET due_at = $4, claimed_by = $5 FROM due, logs l \
+             WHERE o.log_id = due.log_id AND o.endpoint = due.endpoint AND l.id = o.log_id \
+             RETURNING o.endpoint, o.log_id, l.public_key, o.from_seq, o.to_seq, o.count, \
+             o.attempts, due.due_at",
+        )
+        .bind(&*self.tenant)
+        .bind(now_ms)
+        .bind(to_i64(limit as u64))
+        .bind(now_ms.saturating_add(claim_ms))
+        .bind(self.instance)
+        .fetch_all(&mut *tx)
+        .await?;
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(o.due_at) FROM webhook_outbox o JOIN logs l ON l.id = o.log_id \
+             WHERE l.tenant = $1 AND o.due_at > $2",
+        )
+        .bind(&*self.tenant)
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut rows = rows
+            .iter()
+            .map(|r| {
+                Ok(OutboxRow {
+                    endpoint: r.try_get(0)?,
+                    log_id: r.try_get(1)?,
+                    public_key: r.try_get(2)?,
+                    from_seq: to_u64(r.try_get(3)?),
+                    to_seq: to_u64(r.try_get(4)?),
+                    count: to_u64(r.try_get(5)?),
+                    attempts: u32::try_from(r.try_get::<i32, _>(6)?).unwrap_or(0),
+                    due_at: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        rows.sort_by_key(|r| r.due_at);
+        // The claimed rows are due again when the claim ends (if this relay never reports).
+        let next = match (next, rows.is_empty()) {
+            (n, true) => n,
+            (n, false) => Some(n.map_or(now_ms + claim_ms, |n| n.min(now_ms + claim_ms))),
+        };
+        Ok((rows, next))
     }
 
     /// The next sequence of each of `public_keys` that exists, as committed now.
@@ -457,6 +550,7 @@ impl Writer {
             start = end;
         }
         let (mut ids, mut nexts, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut firsts, mut counts) = (Vec::new(), Vec::new());
         let mut abandoned = Vec::new();
         let mut bells = Vec::new();
         for (pk, log) in &logs {
@@ -466,8 +560,33 @@ impl Writer {
                 ids.push(log.id);
                 nexts.push(to_i64(log.next));
                 bytes.push(to_i64(log.bytes));
+                firsts.push(to_i64(log.start));
+                counts.push(to_i64(log.next - log.start));
                 bells.push(serde_json::json!([tenant, pk, log.next]));
             }
+        }
+        if !rules.webhooks.is_empty() && !ids.is_empty() {
+            // Every endpoint is to be told about every log that grew; a row still pending for
+            // the (log, endpoint) absorbs the news (its due time, or another relay's claim on
+            // it, stays).
+            let lasts: Vec<i64> = nexts.iter().map(|n| n - 1).collect();
+            sqlx::query(
+                "INSERT INTO webhook_outbox (log_id, endpoint, from_seq, to_seq, count, due_at) \
+                 SELECT a.l, e, a.f, a.t, a.c, $6 \
+                 FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[]) AS a(l, f, t, c) \
+                 CROSS JOIN UNNEST($5::text[]) AS e \
+                 ON CONFLICT (log_id, endpoint) DO UPDATE SET \
+                 to_seq = GREATEST(webhook_outbox.to_seq, excluded.to_seq), \
+                 count = webhook_outbox.count + excluded.count",
+            )
+            .bind(&ids)
+            .bind(&firsts)
+            .bind(&lasts)
+            .bind(&counts)
+            .bind(&rules.webhooks)
+            .bind(rules.now_ms)
+            .execute(&mut *tx)
+            .await?;
         }
         if !ids.is_empty() {
             // The logs move on, and the doorbells ring (delivered to every listening relay when,
@@ -605,6 +724,57 @@ impl Writer {
 }
 
 impl Writer {
+    /// A notification was delivered (`due_at`: now) or given up: what `row` announced leaves
+    /// the outbox; anything coalesced into the row since is new news, due at `due_at` with its
+    /// attempts reset.
+    pub async fn outbox_retire(&mut self, row: &OutboxRow, due_at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "WITH gone AS (DELETE FROM webhook_outbox WHERE log_id = $1 AND endpoint = $2 \
+             AND to_seq <= $3 RETURNING 1) \
+             UPDATE webhook_outbox SET from_seq = $3 + 1, count = GREATEST(count - $4, 1), \
+             attempts = 0, due_at = $5, claimed_by = NULL WHERE log_id = $1 AND endpoint = $2 \
+             AND NOT EXISTS (SELECT 1 FROM gone)",
+        )
+        .bind(row.log_id)
+        .bind(&row.endpoint)
+        .bind(to_i64(row.to_seq))
+        .bind(to_i64(row.count))
+        .bind(due_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A delivery failed: due again at `due_at`.
+    pub async fn outbox_retry(&mut self, row: &OutboxRow, due_at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE webhook_outbox SET attempts = attempts + 1, due_at = $3, claimed_by = NULL \
+             WHERE log_id = $1 AND endpoint = $2",
+        )
+        .bind(row.log_id)
+        .bind(&row.endpoint)
+        .bind(due_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Drops the tenant's notifications for endpoints not in `endpoints`.
+    pub async fn outbox_retain_endpoints(
+        &mut self,
+        endpoints: &[String],
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM webhook_outbox o USING logs l WHERE l.id = o.log_id \
+             AND l.tenant = $1 AND NOT (o.endpoint = ANY($2))",
+        )
+        .bind(&*self.tenant)
+        .bind(endpoints)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Applies `limits` to every log of the tenant, deleting at most `budget` entries (oldest
     /// first, whole prefixes only: a log's history starts at `first_seq`, and sequences are
     /// never reused). Each log is trimmed in a transaction of its own under its row lock, so

@@ -110,10 +110,17 @@ impl TenantSettings {
         }
     }
 
-    /// Checks what a tenant's settings may hold: webhook URLs and secrets.
+    /// Checks what a tenant's settings may hold: webhook URLs (each once) and secrets.
     pub fn validate(&self, webhooks: &WebhooksConfig) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
         for hook in self.webhooks.iter().flatten() {
             crate::webhook::Endpoint::parse(hook, webhooks)?;
+            if !seen.insert(hook.url.as_str()) {
+                return Err(format!(
+                    "webhook {:?} is listed twice",
+                    crate::webhook::origin_of(&hook.url)
+                ));
+            }
         }
         Ok(())
     }
@@ -202,7 +209,14 @@ impl Effective {
             strict_iv,
             max_bytes: self.quota.max_bytes,
             max_logs: self.quota.max_logs,
-            webhooks: self.webhooks.iter().map(|w| w.url.clone()).collect(),
+            // Each endpoint is notified once, however the layers listed it.
+            webhooks: self
+                .webhooks
+                .iter()
+                .map(|w| w.url.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
             now_ms,
         }
     }

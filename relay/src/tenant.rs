@@ -381,7 +381,7 @@ impl TenantActor {
         }
         self.serve(&mut db).await;
         if let Some(sender) = self.sender.take() {
-            sender.task.abort();
+            stop_sender(sender, &db.store).await;
         }
         checkpointer.abort();
         db.writer.close().await;
@@ -508,6 +508,15 @@ impl TenantActor {
                     Msg::Reload => {
                         if let Err(e) = self.load_settings(db).await {
                             warn!(error = %e, "cannot reload the tenant's settings; keeping the current ones");
+                        }
+                        // A deletion or replacement through another relay whose notification
+                        // this relay missed (its LISTEN connection was down): the stored
+                        // identity changed under this actor.
+                        if matches!(db.store.stored_identity().await, Ok(id) if id != Some(db.store.remote_id()))
+                        {
+                            info!("tenant deleted or replaced through another relay; its sessions here close");
+                            self.evicted.cancel();
+                            stop = true;
                         }
                     }
                 }
@@ -705,10 +714,6 @@ impl TenantActor {
     async fn apply_settings(&mut self, store: &Store, stored: Option<TenantSettings>) {
         self.effective = self.config.effective(&self.tenant, stored.as_ref());
         self.stored = stored;
-        if let Some(sender) = self.sender.take() {
-            sender.task.abort();
-        }
-        let marker = webhook_marker(&self.config, &self.tenant);
         let endpoints: Vec<Endpoint> = self
             .effective
             .webhooks
@@ -721,6 +726,16 @@ impl TenantActor {
                 }
             })
             .collect();
+        let hooks = self.effective.webhooks.clone();
+        // The same endpoints and secrets (a reload that changed something else): the sender
+        // goes on.
+        if self.sender.as_ref().is_some_and(|s| s.hooks == hooks) {
+            return;
+        }
+        if let Some(sender) = self.sender.take() {
+            stop_sender(sender, store).await;
+        }
+        let marker = webhook_marker(&self.config, &self.tenant);
         // The marker's file operations run off the actor's task (tokio::fs), in order.
         if endpoints.is_empty() {
             let _ = tokio::fs::remove_file(&marker).await;
@@ -737,6 +752,7 @@ impl TenantActor {
         self.sender = Some(spawn_sender(
             self.tenant.clone(),
             store.clone(),
+            hooks,
             endpoints,
             self.config.clone(),
             self.metrics.clone(),
@@ -1061,6 +1077,8 @@ pub(crate) fn webhook_marker(config: &Config, tenant: &TenantId) -> std::path::P
 /// The webhook sender of one open tenant.
 struct SenderHandle {
     task: tokio::task::JoinHandle<()>,
+    /// The endpoints it was started for, as configured.
+    hooks: Vec<crate::policy::Webhook>,
     wake: Arc<tokio::sync::Notify>,
     /// Commits that enqueued notifications, and the count the sender last saw fully
     /// delivered: equal means the outbox is empty.
@@ -1068,9 +1086,21 @@ struct SenderHandle {
     drained: Arc<AtomicU64>,
 }
 
+/// Stops a sender, giving back (on a shared store) the notifications it claimed and had not
+/// reported on, so another relay (or the next sender) delivers them without waiting for the
+/// claim to run out.
+async fn stop_sender(sender: SenderHandle, store: &Store) {
+    sender.task.abort();
+    let _ = sender.task.await;
+    if let Err(e) = store.release_claims().await {
+        warn!(error = %e, "cannot give back webhook claims; they run out on their own");
+    }
+}
+
 fn spawn_sender(
     tenant: TenantId,
     store: Store,
+    hooks: Vec<crate::policy::Webhook>,
     endpoints: Vec<Endpoint>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
@@ -1096,6 +1126,7 @@ fn spawn_sender(
     );
     SenderHandle {
         task,
+        hooks,
         wake,
         enqueued,
         drained,
@@ -1121,7 +1152,11 @@ async fn send_loop(
         // On a shared store the rows are claimed for as long as their deliveries may take:
         // fewer at a time, so a relay that dies leaves them due again soon.
         let batch: usize = if store.is_shared() { 8 } else { 64 };
-        let claim = config.webhooks.timeout.saturating_mul(batch as u32) + Duration::from_secs(5);
+        let claim = config
+            .webhooks
+            .timeout
+            .saturating_mul(batch as u32)
+            .saturating_add(Duration::from_secs(5));
         let claim_ms = i64::try_from(claim.as_millis()).unwrap_or(i64::MAX);
         let (rows, next_due) = match store.outbox_due(now, batch, claim_ms).await {
             Ok(x) => x,

@@ -923,7 +923,7 @@ async fn webhooks_on_postgres_survive_a_relay_and_are_delivered_once() {
 }
 
 #[tokio::test]
-async fn webhook_urls_to_link_local_addresses_are_refused() {
+async fn webhook_urls_to_link_local_addresses_and_repeated_urls_are_refused() {
     let relay = TestRelay::start().await;
     let mut c = v1(&relay, "t").await;
     c.write_acked("log", entries(1, 1, 8)).await.expect("write");
@@ -932,6 +932,16 @@ async fn webhook_urls_to_link_local_addresses_are_refused() {
         "PUT",
         "/admin/v1/tenants/t/settings",
         json!({ "webhooks": [{ "url": "http://169.254.169.254/latest", "secret": SECRET }] }),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    // One endpoint listed twice is refused too (it would be notified twice).
+    let hook = json!({ "url": "http://127.0.0.1:9/hook", "secret": SECRET });
+    let (status, body) = admin(
+        &relay,
+        "PUT",
+        "/admin/v1/tenants/t/settings",
+        json!({ "webhooks": [hook.clone(), hook] }),
     )
     .await;
     assert_eq!(status, 400, "{body}");

@@ -325,6 +325,30 @@ async fn subscribers_get_everything_when_the_listen_connection_is_killed() {
     };
     assert!(value("wharf_listen_reconnects_total ") >= 2, "{metrics}");
     assert!(value("wharf_doorbells_total ") >= 1, "{metrics}");
+
+    // A tenant deleted while no notification can say so (here: with SQL, which rings
+    // nothing) is noticed when the relay resyncs after its LISTEN connection comes back: the
+    // stored identity is gone, so its sessions close rather than serve a tenant that is not.
+    let mut victim = Client::connect(&nodes[0].url("gone"))
+        .await
+        .expect("connect");
+    victim
+        .write_acked("log", entries(9, 1, 10))
+        .await
+        .expect("ack");
+    sqlx::query("DELETE FROM tenants WHERE id = 'gone'")
+        .execute(&admin)
+        .await
+        .expect("delete with SQL");
+    let pid = listener_pid(&admin, nodes[0].pid()).await;
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&admin)
+        .await
+        .expect("terminate");
+    assert!(killed, "pg_terminate_backend");
+    let closed = victim.closed().await.expect("closed at the resync");
+    assert_eq!(closed.code, Some(1008), "{closed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -825,16 +849,46 @@ async fn revocations_reach_every_relay_on_postgres() {
     let (_pg, url) = start_postgres().await;
     let key = tempfile::tempdir().expect("tempdir");
     let key_file = key.path().join("relay-key.pem");
-    let pg_relay = |url: String, key_file: std::path::PathBuf| {
+    let rw = [Action::Read, Action::Write];
+    // Relay one's data directory holds a list from before the move to Postgres.
+    let data = tempfile::tempdir().expect("tempdir");
+    let revoked_before = wharf_tests::claims("acme", &rw);
+    std::fs::create_dir_all(data.path().join("auth")).expect("mkdir");
+    let file = RevocationStore::open_file(&data.path().join("auth/revocations.sqlite"))
+        .await
+        .expect("the old list");
+    file.revoke(&revoked_before.jti, wharf_relay::auth::unix_now())
+        .await
+        .expect("revoke");
+    file.close().await;
+    let pg_relay = |url: String, key_file: std::path::PathBuf, data: Option<std::path::PathBuf>| {
         TestRelay::start_with_tokens(move |c| {
             c.store = Some(url);
             c.postgres.max_connections = 4;
             c.auth.key_file = Some(key_file);
+            if let Some(data) = data {
+                c.data = data;
+            }
         })
     };
-    let one = pg_relay(url.clone(), key_file.clone()).await;
-    let two = pg_relay(url.clone(), key_file.clone()).await;
-    let rw = [Action::Read, Action::Write];
+    let one = pg_relay(
+        url.clone(),
+        key_file.clone(),
+        Some(data.path().to_path_buf()),
+    )
+    .await;
+    let two = pg_relay(url.clone(), key_file.clone(), None).await;
+    // Merged into the database when relay one starts: refused by relay two too.
+    let old_token = two.mint(&revoked_before);
+    eventually(
+        "a revocation from the old list holds on every relay",
+        || async {
+            Client::connect(&two.url_with_token("acme", &old_token))
+                .await
+                .is_err()
+        },
+    )
+    .await;
     let (doomed, kept, later) = (
         wharf_tests::claims("acme", &rw),
         wharf_tests::claims("acme", &rw),

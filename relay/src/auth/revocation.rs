@@ -98,21 +98,45 @@ impl RevocationStore {
         config: &Config,
         shared: Option<&PgBackend>,
     ) -> Result<Self, RevocationError> {
-        match (&config.store, shared) {
-            (Some(_), Some(pg)) => Ok(Self(Backing::Postgres {
+        let store = match (&config.store, shared) {
+            (Some(_), Some(pg)) => Self(Backing::Postgres {
                 pool: pg.pool().clone(),
                 owned: false,
-            })),
+            }),
             (Some(url), None) => {
                 let pg = PgBackend::connect_lazy(url, &config.postgres)?;
                 pg.migrate().await?;
-                Ok(Self(Backing::Postgres {
+                Self(Backing::Postgres {
                     pool: pg.pool().clone(),
                     owned: true,
-                }))
+                })
             }
-            (None, _) => Self::open_file(&config.revocations_path()).await,
+            (None, _) => return Self::open_file(&config.revocations_path()).await,
+        };
+        // A list kept in the data directory (before the relay moved to Postgres, or written
+        // by `token revoke` without --store) is merged in: nothing revoked is forgotten.
+        let file = config.revocations_path();
+        if file.exists() {
+            let old = Self::open_file(&file).await?;
+            let rows = old.rows().await;
+            old.close().await;
+            let (tokens, tenants) = rows?;
+            let merged = tokens.len() + tenants.len();
+            for (jti, at) in tokens {
+                store.revoke(&jti, to_u64(at)).await?;
+            }
+            for (tenant, not_before) in tenants {
+                store.revoke_tenant(&tenant, to_u64(not_before)).await?;
+            }
+            if merged > 0 {
+                tracing::info!(
+                    merged,
+                    file = %file.display(),
+                    "revocations from the data directory merged into the database"
+                );
+            }
         }
+        Ok(store)
     }
 
     /// The list in a SQLite file at `path`.

@@ -691,10 +691,11 @@ async fn export_tenant(
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(8);
-    // The client sees a cut stream when an export fails: no end line, so an import refuses it.
-    let failed = |name: &str, tx: &tokio::sync::mpsc::Sender<_>, e: String| {
+    // The client sees a cut stream when an export fails (the body ends with an error): no end
+    // line, so an import refuses it.
+    let failed = |name: &str, e: &str| {
         warn!(tenant = %name, error = %e, "export failed");
-        let _ = tx.try_send(Err(std::io::Error::other(e)));
+        Err(std::io::Error::other(e.to_owned()))
     };
     if let Some(pg) = postgres(&state)? {
         if pg.describe(&tenant).await.map_err(internal)?.is_none() {
@@ -705,11 +706,12 @@ async fn export_tenant(
         }
         let (pg, name) = (pg.clone(), tenant.clone());
         tokio::spawn(async move {
-            match pg.export(&name, &tx).await {
-                Ok(Some(_)) => {}
-                Ok(None) => failed(name.as_str(), &tx, "the tenant was deleted".into()),
-                Err(e) => failed(name.as_str(), &tx, e.to_string()),
-            }
+            let why = match pg.export(&name, &tx).await {
+                Ok(Some(_)) => return,
+                Ok(None) => "the tenant was deleted".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            let _ = tx.send(failed(name.as_str(), &why)).await;
         });
     } else {
         let path = existing_tenant(&state, &tenant)?;
@@ -720,7 +722,7 @@ async fn export_tenant(
                 buf: Vec::with_capacity(CHUNK),
             };
             if let Err(e) = store_admin::export(&path, &name, &mut out) {
-                failed(&name, &tx, e.to_string());
+                let _ = tx.blocking_send(failed(&name, &e.to_string()));
             }
         });
     }

@@ -363,6 +363,24 @@ impl Store {
         }
     }
 
+    /// The `remoteId` the store holds for the tenant now (`None`: it was deleted). On SQLite
+    /// the tenant's file is this relay's alone: always the one it opened with.
+    pub async fn stored_identity(&self) -> Result<Option<Uuid>, StoreError> {
+        match self {
+            Store::Sqlite(s) => Ok(Some(s.remote_id())),
+            Store::Postgres(s) => s.stored_identity().await,
+        }
+    }
+
+    /// Gives back the webhook notifications this relay claimed for the tenant and has not
+    /// reported on (its sender stopped): due at once. Nothing to do on SQLite (no claims).
+    pub async fn release_claims(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.release_claims().await,
+        }
+    }
+
     /// Moves committed pages into the database file without waiting for the writer (SQLite's
     /// WAL; nothing to do elsewhere).
     pub async fn checkpoint(&self) -> Result<(), StoreError> {

@@ -88,7 +88,22 @@ impl Backend {
     /// Deletes `tenant` (its logs, entries, snapshots, settings and `remoteId`); whether it
     /// existed. Relays serving it let its clients go.
     pub async fn delete_tenant(&self, tenant: &TenantId) -> Result<bool, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_delete_tenant(tenant).await {
+                // A commit creating a log while holding others can still cross this
+                // deletion's locks; Postgres breaks the cycle, and the deletion goes again.
+                Err(StoreError::Postgres(sqlx::Error::Database(e)))
+                    if e.code().as_deref() == Some(DEADLOCK) && attempt < 3 => {}
+                done => return done,
+            }
+        }
+    }
+
+    async fn try_delete_tenant(&self, tenant: &TenantId) -> Result<bool, StoreError> {
         let mut tx = self.admin_transaction().await?;
+        lock_whole_tenant(&mut tx, tenant).await?;
         let gone = sqlx::query(
             "WITH gone AS (DELETE FROM tenants WHERE id = $1 RETURNING id) \
              SELECT pg_notify($2, id) FROM gone",
@@ -133,9 +148,11 @@ impl Backend {
         out: &mpsc::Sender<Result<Bytes, std::io::Error>>,
     ) -> Result<Option<u64>, ExportError> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        // It waits on the client between statements: neither limit of a commit applies.
         for setting in [
             "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
             "SET LOCAL statement_timeout = 0",
+            "SET LOCAL idle_in_transaction_session_timeout = 0",
         ] {
             sqlx::query(setting)
                 .execute(&mut *tx)
@@ -191,6 +208,8 @@ impl Backend {
                 }
             }
         }
+        // The snapshot is no longer needed for the last chunk.
+        tx.commit().await.map_err(StoreError::from)?;
         write_line(
             &mut buf,
             &ExportEnd {
@@ -199,7 +218,6 @@ impl Backend {
             },
         )?;
         send(out, &mut buf).await?;
-        tx.commit().await.map_err(StoreError::from)?;
         Ok(Some(n))
     }
 
@@ -220,6 +238,7 @@ impl Backend {
         let header = check.header().clone();
         let mut tx = self.admin_transaction().await?;
         if replace {
+            lock_whole_tenant(&mut tx, tenant).await?;
             sqlx::query("DELETE FROM tenants WHERE id = $1")
                 .bind(tenant.as_str())
                 .execute(&mut *tx)
@@ -312,15 +331,42 @@ impl Backend {
     }
 
     /// A transaction for an administrative change: it may run longer than a commit's
-    /// `statement_timeout` (deleting or importing a large tenant), never waits for a lock
-    /// longer than `lock_timeout`.
+    /// `statement_timeout` (deleting or importing a large tenant) and wait on its client
+    /// between statements (an import's upload), but never waits for a lock longer than
+    /// `lock_timeout`.
     async fn admin_transaction(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL statement_timeout = 0")
-            .execute(&mut *tx)
-            .await?;
+        for setting in [
+            "SET LOCAL statement_timeout = 0",
+            "SET LOCAL idle_in_transaction_session_timeout = 0",
+        ] {
+            sqlx::query(setting).execute(&mut *tx).await?;
+        }
         Ok(tx)
     }
+}
+
+/// Postgres's SQLSTATE for a transaction chosen to break a deadlock.
+const DEADLOCK: &str = "40P01";
+
+/// Locks `tenant`'s row, then its logs' rows in the order commits lock them (by public key,
+/// bytewise), before a statement deletes them all: a cascade alone would lock the logs in
+/// whatever order it finds them and could deadlock with commits.
+async fn lock_whole_tenant(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: &TenantId,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+        .bind(tenant.as_str())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "SELECT 1 FROM logs WHERE tenant = $1 ORDER BY public_key COLLATE \"C\" FOR UPDATE",
+    )
+    .bind(tenant.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn describe_in(
@@ -340,7 +386,7 @@ async fn describe_in(
         .fetch_one(&mut **tx)
         .await?;
     let logs: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT public_key, next_seq, first_seq FROM logs WHERE tenant = $1 ORDER BY public_key",
+        "SELECT public_key, next_seq, first_seq FROM logs WHERE tenant = $1 ORDER BY public_key COLLATE \"C\"",
     )
     .bind(tenant.as_str())
     .fetch_all(&mut **tx)

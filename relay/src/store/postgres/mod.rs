@@ -40,6 +40,8 @@ pub const SETTINGS_CHANNEL: &str = "wharf_settings";
 const MAX_PAYLOAD: usize = 7_900;
 /// Ciphertext bytes inserted by one statement, at most (about: an entry is never split).
 const INSERT_CHUNK_BYTES: usize = 16 << 20;
+/// Ciphertext bytes one retention step deletes from a log, at most (about).
+const RETAIN_STEP_BYTES: u64 = 64 << 20;
 
 /// A `postgres://` URL with its password replaced, for messages and logs.
 pub fn redact(url: &str) -> String {
@@ -129,11 +131,13 @@ impl Backend {
     /// stopping): due at once, for whichever relay looks next.
     pub async fn release_claims(&self) -> Result<u64, StoreError> {
         Ok(sqlx::query(
-            "UPDATE webhook_outbox SET claimed_by = NULL, \
-             due_at = LEAST(due_at, (extract(epoch from clock_timestamp()) * 1000)::int8) \
-             WHERE claimed_by = $1",
+            "UPDATE webhook_outbox o SET claimed_by = NULL, due_at = LEAST(o.due_at, $2) \
+             FROM (SELECT log_id, endpoint FROM webhook_outbox WHERE claimed_by = $1 \
+             ORDER BY log_id, endpoint FOR UPDATE) mine \
+             WHERE o.log_id = mine.log_id AND o.endpoint = mine.endpoint",
         )
         .bind(self.instance)
+        .bind(crate::policy::now_ms())
         .execute(&self.pool)
         .await?
         .rows_affected())
@@ -170,6 +174,7 @@ impl Backend {
             Writer {
                 pool: self.pool.clone(),
                 tenant,
+                instance: self.instance,
             },
         ))
     }
@@ -190,6 +195,8 @@ pub struct Store {
 pub struct Writer {
     pool: PgPool,
     tenant: Arc<str>,
+    /// This relay process (its reports on webhook claims name it).
+    instance: Uuid,
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -326,9 +333,39 @@ impl Store {
         // The claimed rows are due again when the claim ends (if this relay never reports).
         let next = match (next, rows.is_empty()) {
             (n, true) => n,
-            (n, false) => Some(n.map_or(now_ms + claim_ms, |n| n.min(now_ms + claim_ms))),
+            (n, false) => {
+                let claim_ends = now_ms.saturating_add(claim_ms);
+                Some(n.map_or(claim_ends, |n| n.min(claim_ends)))
+            }
         };
         Ok((rows, next))
+    }
+
+    /// The tenant's `remoteId` as stored now (`None`: deleted).
+    pub async fn stored_identity(&self) -> Result<Option<Uuid>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT remote_id FROM tenants WHERE id = $1")
+                .bind(&*self.tenant)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Gives back what this relay claimed of the tenant's outbox: due at once.
+    pub async fn release_claims(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE webhook_outbox o SET claimed_by = NULL, due_at = LEAST(o.due_at, $3) \
+             FROM (SELECT c.log_id, c.endpoint FROM webhook_outbox c \
+             JOIN logs l ON l.id = c.log_id WHERE l.tenant = $1 AND c.claimed_by = $2 \
+             ORDER BY c.log_id, c.endpoint FOR UPDATE OF c) mine \
+             WHERE o.log_id = mine.log_id AND o.endpoint = mine.endpoint",
+        )
+        .bind(&*self.tenant)
+        .bind(self.instance)
+        .bind(crate::policy::now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// The next sequence of each of `public_keys` that exists, as committed now.
@@ -574,7 +611,7 @@ impl Writer {
                 "INSERT INTO webhook_outbox (log_id, endpoint, from_seq, to_seq, count, due_at) \
                  SELECT a.l, e, a.f, a.t, a.c, $6 \
                  FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[]) AS a(l, f, t, c) \
-                 CROSS JOIN UNNEST($5::text[]) AS e \
+                 CROSS JOIN UNNEST($5::text[]) AS e ORDER BY a.l, e \
                  ON CONFLICT (log_id, endpoint) DO UPDATE SET \
                  to_seq = GREATEST(webhook_outbox.to_seq, excluded.to_seq), \
                  count = webhook_outbox.count + excluded.count",
@@ -730,16 +767,17 @@ impl Writer {
     pub async fn outbox_retire(&mut self, row: &OutboxRow, due_at: i64) -> Result<(), StoreError> {
         sqlx::query(
             "WITH gone AS (DELETE FROM webhook_outbox WHERE log_id = $1 AND endpoint = $2 \
-             AND to_seq <= $3 RETURNING 1) \
+             AND to_seq <= $3 AND claimed_by = $6 RETURNING 1) \
              UPDATE webhook_outbox SET from_seq = $3 + 1, count = GREATEST(count - $4, 1), \
              attempts = 0, due_at = $5, claimed_by = NULL WHERE log_id = $1 AND endpoint = $2 \
-             AND NOT EXISTS (SELECT 1 FROM gone)",
+             AND claimed_by = $6 AND NOT EXISTS (SELECT 1 FROM gone)",
         )
         .bind(row.log_id)
         .bind(&row.endpoint)
         .bind(to_i64(row.to_seq))
         .bind(to_i64(row.count))
         .bind(due_at)
+        .bind(self.instance)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -749,11 +787,12 @@ impl Writer {
     pub async fn outbox_retry(&mut self, row: &OutboxRow, due_at: i64) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE webhook_outbox SET attempts = attempts + 1, due_at = $3, claimed_by = NULL \
-             WHERE log_id = $1 AND endpoint = $2",
+             WHERE log_id = $1 AND endpoint = $2 AND claimed_by = $4",
         )
         .bind(row.log_id)
         .bind(&row.endpoint)
         .bind(due_at)
+        .bind(self.instance)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -813,7 +852,25 @@ impl Writer {
                 continue;
             };
             let (first, next) = (to_u64(first), to_u64(next));
-            let window = first.saturating_add(left);
+            let mut window = first.saturating_add(left);
+            if to_u64(bytes) > RETAIN_STEP_BYTES {
+                // Large entries: a step also stops at about RETAIN_STEP_BYTES of ciphertext,
+                // so it stays well inside statement_timeout while it holds the log's lock.
+                let past: Option<i64> = sqlx::query_scalar(
+                    "SELECT seq FROM (SELECT seq, SUM(length(ciphertext)) OVER (ORDER BY seq) \
+                     AS upto FROM entries WHERE log_id = $1 AND seq >= $2 AND seq < $3) t \
+                     WHERE upto > $4 ORDER BY seq LIMIT 1",
+                )
+                .bind(log_id)
+                .bind(to_i64(first))
+                .bind(to_i64(window))
+                .bind(to_i64(RETAIN_STEP_BYTES))
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(seq) = past {
+                    window = window.min(to_u64(seq).max(first + 1));
+                }
+            }
             let target = retention_target(
                 &mut tx,
                 log_id,

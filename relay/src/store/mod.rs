@@ -150,6 +150,63 @@ pub struct RetainReport {
     pub more: bool,
 }
 
+/// One retention step's budget of entries, and what the step did: the bookkeeping both
+/// stores' loops over a tenant's logs share.
+#[derive(Debug)]
+pub(crate) struct RetainBudget {
+    left: u64,
+    report: RetainReport,
+}
+
+impl RetainBudget {
+    pub(crate) fn new(budget: u64) -> Self {
+        Self {
+            left: budget.max(1),
+            report: RetainReport::default(),
+        }
+    }
+
+    /// How far this step may delete in a log whose history starts at `first` (exclusive);
+    /// `None` when the budget is spent (another step does the rest).
+    pub(crate) fn window(&mut self, first: u64) -> Option<u64> {
+        if self.left == 0 {
+            self.report.more = true;
+            return None;
+        }
+        Some(first.saturating_add(self.left))
+    }
+
+    /// `public_key`'s history now starts at `end` instead of `first` (the policy wanted
+    /// `target`): `deleted` entries and `freed` ciphertext bytes went.
+    pub(crate) fn trimmed(
+        &mut self,
+        public_key: String,
+        (first, end, target): (u64, u64, u64),
+        deleted: u64,
+        freed: u64,
+    ) {
+        self.report.entries_deleted += deleted;
+        self.report.bytes_deleted += freed;
+        self.report.truncated.push((public_key, end));
+        self.left = self.left.saturating_sub(deleted.max(end - first));
+        if end < target {
+            self.report.more = true;
+        }
+    }
+
+    pub(crate) fn report(&self) -> &RetainReport {
+        &self.report
+    }
+
+    /// The step's report; a spent budget means more may be due.
+    pub(crate) fn finish(mut self) -> RetainReport {
+        if self.left == 0 {
+            self.report.more = true;
+        }
+        self.report
+    }
+}
+
 /// Why a snapshot was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotRefusal {

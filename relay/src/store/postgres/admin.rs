@@ -91,7 +91,7 @@ impl Backend {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_delete_tenant(tenant).await {
+            match self.delete_ringing(tenant, None).await {
                 // A commit creating a log while holding others can still cross this
                 // deletion's locks; Postgres breaks the cycle, and the deletion goes again.
                 Err(StoreError::Postgres(sqlx::Error::Database(e)))
@@ -101,22 +101,6 @@ impl Backend {
         }
     }
 
-    async fn try_delete_tenant(&self, tenant: &TenantId) -> Result<bool, StoreError> {
-        let mut tx = self.admin_transaction().await?;
-        lock_whole_tenant(&mut tx, tenant).await?;
-        let gone = sqlx::query(
-            "WITH gone AS (DELETE FROM tenants WHERE id = $1 RETURNING id) \
-             SELECT pg_notify($2, id) FROM gone",
-        )
-        .bind(tenant.as_str())
-        .bind(EVICT_CHANNEL)
-        .fetch_optional(&mut *tx)
-        .await?
-        .is_some();
-        tx.commit().await?;
-        Ok(gone)
-    }
-
     /// Deletes log `public_key` of `tenant` with its entries and snapshots; whether it
     /// existed. Relays serving the tenant let its clients go.
     pub async fn delete_log(
@@ -124,17 +108,33 @@ impl Backend {
         tenant: &TenantId,
         public_key: &str,
     ) -> Result<bool, StoreError> {
+        self.delete_ringing(tenant, Some(public_key)).await
+    }
+
+    /// Deletes one log of `tenant`, or (`None`) the whole tenant, ringing `wharf_evict` in the
+    /// same transaction; whether there was anything to delete.
+    async fn delete_ringing(
+        &self,
+        tenant: &TenantId,
+        public_key: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.admin_transaction().await?;
-        let gone = sqlx::query(
-            "WITH gone AS (DELETE FROM logs WHERE tenant = $1 AND public_key = $2 \
-             RETURNING tenant) SELECT pg_notify($3, tenant) FROM gone",
-        )
-        .bind(tenant.as_str())
-        .bind(public_key)
-        .bind(EVICT_CHANNEL)
-        .fetch_optional(&mut *tx)
-        .await?
-        .is_some();
+        let sql = match public_key {
+            None => {
+                lock_whole_tenant(&mut tx, tenant).await?;
+                "WITH gone AS (DELETE FROM tenants WHERE id = $1 RETURNING id) \
+                 SELECT pg_notify($2, id) FROM gone"
+            }
+            Some(_) => {
+                "WITH gone AS (DELETE FROM logs WHERE tenant = $1 AND public_key = $3 \
+                 RETURNING tenant) SELECT pg_notify($2, tenant) FROM gone"
+            }
+        };
+        let mut query = sqlx::query(sql).bind(tenant.as_str()).bind(EVICT_CHANNEL);
+        if let Some(public_key) = public_key {
+            query = query.bind(public_key);
+        }
+        let gone = query.fetch_optional(&mut *tx).await?.is_some();
         tx.commit().await?;
         Ok(gone)
     }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use wharf_protocol::RemoteEntry;
 
 use super::{
-    snapshot_growth, CommitRules, OutboxRow, Outcome, RetainReport, RetentionLimits,
+    snapshot_growth, CommitRules, OutboxRow, Outcome, RetainBudget, RetainReport, RetentionLimits,
     SnapshotRefusal, StoreError, StoredSnapshot, Totals, WriteReq,
 };
 use crate::config::{PostgresConfig, TenantId};
@@ -825,21 +825,16 @@ impl Writer {
         now_ms: i64,
         budget: u64,
     ) -> Result<RetainReport, StoreError> {
-        let mut report = RetainReport::default();
         if limits.is_off() {
-            return Ok(report);
+            return Ok(RetainReport::default());
         }
         let logs: Vec<(i64, String)> =
             sqlx::query_as("SELECT id, public_key FROM logs WHERE tenant = $1 ORDER BY id")
                 .bind(&*self.tenant)
                 .fetch_all(&self.pool)
                 .await?;
-        let mut left = budget.max(1);
+        let mut budget = RetainBudget::new(budget);
         for (log_id, public_key) in logs {
-            if left == 0 {
-                report.more = true;
-                break;
-            }
             let mut tx = self.pool.begin().await?;
             let row: Option<(i64, i64, i64)> = sqlx::query_as(
                 "SELECT first_seq, next_seq, bytes FROM logs WHERE id = $1 FOR NO KEY UPDATE",
@@ -852,7 +847,9 @@ impl Writer {
                 continue;
             };
             let (first, next) = (to_u64(first), to_u64(next));
-            let mut window = first.saturating_add(left);
+            let Some(mut window) = budget.window(first) else {
+                break;
+            };
             if to_u64(bytes) > RETAIN_STEP_BYTES {
                 // Large entries: a step also stops at about RETAIN_STEP_BYTES of ciphertext,
                 // so it stays well inside statement_timeout while it holds the log's lock.
@@ -903,19 +900,14 @@ impl Writer {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            let deleted = to_u64(deleted);
-            report.entries_deleted += deleted;
-            report.bytes_deleted += to_u64(freed);
-            report.truncated.push((public_key, end));
-            left = left.saturating_sub(deleted.max(end - first));
-            if end < target {
-                report.more = true;
-            }
+            budget.trimmed(
+                public_key,
+                (first, end, target),
+                to_u64(deleted),
+                to_u64(freed),
+            );
         }
-        if left == 0 {
-            report.more = true;
-        }
-        Ok(report)
+        Ok(budget.finish())
     }
 }
 

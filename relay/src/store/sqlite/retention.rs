@@ -10,8 +10,8 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{Store, Writer};
 use crate::store::{
-    snapshot_growth, CommitRules, OutboxRow, RetainReport, RetentionLimits, SnapshotRefusal,
-    StoreError, StoredSnapshot, Totals,
+    snapshot_growth, CommitRules, OutboxRow, RetainBudget, RetainReport, RetentionLimits,
+    SnapshotRefusal, StoreError, StoredSnapshot, Totals,
 };
 
 fn to_i64(v: u64) -> i64 {
@@ -165,9 +165,8 @@ impl Writer {
         now_ms: i64,
         budget: u64,
     ) -> Result<RetainReport, StoreError> {
-        let mut report = RetainReport::default();
         if limits.is_off() {
-            return Ok(report);
+            return Ok(RetainReport::default());
         }
         let logs: Vec<(i64, String, i64, i64)> = {
             let mut stmt = self
@@ -185,14 +184,13 @@ impl Writer {
             )
             .optional()?
             .unwrap_or(0);
-        let mut left = budget.max(1);
+        let mut budget = RetainBudget::new(budget);
         for (log_id, public_key, first, bytes) in logs {
-            if left == 0 {
-                report.more = true;
-                break;
-            }
-            let next = self.meta(&public_key)?.next;
             let first = to_u64(first);
+            let Some(window) = budget.window(first) else {
+                break;
+            };
+            let next = self.meta(&public_key)?.next;
             let target = self.retention_target(
                 log_id,
                 first,
@@ -200,12 +198,12 @@ impl Writer {
                 to_u64(bytes),
                 limits,
                 (now_ms, epoch),
-                first.saturating_add(left),
+                window,
             )?;
             if target <= first {
                 continue;
             }
-            let end = target.min(first.saturating_add(left));
+            let end = target.min(window);
             let tx = self.conn.transaction()?;
             let freed: i64 = tx.query_row(
                 "SELECT COALESCE(SUM(length(ciphertext)), 0) FROM entries \
@@ -228,21 +226,12 @@ impl Writer {
             if let Some(t) = self.totals.as_mut() {
                 t.bytes = t.bytes.saturating_sub(to_u64(freed));
             }
-            report.entries_deleted += deleted;
-            report.bytes_deleted += to_u64(freed);
-            report.truncated.push((public_key, end));
-            left = left.saturating_sub(deleted.max(end - first));
-            if end < target {
-                report.more = true;
-            }
+            budget.trimmed(public_key, (first, end, target), deleted, to_u64(freed));
         }
-        if left == 0 {
-            // The budget is spent: another step looks whether more is due.
-            report.more = true;
-        }
-        if report.entries_deleted > 0 {
+        if budget.report().entries_deleted > 0 {
             self.vacuum()?;
         }
+        let report = budget.finish();
         Ok(report)
     }
 

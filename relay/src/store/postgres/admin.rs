@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{to_i64, to_u64, Backend, INSERT_CHUNK_BYTES};
+use super::{to_i64, to_u64, Backend, Columns, INSERT_CHUNK_BYTES};
 use crate::config::TenantId;
 use crate::store::admin::{
     write_line, ExportEnd, ExportEntry, ExportError, ExportHeader, ImportCheck, ImportError,
@@ -293,7 +293,7 @@ impl Backend {
         // Each log's id and the ciphertext bytes it receives.
         let mut logs: HashMap<String, (i64, i64)> =
             rows.into_iter().map(|(id, pk)| (pk, (id, 0))).collect();
-        let mut batch = Batch::default();
+        let mut batch = Columns::default();
         while let Some(text) = lines.next_line().await? {
             let Some(e) = check.line(&text)? else {
                 continue;
@@ -302,17 +302,12 @@ impl Backend {
                 .get_mut(&e.log)
                 .ok_or_else(|| check.invalid(format!("log {:?} is not in the header", e.log)))?;
             *bytes += to_i64(e.ciphertext.len() as u64);
-            batch.size += e.ciphertext.len();
-            batch.log_ids.push(*id);
-            batch.seqs.push(e.seq);
-            batch.entry_ids.push(e.entry_id);
-            batch.ivs.push(e.iv);
-            batch.ciphertexts.push(e.ciphertext);
-            if batch.size >= INSERT_CHUNK_BYTES || batch.seqs.len() >= 10_000 {
-                batch.insert(&mut tx, now_ms, &check).await?;
+            batch.push(*id, e.seq, e.entry_id, e.iv, e.ciphertext);
+            if batch.bytes >= INSERT_CHUNK_BYTES || batch.len() >= 10_000 {
+                insert_imported(&mut batch, &mut tx, now_ms, &check).await?;
             }
         }
-        batch.insert(&mut tx, now_ms, &check).await?;
+        insert_imported(&mut batch, &mut tx, now_ms, &check).await?;
         let imported = check.finish()?;
         let (ids, bytes): (Vec<i64>, Vec<i64>) = logs.into_values().unzip();
         sqlx::query(
@@ -416,51 +411,18 @@ async fn send(
     })
 }
 
-/// Imported entries not yet inserted, column by column for one `UNNEST` statement.
-#[derive(Default)]
-struct Batch {
-    log_ids: Vec<i64>,
-    seqs: Vec<i64>,
-    entry_ids: Vec<Vec<u8>>,
-    ivs: Vec<Vec<u8>>,
-    ciphertexts: Vec<Vec<u8>>,
-    size: usize,
-}
-
-impl Batch {
-    async fn insert(
-        &mut self,
-        tx: &mut Transaction<'static, Postgres>,
-        now_ms: i64,
-        check: &ImportCheck,
-    ) -> Result<(), ImportError> {
-        if self.seqs.is_empty() {
-            return Ok(());
-        }
-        let done = sqlx::query(
-            "INSERT INTO entries (log_id, seq, entry_id, iv, ciphertext, at) \
-             SELECT l, s, e, i, c, $6 FROM UNNEST($1::int8[], $2::int8[], $3::bytea[], \
-             $4::bytea[], $5::bytea[]) AS t(l, s, e, i, c)",
-        )
-        .bind(&self.log_ids)
-        .bind(&self.seqs)
-        .bind(&self.entry_ids)
-        .bind(&self.ivs)
-        .bind(&self.ciphertexts)
-        .bind(now_ms)
-        .execute(&mut **tx)
-        .await;
-        match done {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                return Err(check.invalid(
-                    "an entry id is repeated within a log (in this line or the ones before it)"
-                        .into(),
-                ))
-            }
-            Err(e) => return Err(StoreError::from(e).into()),
-        }
-        *self = Batch::default();
-        Ok(())
+/// Inserts an import's pending entries; a repeated entry id is the export's fault.
+async fn insert_imported(
+    batch: &mut Columns,
+    tx: &mut Transaction<'static, Postgres>,
+    now_ms: i64,
+    check: &ImportCheck,
+) -> Result<(), ImportError> {
+    match batch.insert(tx, now_ms).await {
+        Ok(()) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(check.invalid(
+            "an entry id is repeated within a log (in this line or the ones before it)".into(),
+        )),
+        Err(e) => Err(StoreError::from(e).into()),
     }
 }

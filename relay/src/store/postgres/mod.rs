@@ -402,7 +402,8 @@ struct Locked {
 /// A row of what a log already holds: an entry id with its sequence, or a 12-byte iv.
 type Held = (Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>);
 
-/// The new entries of a group, column by column, for one `UNNEST` insert.
+/// New entries, column by column, for `UNNEST` inserts: a commit's group, or a batch of an
+/// import.
 #[derive(Default)]
 struct Columns {
     log_ids: Vec<i64>,
@@ -410,6 +411,58 @@ struct Columns {
     entry_ids: Vec<Vec<u8>>,
     ivs: Vec<Vec<u8>>,
     ciphertexts: Vec<Vec<u8>>,
+    /// Ciphertext bytes held.
+    bytes: usize,
+}
+
+impl Columns {
+    fn push(&mut self, log_id: i64, seq: i64, entry_id: Vec<u8>, iv: Vec<u8>, ciphertext: Vec<u8>) {
+        self.bytes += ciphertext.len();
+        self.log_ids.push(log_id);
+        self.seqs.push(seq);
+        self.entry_ids.push(entry_id);
+        self.ivs.push(iv);
+        self.ciphertexts.push(ciphertext);
+    }
+
+    fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Inserts every entry held, committed at `at_ms`, one statement per ~16 MiB of
+    /// ciphertext (a group may hold far more than one message to the server should); then
+    /// holds none.
+    async fn insert(
+        &mut self,
+        tx: &mut Transaction<'static, Postgres>,
+        at_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        let mut start = 0;
+        while start < self.len() {
+            let mut end = start;
+            let mut size = 0;
+            while end < self.len() && (end == start || size < INSERT_CHUNK_BYTES) {
+                size += self.ciphertexts[end].len();
+                end += 1;
+            }
+            sqlx::query(
+                "INSERT INTO entries (log_id, seq, entry_id, iv, ciphertext, at) \
+                 SELECT l, s, e, i, c, $6 FROM UNNEST($1::int8[], $2::int8[], $3::bytea[], \
+                 $4::bytea[], $5::bytea[]) AS t(l, s, e, i, c)",
+            )
+            .bind(&self.log_ids[start..end])
+            .bind(&self.seqs[start..end])
+            .bind(&self.entry_ids[start..end])
+            .bind(&self.ivs[start..end])
+            .bind(&self.ciphertexts[start..end])
+            .bind(at_ms)
+            .execute(&mut **tx)
+            .await?;
+            start = end;
+        }
+        *self = Columns::default();
+        Ok(())
+    }
 }
 
 impl Writer {
@@ -543,11 +596,13 @@ impl Writer {
                 log.next += 1;
                 log.known.insert(e.entry_id.clone(), seq);
                 log.bytes += e.encrypted_entry.len() as u64;
-                columns.log_ids.push(log.id);
-                columns.seqs.push(to_i64(seq));
-                columns.entry_ids.push(e.entry_id.to_vec());
-                columns.ivs.push(w.iv.to_vec());
-                columns.ciphertexts.push(e.encrypted_entry.to_vec());
+                columns.push(
+                    log.id,
+                    to_i64(seq),
+                    e.entry_id.to_vec(),
+                    w.iv.to_vec(),
+                    e.encrypted_entry.to_vec(),
+                );
                 sequences.push(seq);
                 new.push(i);
             }
@@ -561,31 +616,7 @@ impl Writer {
             });
         }
 
-        // One statement per ~16 MiB of ciphertext (a group may hold far more than one
-        // message to the server should).
-        let mut start = 0;
-        while start < columns.seqs.len() {
-            let mut end = start;
-            let mut size = 0;
-            while end < columns.seqs.len() && (end == start || size < INSERT_CHUNK_BYTES) {
-                size += columns.ciphertexts[end].len();
-                end += 1;
-            }
-            sqlx::query(
-                "INSERT INTO entries (log_id, seq, entry_id, iv, ciphertext, at) \
-                 SELECT l, s, e, i, c, $6 FROM UNNEST($1::int8[], $2::int8[], $3::bytea[], \
-                 $4::bytea[], $5::bytea[]) AS t(l, s, e, i, c)",
-            )
-            .bind(&columns.log_ids[start..end])
-            .bind(&columns.seqs[start..end])
-            .bind(&columns.entry_ids[start..end])
-            .bind(&columns.ivs[start..end])
-            .bind(&columns.ciphertexts[start..end])
-            .bind(rules.now_ms)
-            .execute(&mut *tx)
-            .await?;
-            start = end;
-        }
+        columns.insert(&mut tx, rules.now_ms).await?;
         let (mut ids, mut nexts, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
         let (mut firsts, mut counts) = (Vec::new(), Vec::new());
         let mut abandoned = Vec::new();

@@ -347,7 +347,8 @@ async fn export(args: &AdminArgs, tenant: &str, output: &PathBuf) -> anyhow::Res
         .and_then(|l| serde_json::from_str(l).ok())
         .filter(|v: &serde_json::Value| v["end"] == true)
         .context("the export has no end line: it was cut short; nothing written")?;
-    tokio::fs::rename(&partial, output).await?;
+    let (from, to) = (partial.clone(), output.clone());
+    tokio::task::spawn_blocking(move || wharf_sqlite::durable::rename(&from, &to)).await??;
     done(
         args,
         serde_json::json!({ "tenant": tenant, "entries": end["entries"], "bytes": total, "file": output }),

@@ -8,13 +8,13 @@
 //! per file its size and SHA-256. `restore` checks every file against the manifest and brings
 //! them into an empty data directory.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use wharf_sqlite::durable;
 
 pub use crate::store::admin::LogState;
 use crate::store::StoreError;
@@ -164,6 +164,7 @@ pub fn backup(
             std::fs::copy(source, &target).map_err(io(source))?;
             restrict(&target)?;
             sync_file(&target)?;
+            durable::sync_name(&target).map_err(io(&target))?;
         }
         let entry = file_entry(to, rel)?;
         done += 1;
@@ -185,8 +186,9 @@ pub fn backup(
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| BackupError::Manifest(to.join(MANIFEST), e.to_string()))?;
-    write_durably(&to.join(MANIFEST), &json)?;
-    sync_dir(to)?;
+    // Last, and durably: a backup with a manifest is whole.
+    let path = to.join(MANIFEST);
+    durable::write(&path, &json, 0o644).map_err(io(&path))?;
     Ok(manifest)
 }
 
@@ -226,10 +228,7 @@ pub fn restore(
             restrict(&partial)?;
         }
         sync_file(&partial)?;
-        std::fs::rename(&partial, &target).map_err(io(&target))?;
-        if let Some(dir) = target.parent() {
-            sync_dir(dir)?;
-        }
+        durable::rename(&partial, &target).map_err(io(&target))?;
         progress(Progress {
             path: &entry.path,
             bytes: entry.bytes,
@@ -288,7 +287,8 @@ fn snapshot(source: &Path, target: &Path) -> Result<(), BackupError> {
     conn.execute("VACUUM INTO ?1", [into])
         .map_err(sql(source))?;
     drop(conn);
-    sync_file(target)
+    sync_file(target)?;
+    durable::sync_name(target).map_err(io(target))
 }
 
 /// A tenant database's `remoteId` and logs.
@@ -339,7 +339,7 @@ fn ensure_empty(dir: &Path) -> Result<(), BackupError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(io(dir))
+            durable::create_dir_all(dir).map_err(io(dir))
         }
         Err(e) => Err(io(dir)(e)),
     }
@@ -347,29 +347,15 @@ fn ensure_empty(dir: &Path) -> Result<(), BackupError> {
 
 fn create_parent(path: &Path) -> Result<(), BackupError> {
     match path.parent() {
-        Some(dir) => std::fs::create_dir_all(dir).map_err(io(dir)),
+        Some(dir) => durable::create_dir_all(dir).map_err(io(dir)),
         None => Ok(()),
     }
-}
-
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), BackupError> {
-    let partial = path.with_extension("partial");
-    let mut file = std::fs::File::create(&partial).map_err(io(&partial))?;
-    file.write_all(bytes).map_err(io(&partial))?;
-    file.sync_all().map_err(io(&partial))?;
-    std::fs::rename(&partial, path).map_err(io(path))
 }
 
 fn sync_file(path: &Path) -> Result<(), BackupError> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(io(path))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), BackupError> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io(dir))
 }
 
 #[cfg(unix)]

@@ -25,6 +25,11 @@ pub enum ServeError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("cannot create the data directory {}: {source}", path.display())]
+    Data {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("the store is not usable: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -83,8 +88,18 @@ impl Relay {
             warn!("{warning}");
         }
         let token = app.shutdown.clone();
-        // The Postgres schema is brought up to date (and the database proven reachable)
-        // before anything is served.
+        // The data directory is durable by name (even when it exists: a relay that died
+        // between its mkdir and the sync left it so), and the Postgres schema is brought up to
+        // date (the database proven reachable), before anything is served.
+        let data = config.data.clone();
+        tokio::task::spawn_blocking(move || wharf_sqlite::durable::create_dir_all(&data))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|made| made)
+            .map_err(|source| ServeError::Data {
+                path: config.data.clone(),
+                source,
+            })?;
         app.registry.backend().prepare().await?;
         if let Some(pg) = app.registry.backend().postgres()? {
             let (registry, metrics) = (app.registry.clone(), app.metrics.clone());

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 use uuid::Uuid;
 use wharf_protocol::{EncryptedEntry, RemoteEntry};
+use wharf_sqlite::durable;
 
 use crate::config::{Config, TenantId};
 use crate::live::{CommitConsumer, Committed, LiveBatch, LiveLog, LiveTails};
@@ -736,16 +737,23 @@ impl TenantActor {
             stop_sender(sender, store).await;
         }
         let marker = webhook_marker(&self.config, &self.tenant);
-        // The marker's file operations run off the actor's task (tokio::fs), in order.
+        // The marker's file operations run off the actor's task, in order, and durably: a
+        // marker lost to a power cut would leave the outbox undelivered until a client came.
         if endpoints.is_empty() {
-            let _ = tokio::fs::remove_file(&marker).await;
+            let _ = tokio::task::spawn_blocking(move || durable::remove_file(&marker)).await;
             return;
         }
         if !store.is_shared() {
-            if let Some(dir) = marker.parent() {
-                let _ = tokio::fs::create_dir_all(dir).await;
-            }
-            if let Err(e) = tokio::fs::write(&marker, b"").await {
+            let marked = tokio::task::spawn_blocking(move || {
+                if let Some(dir) = marker.parent() {
+                    durable::create_dir_all(dir)?;
+                }
+                durable::touch(&marker)
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+            if let Err(e) = marked {
                 warn!(error = %e, "cannot mark the tenant for webhook delivery after a restart");
             }
         }

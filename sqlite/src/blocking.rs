@@ -8,7 +8,8 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::{DbError, Synchronous};
 
-/// Opens (creating it and its directory if needed) the database at `path` for writing: WAL,
+/// Opens (creating it and its directory, durably, if needed) the database at `path` for
+/// writing: WAL,
 /// `synchronous` as given, automatic checkpoints off (the owner checkpoints off the write
 /// path), and the schema brought up to date with `migrations` (see [`migrate`]).
 pub fn open_writer(
@@ -18,7 +19,7 @@ pub fn open_writer(
     migrations: &[&[&str]],
 ) -> Result<Connection, DbError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
+        crate::durable::create_dir_all(dir).map_err(|source| DbError::CreateDir {
             path: dir.to_path_buf(),
             source,
         })?;

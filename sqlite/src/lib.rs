@@ -9,6 +9,9 @@
 //!   transaction; a database from a newer program is refused.
 //! - [`blocking`] (feature `blocking`): the same for rusqlite connections, for code that runs
 //!   its SQLite work as synchronous calls on threads of its own.
+//! - [`durable`]: durable names. Directories made, files renamed, linked and removed, each
+//!   followed by the fsync of the directory holding the name; every file the relay, the CLI
+//!   and the SDK depend on is created through it.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -36,6 +39,7 @@ pub enum DbError {
 
 #[cfg(feature = "blocking")]
 pub mod blocking;
+pub mod durable;
 
 /// How to open a database.
 #[derive(Clone, Debug)]
@@ -73,15 +77,19 @@ pub struct Db {
 
 impl Db {
     /// Opens (creating it and its directory if needed) the database at `path` and brings its
-    /// schema up to date with `migrations` (see [`migrate`]).
+    /// schema up to date with `migrations` (see [`migrate`]). The directory's name is durable
+    /// before the database is used ([`durable::create_dir_all`]).
     pub async fn open(
         path: &Path,
         options: &Options,
         migrations: &[&[&str]],
     ) -> Result<Self, DbError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir)
+            let owned = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || durable::create_dir_all(&owned))
                 .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|made| made)
                 .map_err(|source| DbError::CreateDir {
                     path: dir.to_path_buf(),
                     source,

@@ -228,7 +228,7 @@ impl RelayKey {
             source,
         };
         let dir = path.parent().unwrap_or(Path::new("."));
-        create_private_dir(dir).map_err(create_err)?;
+        wharf_sqlite::durable::create_private_dir_all(dir).map_err(create_err)?;
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seed);
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
@@ -248,7 +248,8 @@ impl RelayKey {
             file.write_all(pem.as_bytes())?;
             file.sync_all()
         };
-        let linked = write().and_then(|()| std::fs::hard_link(&tmp, path));
+        // Linked durably: a token signed with this key must not outlive the key at a power cut.
+        let linked = write().and_then(|()| wharf_sqlite::durable::hard_link(&tmp, path));
         let _ = std::fs::remove_file(&tmp);
         match linked {
             Ok(()) => {
@@ -308,14 +309,6 @@ fn check_private(path: &Path) -> Result<(), KeyError> {
 #[cfg(not(unix))]
 fn check_private(_path: &Path) -> Result<(), KeyError> {
     Ok(())
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
 }
 
 fn private_file(path: &Path) -> std::io::Result<std::fs::File> {

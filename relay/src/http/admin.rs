@@ -573,12 +573,7 @@ async fn delete_tenant(
                 Err(e) => return Err(internal(e)),
             }
         }
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(internal)?;
-        }
-        Ok(())
+        wharf_sqlite::durable::sync_name(&path).map_err(internal)
     })
     .await?;
     state.app.metrics.forget_tenant(tenant.as_str());
@@ -893,10 +888,7 @@ fn replace_files(staged: &FsPath, target: &FsPath) -> Result<(), store_admin::Im
             Err(e) => return Err(e.into()),
         }
     }
-    std::fs::rename(staged, target)?;
-    if let Some(dir) = target.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
+    wharf_sqlite::durable::rename(staged, target)?;
     Ok(())
 }
 

@@ -24,7 +24,7 @@ pub(crate) async fn readyz(State(state): State<HttpState>) -> Result<&'static st
     }
     let dir = state.app.config.data.clone();
     let probe = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        std::fs::create_dir_all(&dir)?;
+        // The directory is made (durably) at start; one that has gone since is not ready.
         let path = dir.join(format!(".readyz-probe-{}", std::process::id()));
         let file = std::fs::File::create(&path)?;
         file.sync_all()?;

@@ -226,10 +226,7 @@ pub fn import(path: &Path, input: &mut dyn BufRead) -> Result<Imported, ImportEr
     let result = import_into(&partial, input);
     match result {
         Ok(imported) => {
-            std::fs::rename(&partial, path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
+            wharf_sqlite::durable::rename(&partial, path)?;
             Ok(imported)
         }
         Err(e) => {

@@ -1,26 +1,28 @@
-//! `wharf-faultfs`: a FUSE filesystem for testing durability claims. It passes through to a
-//! backing directory, but keeps every byte written to a file in its own memory until that file
-//! is `fsync`ed or `fdatasync`ed. Killing its process is a power cut: whatever was not synced
-//! is gone, exactly as from a disk cache that lost power.
+//! `wharf-faultfs`: a FUSE filesystem for testing durability claims under the strictest
+//! power-loss rules POSIX allows. Killing its process is a power cut.
 //!
-//! A SIGKILLed program alone cannot show that: the operating system keeps the page cache, so
-//! a relay that acknowledged before its fsync would pass. Here it fails.
+//! - `disk`: the model ([`disk::Disk`]): a current and a durable namespace, with each
+//!   directory's entries durable only once that directory is fsynced, and file data durable
+//!   once the file is fsynced. A `mkdir`, `create`, `link`, `rename`, `unlink` or `rmdir` is
+//!   undone at a cut unless its directory was fsynced after it; a file's own fsync does not
+//!   make its name durable.
+//! - `volatile`: one file's data, the pages written since its last fsync held in memory.
+//!   Unsynced writes are lost at a cut, or survive as a prefix, the last one torn at a sector
+//!   boundary, as a disk cache that drained part of itself leaves them.
+//! - this module: the FUSE side, which only translates requests into the model's calls.
 //!
-//! What it models and what it does not:
-//! - File data: volatile until the file is synced (writes, truncates, extensions).
-//! - Metadata (create, unlink, rename, mkdir, permissions) is durable at once. A program that
-//!   forgets to fsync a directory after creating a file is not caught.
-//! - Reads see the volatile data, and attributes the volatile size (attribute caching is off).
-//! - POSIX locks are the kernel's (FUSE handles them locally); `mmap` works (no direct I/O),
-//!   which SQLite's WAL index needs.
+//! A SIGKILLed program alone cannot show what these rules catch: the operating system keeps
+//! its page cache and, on ext4, its journal orders name changes before data. Here a relay
+//! that acknowledged before its fsync, or that never fsynced a directory it made, fails.
+//!
+//! Reads see everything written, and attributes the current size (attribute and entry caching
+//! are off). POSIX locks are the kernel's (FUSE handles them locally); `mmap` works (no direct
+//! I/O), which SQLite's WAL index needs. No symlinks, special files or extended attributes.
 
+pub mod disk;
 pub mod volatile;
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -30,142 +32,82 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::volatile::{Volatile, PAGE};
+use crate::disk::{Attr, Disk, Ino, Kind};
+use crate::volatile::PAGE;
 
-/// Attributes are never cached by the kernel: sizes come from here, volatile data included.
+/// Attributes and entries are never cached by the kernel: they come from here.
 const TTL: Duration = Duration::ZERO;
 
-/// The filesystem: inode numbers are the backing files' own (the root is 1).
+/// The filesystem: [`Disk`] behind FUSE.
 #[derive(Debug)]
 pub struct FaultFs {
-    state: Mutex<State>,
-}
-
-#[derive(Debug)]
-struct State {
-    root_ino: u64,
-    paths: HashMap<u64, PathBuf>,
-    files: HashMap<u64, Volatile>,
-    next_handle: u64,
+    disk: Mutex<Disk>,
 }
 
 fn errno(e: &std::io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-fn time(secs: i64, nanos: i64) -> SystemTime {
-    match (u64::try_from(secs), u32::try_from(nanos)) {
-        (Ok(s), Ok(n)) => SystemTime::UNIX_EPOCH + Duration::new(s, n),
-        _ => SystemTime::UNIX_EPOCH,
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: match a.kind {
+            Kind::Dir => FileType::Directory,
+            Kind::File => FileType::RegularFile,
+        },
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: PAGE as u32,
+        flags: 0,
     }
 }
 
 impl FaultFs {
-    /// A filesystem over `backing` (an existing directory).
-    pub fn new(backing: &Path) -> std::io::Result<Self> {
-        let backing = fs::canonicalize(backing)?;
-        let root_ino = fs::metadata(&backing)?.ino();
-        let mut paths = HashMap::new();
-        paths.insert(1, backing);
-        Ok(Self {
-            state: Mutex::new(State {
-                root_ino,
-                paths,
-                files: HashMap::new(),
-                next_handle: 0,
-            }),
-        })
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl State {
-    fn ino(&self, m: &fs::Metadata) -> u64 {
-        if m.ino() == self.root_ino {
-            1
-        } else {
-            m.ino()
+    pub fn new(disk: Disk) -> Self {
+        Self {
+            disk: Mutex::new(disk),
         }
     }
 
-    fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
-        self.paths.get(&ino.0).cloned().ok_or(Errno::ENOENT)
+    fn disk(&self) -> MutexGuard<'_, Disk> {
+        self.disk.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
-        Ok(self.path(parent)?.join(name))
-    }
-
-    fn attr(&self, ino: u64, path: &Path) -> std::io::Result<FileAttr> {
-        let m = fs::symlink_metadata(path)?;
-        let kind = if m.is_dir() {
-            FileType::Directory
-        } else if m.file_type().is_symlink() {
-            FileType::Symlink
-        } else {
-            FileType::RegularFile
-        };
-        let size = self.files.get(&ino).map_or(m.size(), Volatile::size);
-        Ok(FileAttr {
-            ino: INodeNo(ino),
-            size,
-            blocks: size.div_ceil(512),
-            atime: time(m.atime(), m.atime_nsec()),
-            mtime: time(m.mtime(), m.mtime_nsec()),
-            ctime: time(m.ctime(), m.ctime_nsec()),
-            crtime: SystemTime::UNIX_EPOCH,
-            kind,
-            perm: (m.mode() & 0o7777) as u16,
-            nlink: m.nlink() as u32,
-            uid: m.uid(),
-            gid: m.gid(),
-            rdev: m.rdev() as u32,
-            blksize: PAGE as u32,
-            flags: 0,
-        })
-    }
-
-    /// Learns `path` (and opens a regular file's backing file once).
-    fn register(&mut self, path: PathBuf) -> std::io::Result<FileAttr> {
-        let m = fs::symlink_metadata(&path)?;
-        let ino = self.ino(&m);
-        if m.is_file() && !self.files.contains_key(&ino) {
-            let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            self.files.insert(ino, Volatile::new(file, m.size()));
+    /// Replies with `ino`'s entry, or the error that made it.
+    fn entry(disk: &Disk, made: std::io::Result<Ino>, reply: ReplyEntry) {
+        match made.and_then(|ino| disk.attr(ino)) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
         }
-        self.paths.insert(ino, path.clone());
-        self.attr(ino, &path)
     }
 
-    fn handle(&mut self) -> FileHandle {
-        self.next_handle += 1;
-        FileHandle(self.next_handle)
+    fn empty(done: std::io::Result<()>, reply: ReplyEmpty) {
+        match done {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 }
 
 impl Filesystem for FaultFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let mut st = self.state();
-        match st.child(parent, name) {
-            Ok(path) => match st.register(path) {
-                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            },
-            Err(e) => reply.error(e),
-        }
+        let disk = self.disk();
+        Self::entry(&disk, disk.lookup(parent.0, name), reply)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let st = self.state();
-        match st.path(ino) {
-            Ok(path) => match st.attr(ino.0, &path) {
-                Ok(attr) => reply.attr(&TTL, &attr),
-                Err(e) => reply.error(errno(&e)),
-            },
-            Err(e) => reply.error(e),
+        match self.disk().attr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
@@ -179,7 +121,7 @@ impl Filesystem for FaultFs {
         _gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -188,73 +130,47 @@ impl Filesystem for FaultFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let mut st = self.state();
-        let path = match st.path(ino) {
-            Ok(path) => path,
-            Err(e) => return reply.error(e),
-        };
-        if let Some(mode) = mode {
-            if let Err(e) = fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777)) {
-                return reply.error(errno(&e));
+        let mut disk = self.disk();
+        let done = (|| {
+            if let Some(mode) = mode {
+                disk.set_mode(ino.0, mode)?;
             }
-        }
-        if let Some(size) = size {
-            let Some(file) = st.files.get_mut(&ino.0) else {
-                return reply.error(Errno::EISDIR);
-            };
-            if let Err(e) = file.truncate(size) {
-                return reply.error(errno(&e));
+            if let Some(size) = size {
+                disk.set_size(ino.0, size)?;
             }
-        }
-        match st.attr(ino.0, &path) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            match mtime {
+                Some(TimeOrNow::SpecificTime(t)) => disk.set_mtime(ino.0, t)?,
+                Some(TimeOrNow::Now) => disk.set_mtime(ino.0, SystemTime::now())?,
+                None => {}
+            }
+            disk.attr(ino.0)
+        })();
+        match done {
+            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mut st = self.state();
-        let path = match st.child(parent, name) {
-            Ok(path) => path,
-            Err(e) => return reply.error(e),
-        };
-        let made = fs::create_dir(&path).and_then(|()| {
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode & !umask & 0o7777))
-        });
-        match made.and_then(|()| st.register(path)) {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let mut disk = self.disk();
+        let made = disk.mkdir(parent.0, name, mode & !umask, req.uid(), req.gid());
+        Self::entry(&disk, made, reply)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let st = self.state();
-        match st.child(parent, name) {
-            Ok(path) => match fs::remove_file(path) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
-            Err(e) => reply.error(e),
-        }
+        Self::empty(self.disk().unlink(parent.0, name), reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let st = self.state();
-        match st.child(parent, name) {
-            Ok(path) => match fs::remove_dir(path) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
-            Err(e) => reply.error(e),
-        }
+        Self::empty(self.disk().rmdir(parent.0, name), reply)
     }
 
     fn rename(
@@ -264,37 +180,42 @@ impl Filesystem for FaultFs {
         name: &OsStr,
         new_parent: INodeNo,
         new_name: &OsStr,
-        _flags: RenameFlags,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let mut st = self.state();
-        let (from, to) = match (st.child(parent, name), st.child(new_parent, new_name)) {
-            (Ok(from), Ok(to)) => (from, to),
-            (Err(e), _) | (_, Err(e)) => return reply.error(e),
-        };
-        if let Err(e) = fs::rename(&from, &to) {
-            return reply.error(errno(&e));
+        if flags.intersects(!RenameFlags::RENAME_NOREPLACE) {
+            return reply.error(Errno::EINVAL);
         }
-        for path in st.paths.values_mut() {
-            if let Ok(rest) = path.strip_prefix(&from) {
-                *path = to.join(rest);
-            }
-        }
-        reply.ok()
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let done = self
+            .disk()
+            .rename(parent.0, name, new_parent.0, new_name, no_replace);
+        Self::empty(done, reply)
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let mut disk = self.disk();
+        let linked = disk.link(ino.0, new_parent.0, new_name).map(|()| ino.0);
+        Self::entry(&disk, linked, reply)
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let mut st = self.state();
-        if !st.paths.contains_key(&ino.0) {
-            return reply.error(Errno::ENOENT);
+        match self.disk().attr(ino.0) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
         }
-        let fh = st.handle();
-        reply.opened(fh, FopenFlags::empty())
     }
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -302,26 +223,23 @@ impl Filesystem for FaultFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let mut st = self.state();
-        let path = match st.child(parent, name) {
-            Ok(path) => path,
-            Err(e) => return reply.error(e),
-        };
-        let mut options = OpenOptions::new();
-        options
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(mode & !umask & 0o7777);
-        if flags & libc::O_EXCL != 0 {
-            options.create_new(true);
-        }
-        match options.open(&path).and_then(|_| st.register(path)) {
-            Ok(attr) => {
-                let fh = st.handle();
-                reply.created(&TTL, &attr, Generation(0), fh, FopenFlags::empty())
+        let mut disk = self.disk();
+        let made = match disk.lookup(parent.0, name) {
+            // Only O_EXCL insists on a new file; otherwise an existing one is opened.
+            Ok(_) if flags & libc::O_EXCL != 0 => {
+                Err(std::io::Error::from_raw_os_error(libc::EEXIST))
             }
+            Ok(ino) => Ok(ino),
+            Err(_) => disk.create(parent.0, name, mode & !umask, req.uid(), req.gid()),
+        };
+        match made.and_then(|ino| disk.attr(ino)) {
+            Ok(attr) => reply.created(
+                &TTL,
+                &file_attr(&attr),
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -337,11 +255,7 @@ impl Filesystem for FaultFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let st = self.state();
-        let Some(file) = st.files.get(&ino.0) else {
-            return reply.error(Errno::EISDIR);
-        };
-        match file.read(offset, u64::from(size)) {
+        match self.disk().read(ino.0, offset, u64::from(size)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
         }
@@ -359,11 +273,7 @@ impl Filesystem for FaultFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let mut st = self.state();
-        let Some(file) = st.files.get_mut(&ino.0) else {
-            return reply.error(Errno::EISDIR);
-        };
-        match file.write(offset, data) {
+        match self.disk().write(ino.0, offset, data) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(errno(&e)),
         }
@@ -389,14 +299,7 @@ impl Filesystem for FaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let mut st = self.state();
-        let Some(file) = st.files.get_mut(&ino.0) else {
-            return reply.ok();
-        };
-        match file.sync() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        Self::empty(self.disk().fsync(ino.0), reply)
     }
 
     fn fsyncdir(
@@ -408,15 +311,8 @@ impl Filesystem for FaultFs {
         reply: ReplyEmpty,
     ) {
         // Must be implemented: a FUSE filesystem without it makes every later fsyncdir a
-        // silent success in the kernel.
-        let st = self.state();
-        match st.path(ino) {
-            Ok(path) => match File::open(path).and_then(|d| d.sync_all()) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
-            Err(e) => reply.error(e),
-        }
+        // silent success in the kernel. Here it is what makes a directory's entries durable.
+        Self::empty(self.disk().fsync(ino.0), reply)
     }
 
     fn readdir(
@@ -427,30 +323,24 @@ impl Filesystem for FaultFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let st = self.state();
-        let path = match st.path(ino) {
-            Ok(path) => path,
-            Err(e) => return reply.error(e),
+        let disk = self.disk();
+        let (entries, parent) = match (disk.entries(ino.0), disk.parent(ino.0)) {
+            (Ok(entries), Ok(parent)) => (entries, parent),
+            (Err(e), _) | (_, Err(e)) => return reply.error(errno(&e)),
         };
-        let mut entries = vec![
-            (ino.0, FileType::Directory, ".".into()),
-            (1, FileType::Directory, "..".into()),
-        ];
-        match fs::read_dir(&path) {
-            Ok(dir) => {
-                for entry in dir.flatten() {
-                    let Ok(m) = entry.metadata() else { continue };
-                    let kind = if m.is_dir() {
-                        FileType::Directory
-                    } else {
-                        FileType::RegularFile
-                    };
-                    entries.push((st.ino(&m), kind, entry.file_name()));
-                }
-            }
-            Err(e) => return reply.error(errno(&e)),
-        }
-        for (i, (n, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+        let all = [
+            (ino.0, FileType::Directory, OsStr::new(".").to_owned()),
+            (parent, FileType::Directory, OsStr::new("..").to_owned()),
+        ]
+        .into_iter()
+        .chain(entries.into_iter().map(|(name, child, kind)| {
+            let kind = match kind {
+                Kind::Dir => FileType::Directory,
+                Kind::File => FileType::RegularFile,
+            };
+            (child, kind, name)
+        }));
+        for (i, (n, kind, name)) in all.enumerate().skip(offset as usize) {
             if reply.add(INodeNo(n), (i + 1) as u64, kind, &name) {
                 break;
             }

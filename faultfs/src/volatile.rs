@@ -1,35 +1,53 @@
-//! One file's contents as the filesystem presents them: what is durable in the backing file,
-//! and the pages written since the last sync, which live only in this process's memory.
+//! One file's contents as the filesystem presents them: what is durable in its data file, and
+//! the pages written since the last sync, which live only in this process's memory.
+//!
+//! Unsynced writes are not all-or-nothing at a power cut: like a disk cache draining in the
+//! background, [`Volatile::write_back`] moves a prefix of them (in the order they were made, the
+//! last one possibly torn at a sector boundary) to the data file without making them a sync.
+//! Reads never depend on it: they see the file as written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
 pub const PAGE: u64 = 4096;
+/// The unit a torn write is cut at: what survives of a write reaching the disk is a whole
+/// number of sectors.
+pub const SECTOR: u64 = 512;
+
+/// A write or truncate not yet synced, in the order it was made.
+#[derive(Debug)]
+enum Pending {
+    Write { offset: u64, data: Vec<u8> },
+    Truncate { size: u64 },
+}
 
 /// A file whose writes are volatile until [`Volatile::sync`].
 #[derive(Debug)]
 pub struct Volatile {
-    /// The backing file, by descriptor: it follows renames and outlives unlinks.
+    /// The data file, by descriptor.
     file: File,
     /// The size readers see.
     size: u64,
-    /// The smallest size since the last sync: backing bytes at or past it are not the file's
-    /// any more (a truncate that is not synced yet).
+    /// The smallest size since the last sync: data-file bytes at or past it are not the file's
+    /// any more (a truncate that is not synced yet, or bytes written back past it).
     low: u64,
     /// Pages written since the last sync, by page index, each `PAGE` bytes.
     dirty: BTreeMap<u64, Vec<u8>>,
+    /// What [`Volatile::write_back`] may still move to the data file, oldest first.
+    pending: VecDeque<Pending>,
 }
 
 impl Volatile {
-    /// The backing `file`, whose current contents (`size` bytes) are durable.
+    /// The data `file`, whose current contents (`size` bytes) are durable.
     pub fn new(file: File, size: u64) -> Self {
         Self {
             file,
             size,
             low: size,
             dirty: BTreeMap::new(),
+            pending: VecDeque::new(),
         }
     }
 
@@ -47,7 +65,7 @@ impl Volatile {
         while got < buf.len() {
             let n = self.file.read_at(&mut buf[got..], offset + got as u64)?;
             if n == 0 {
-                // Past the backing file's end: zeros, as a sparse file reads.
+                // Past the data file's end: zeros, as a sparse file reads.
                 buf[got..].fill(0);
                 break;
             }
@@ -102,6 +120,10 @@ impl Volatile {
             done += n;
         }
         self.size = self.size.max(offset + data.len() as u64);
+        self.pending.push_back(Pending::Write {
+            offset,
+            data: data.to_vec(),
+        });
         Ok(())
     }
 
@@ -114,11 +136,54 @@ impl Volatile {
             self.low = self.low.min(size);
         }
         self.size = size;
+        self.pending.push_back(Pending::Truncate { size });
         Ok(())
     }
 
-    /// Makes what the file holds now durable: the pages written go to the backing file, which
-    /// is then synced.
+    /// Moves the oldest `count` unsynced operations to the data file, as a disk's cache drains
+    /// on its own; with `torn`, the last of them only up to `torn` sectors of it. Nothing
+    /// readers see changes, and nothing becomes durable by promise: a power cut may simply find
+    /// these bytes there.
+    pub fn write_back(&mut self, count: usize, torn: Option<u64>) -> io::Result<()> {
+        for i in 0..count {
+            let Some(op) = self.pending.pop_front() else {
+                break;
+            };
+            match op {
+                Pending::Write { offset, mut data } => {
+                    let last = i + 1 == count;
+                    if let (true, Some(sectors)) = (last, torn) {
+                        // A write that straddles sectors reaches the disk as far as a sector
+                        // boundary; the rest stays pending.
+                        let boundary = (offset / SECTOR + sectors.max(1)) * SECTOR;
+                        let keep = usize::try_from(boundary.saturating_sub(offset))
+                            .unwrap_or(usize::MAX)
+                            .min(data.len());
+                        let rest = data.split_off(keep);
+                        self.file.write_all_at(&data, offset)?;
+                        if !rest.is_empty() {
+                            self.pending.push_front(Pending::Write {
+                                offset: offset + keep as u64,
+                                data: rest,
+                            });
+                        }
+                    } else {
+                        self.file.write_all_at(&data, offset)?;
+                    }
+                }
+                Pending::Truncate { size } => self.file.set_len(size)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Unsynced operations [`Volatile::write_back`] could still move.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Makes what the file holds now durable: the pages written go to the data file, which is
+    /// then synced.
     pub fn sync(&mut self) -> io::Result<()> {
         self.file.set_len(self.low)?;
         for (&index, page) in &self.dirty {
@@ -132,6 +197,7 @@ impl Volatile {
         self.file.set_len(self.size)?;
         self.file.sync_all()?;
         self.dirty.clear();
+        self.pending.clear();
         self.low = self.size;
         Ok(())
     }
@@ -173,6 +239,7 @@ mod tests {
         assert_eq!(&backing[..5], b"hello");
         assert_eq!(&backing[PAGE as usize - 2..], b"across");
         assert_eq!(v.unsynced_bytes(), 0);
+        assert_eq!(v.pending(), 0);
     }
 
     #[test]
@@ -199,5 +266,41 @@ mod tests {
         let backing = std::fs::read(&path).expect("backing");
         assert_eq!(backing.len(), 5_000);
         assert!(backing[100..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn write_back_moves_a_prefix_of_the_writes_in_order_the_last_one_torn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut v, path) = open(&dir, "f");
+        v.write(0, &[1u8; 1000]).expect("write");
+        v.write(1000, &[2u8; 3000]).expect("write");
+        v.write(0, &[3u8; 10]).expect("write");
+        // The first write whole, the second up to its first sector boundary past 1000 (1024),
+        // the third not at all.
+        v.write_back(2, Some(1)).expect("write back");
+        let disk = std::fs::read(&path).expect("backing");
+        assert_eq!(disk.len(), 1024);
+        assert!(disk[..1000].iter().all(|b| *b == 1));
+        assert!(disk[1000..].iter().all(|b| *b == 2));
+        // Readers still see everything written, in its latest form.
+        let now = v.read(0, 4000).expect("read");
+        assert_eq!(&now[..10], &[3u8; 10]);
+        assert!(now[1000..].iter().all(|b| *b == 2));
+        assert_eq!(v.pending(), 2, "the rest of the torn write and the third");
+        v.write_back(10, None).expect("write back the rest");
+        let disk = std::fs::read(&path).expect("backing");
+        assert_eq!(disk.len(), 4000);
+        assert_eq!(&disk[..10], &[3u8; 10]);
+    }
+
+    #[test]
+    fn written_back_bytes_past_an_unsynced_truncate_are_not_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut v, _) = open(&dir, "f");
+        v.write(0, &[7u8; 2 * PAGE as usize]).expect("write");
+        v.truncate(10).expect("truncate");
+        v.write_back(1, None).expect("the write, not the truncate");
+        v.truncate(2 * PAGE).expect("grow");
+        assert!(v.read(10, 2 * PAGE).expect("read").iter().all(|b| *b == 0));
     }
 }

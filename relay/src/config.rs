@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use wharf_protocol::ReassemblerLimits;
 
 use crate::policy::{Effective, Quota, Retention, TenantSettings, TenantTables, WebhooksConfig};
+use wharf_store::config::StoreConfig;
+pub use wharf_store::config::{Durability, PostgresConfig, TenantId};
 
 /// How the relay writes its logs (to stderr).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -21,17 +23,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, with the connection's span fields, for log shippers.
     Json,
-}
-
-/// How hard a commit waits for the disk before the relay acknowledges it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// `synchronous=FULL`: every acknowledged entry survives a crash or a power loss.
-    Full,
-    /// `synchronous=NORMAL`: survives a relay crash, but a power loss may lose the last
-    /// acknowledged commits. Faster on slow disks.
-    Normal,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -200,45 +191,6 @@ impl Default for LimitsConfig {
             bytes_per_second_per_connection: 64 * 1024 * 1024,
             writes_per_second_per_tenant: 100_000,
             bytes_per_second_per_tenant: 128 * 1024 * 1024,
-        }
-    }
-}
-
-/// The `[postgres]` section: bounds on what one relay may hold of the shared database.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PostgresConfig {
-    /// Connections this relay keeps to the database (its LISTEN connection is one more).
-    pub max_connections: u32,
-    /// How long a request waits for a free connection before it fails.
-    #[serde(with = "humantime_serde")]
-    pub acquire_timeout: Duration,
-    /// `lock_timeout`: how long a commit waits for a log's row lock held by another relay.
-    #[serde(with = "humantime_serde")]
-    pub lock_timeout: Duration,
-    /// `statement_timeout`: the longest any one statement may run.
-    #[serde(with = "humantime_serde")]
-    pub statement_timeout: Duration,
-    /// `idle_in_transaction_session_timeout`: a transaction left open this long (a relay that
-    /// hangs mid-commit) is ended by the server, and its locks released.
-    #[serde(with = "humantime_serde")]
-    pub idle_in_transaction_timeout: Duration,
-    /// How often each open tenant with subscribers checks its logs for entries committed by
-    /// other relays, whatever the notifications said (lost notifications cost this much
-    /// latency, never entries).
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
-}
-
-impl Default for PostgresConfig {
-    fn default() -> Self {
-        Self {
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(10),
-            lock_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(30),
-            idle_in_transaction_timeout: Duration::from_secs(15),
-            poll_interval: Duration::from_secs(1),
         }
     }
 }
@@ -449,7 +401,7 @@ impl Config {
             if !(store.starts_with("postgres://") || store.starts_with("postgresql://")) {
                 return Err(ConfigError::Invalid(format!(
                     "store: expected a postgres:// URL (or no store setting for SQLite), got {:?}",
-                    crate::store::postgres::redact(store)
+                    wharf_store::postgres::redact(store)
                 )));
             }
         }
@@ -516,9 +468,20 @@ impl Config {
             .unwrap_or_else(|| self.data.join("auth").join("signing-key.pem"))
     }
 
-    /// The revocation list.
+    /// The revocation list, when it is kept in the data directory.
     pub fn revocations_path(&self) -> PathBuf {
-        self.data.join("auth").join("revocations.sqlite")
+        self.store_config().revocations_path()
+    }
+
+    /// What the storage needs of this configuration.
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            data: self.data.clone(),
+            url: self.store.clone(),
+            postgres: self.postgres.clone(),
+            durability: self.durability,
+            storage_threads: self.storage_threads,
+        }
     }
 
     /// The relay-wide layer of every tenant's settings.
@@ -546,56 +509,13 @@ impl Config {
     }
 
     pub(crate) fn tenant_path(&self, tenant: &TenantId) -> PathBuf {
-        self.data
-            .join("tenants")
-            .join(format!("{}.sqlite", tenant.as_str()))
-    }
-}
-
-/// A tenant name: `[a-z0-9][a-z0-9_-]{0,62}`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TenantId(String);
-
-impl TenantId {
-    pub fn parse(s: &str) -> Option<Self> {
-        let b = s.as_bytes();
-        let ok_first = b
-            .first()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        let ok_rest = b[1.min(b.len())..]
-            .iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-');
-        (ok_first && ok_rest && b.len() <= 63).then(|| TenantId(s.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
+        self.store_config().tenant_path(tenant)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tenant_ids() {
-        for ok in ["a", "acme", "0", "a-b_c", &"a".repeat(63)] {
-            assert!(TenantId::parse(ok).is_some(), "{ok}");
-        }
-        for bad in [
-            "",
-            "-a",
-            "_a",
-            "A",
-            "a.b",
-            "a/b",
-            "..",
-            "é",
-            &"a".repeat(64),
-        ] {
-            assert!(TenantId::parse(bad).is_none(), "{bad}");
-        }
-    }
 
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail takes a closure returning its Error

@@ -10,15 +10,14 @@
 //! - [`auth`]: admission: the upgrade request to a [`auth::Grant`] or a refusal, the
 //!   per-message authorisation step, tokens ([`auth::token`]) and revocation
 //!   ([`auth::revocation`]).
-//! - [`backup`]: online snapshots of every tenant database (`VACUUM INTO`) with a manifest,
-//!   and restores that check it.
 //! - [`metrics`]: what the relay measures, exported at `GET /metrics` (Prometheus).
 //! - [`limits`]: connection limits (total, per tenant, per IP) and write/byte rates per
 //!   connection and per tenant; a client over a rate is slowed, never closed.
 //! - `session`: one WebSocket connection: decoding, writes, subscriptions, outbound queues.
 //! - `registry`: tenant id → running actor, created race-free on first use.
 //! - `tenant`: the actor that owns a tenant's database, assigns sequences and group-commits.
-//! - `store`: the SQLite schema and queries (rusqlite, on a bounded pool of storage threads).
+//! - `store`: the storage crate (`wharf-store`): each tenant's SQLite database, or one shared
+//!   PostgreSQL database.
 //! - `live`: the `Committed` event a tenant publishes after each durable commit, and the live
 //!   tail of each log, one of its consumers.
 //! - [`policy`]: per-tenant retention, quotas and webhooks, layered from the config file and
@@ -31,7 +30,6 @@
 
 mod app;
 pub mod auth;
-pub mod backup;
 pub mod config;
 mod http;
 pub mod limits;
@@ -41,7 +39,8 @@ pub mod policy;
 mod registry;
 pub mod server;
 mod session;
-mod store;
+/// The storage crate, under the name the relay's modules use for it.
+use wharf_store as store;
 mod tenant;
 pub mod tls;
 mod webhook;
@@ -49,4 +48,4 @@ mod webhook;
 pub use config::{Config, Durability, TenantId};
 pub use server::{serve, Relay, ServeError};
 /// A `postgres://` URL with its password replaced, for output.
-pub use store::postgres::redact as redact_store_url;
+pub use wharf_store::postgres::redact as redact_store_url;

@@ -246,7 +246,7 @@ fn main() -> anyhow::Result<()> {
         Command::Backup { data, to, json } => {
             let started = std::time::Instant::now();
             let bar = progress_bar();
-            let manifest = wharf_relay::backup::backup(&data, &to, |p| {
+            let manifest = wharf_store::backup::backup(&data, &to, |p| {
                 bar.set_length(p.total as u64);
                 bar.set_position(p.done as u64);
                 bar.set_message(p.path.to_owned());
@@ -262,7 +262,7 @@ fn main() -> anyhow::Result<()> {
         Command::Restore { from, data } => {
             let started = std::time::Instant::now();
             let bar = progress_bar();
-            let manifest = wharf_relay::backup::restore(&from, &data, |p| {
+            let manifest = wharf_store::backup::restore(&from, &data, |p| {
                 bar.set_length(p.total as u64);
                 bar.set_position(p.done as u64);
                 bar.set_message(p.path.to_owned());
@@ -302,7 +302,7 @@ fn progress_bar() -> indicatif::ProgressBar {
 
 /// "3 tenants, 12 logs, 40,000 entries, 5.1 MB in 0.4 s → DIR".
 fn summary(
-    m: &wharf_relay::backup::Manifest,
+    m: &wharf_store::backup::Manifest,
     took: std::time::Duration,
     at: &std::path::Path,
 ) -> String {
@@ -408,7 +408,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke(args) => {
             let config = Config::load(args.store.config.as_deref(), &args.store)?;
-            let store = RevocationStore::open(&config, None).await?;
+            let store = RevocationStore::open(&config.store_config(), None).await?;
             let now = unix_now();
             let result = match (&args.jti, &args.tenant) {
                 (Some(jti), _) => store.revoke(jti, now).await.map(|new| {
@@ -439,7 +439,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::ListRevoked(args) => {
             let config = Config::load(args.config.as_deref(), &args)?;
-            let store = RevocationStore::open(&config, None).await?;
+            let store = RevocationStore::open(&config.store_config(), None).await?;
             let list = store.list().await;
             store.close().await;
             for item in list? {

@@ -236,11 +236,7 @@ fn tighten(inherited: Option<u64>, stored: Option<u64>) -> Option<u64> {
 pub type TenantTables = BTreeMap<String, TenantSettings>;
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use wharf_store::config::now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -46,7 +46,7 @@ impl Registry {
         Self(Arc::new(Inner {
             tenants: DashMap::new(),
             metrics,
-            backend: Backend::new(&config),
+            backend: Backend::new(&config.store_config()),
             config,
             actors: TaskTracker::new(),
             next_actor_id: AtomicU64::new(1),

@@ -356,7 +356,7 @@ impl TenantActor {
     async fn run(mut self) {
         // Whichever way this ends (even a panic), `closed` fires after the database is shut.
         let _closed = self.closed.clone().drop_guard();
-        let (store, writer) = match self.backend.open(&self.config, &self.tenant).await {
+        let (store, writer) = match self.backend.open(&self.tenant).await {
             Ok(opened) => opened,
             Err(e) => {
                 warn!(error = %e, "cannot open the tenant's storage");

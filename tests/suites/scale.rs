@@ -907,7 +907,7 @@ async fn revocations_reach_every_relay_on_postgres() {
         store: Some(url.clone()),
         ..Default::default()
     };
-    let store = RevocationStore::open(&config, None)
+    let store = RevocationStore::open(&config.store_config(), None)
         .await
         .expect("the list");
     assert!(store

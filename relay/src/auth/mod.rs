@@ -108,8 +108,8 @@ impl Authenticator {
     ) -> Result<Self, AuthError> {
         let key = RelayKey::load_or_create(&config.key_path())?;
         let verifier = Verifier::new(&key, &config.auth)?;
-        let store = RevocationStore::open(config, shared).await?;
-        let revocations = store.watch(config.auth.revocation_poll, stop).await?;
+        let store = RevocationStore::open(&config.store_config(), shared).await?;
+        let revocations = revocation::watch(store, config.auth.revocation_poll, stop).await?;
         tracing::info!(kid = key.kid(), issuer = %config.auth.issuer, "token auth on");
         Ok(Self {
             tokens: Some(Tokens {

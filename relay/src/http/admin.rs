@@ -650,7 +650,7 @@ async fn revoke(
     };
     // Revoking a tenant's tokens needs admin over that tenant; one token by jti, over all.
     admit(&state, &headers, query.as_deref(), tenant.as_ref())?;
-    let store = RevocationStore::open(&state.app.config, postgres(&state)?)
+    let store = RevocationStore::open(&state.app.config.store_config(), postgres(&state)?)
         .await
         .map_err(internal)?;
     let now = unix_now();

@@ -1,18 +1,29 @@
-//! The storage boundary. Everything the tenant actor, the feeds and the webhook sender do with
-//! a tenant's data goes through two types: [`Store`], the reading side sessions share, and
-//! [`Writer`], the one writing side the tenant actor owns. Each is a closed enum over the
-//! backends, so nothing outside `store/` sees rusqlite (or, for scale-out, sqlx):
+//! Wharf's storage: each tenant's SQLite database, or one PostgreSQL database shared by many
+//! relays; the only crate that knows which.
+//!
+//! Everything the tenant actor, the feeds and the webhook sender do with a tenant's data goes
+//! through two types: [`Store`], the reading side sessions share, and [`Writer`], the one
+//! writing side the tenant actor owns. Each is a closed enum over the backends, so nothing
+//! outside this crate sees rusqlite or sqlx:
 //!
 //! - [`sqlite`]: one SQLite file per tenant (the default), synchronous rusqlite calls on the
 //!   relay's storage threads ([`StorePool`]).
 //! - [`postgres`]: every tenant in one PostgreSQL database that any number of relays share
 //!   (scale-out), through sqlx; [`postgres::feed`] carries other relays' commits.
+//! - [`config`]: what the storage needs to know ([`config::StoreConfig`], built by the relay).
+//! - [`admin`]: describing, deleting, exporting and importing a SQLite tenant; the export
+//!   format both stores share.
+//! - [`backup`]: online snapshots of a SQLite data directory, and restores.
+//! - [`revocations`]: the revocation list's storage.
 //!
 //! [`Backend`] opens a tenant on whichever backend the relay was configured with.
 
 pub mod admin;
+pub mod backup;
+pub mod config;
 pub mod pool;
 pub mod postgres;
+pub mod revocations;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -24,7 +35,7 @@ use wharf_sqlite::DbError;
 
 pub use pool::{PoolError, StorePool};
 
-use crate::config::{Config, TenantId};
+use crate::config::{StoreConfig, TenantId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -264,7 +275,7 @@ pub(crate) fn snapshot_growth(
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// `data/tenants/{tenant}.sqlite`, worked on by these storage threads.
-    Sqlite(StorePool),
+    Sqlite(StorePool, Arc<StoreConfig>),
     /// One shared PostgreSQL database (or why its URL is unusable: [`Backend::prepare`]
     /// reports it, and the relay does not serve).
     Postgres(Arc<Result<postgres::Backend, String>>),
@@ -273,9 +284,12 @@ pub enum Backend {
 impl Backend {
     /// The backend `config.store` names. A Postgres pool connects on first use
     /// ([`Backend::prepare`] checks it).
-    pub fn new(config: &Config) -> Self {
-        match &config.store {
-            None => Backend::Sqlite(StorePool::new(config.storage_threads)),
+    pub fn new(config: &StoreConfig) -> Self {
+        match &config.url {
+            None => Backend::Sqlite(
+                StorePool::new(config.storage_threads),
+                Arc::new(config.clone()),
+            ),
             Some(url) => Backend::Postgres(Arc::new(
                 postgres::Backend::connect_lazy(url, &config.postgres).map_err(|e| e.to_string()),
             )),
@@ -285,7 +299,7 @@ impl Backend {
     /// The Postgres backend, when tenants live there.
     pub fn postgres(&self) -> Result<Option<&postgres::Backend>, StoreError> {
         match self {
-            Backend::Sqlite(_) => Ok(None),
+            Backend::Sqlite(..) => Ok(None),
             Backend::Postgres(pg) => match &**pg {
                 Ok(pg) => Ok(Some(pg)),
                 Err(e) => Err(StoreError::Config(e.clone())),
@@ -311,13 +325,9 @@ impl Backend {
     }
 
     /// Opens (creating it if needed) `tenant`'s storage.
-    pub async fn open(
-        &self,
-        config: &Config,
-        tenant: &TenantId,
-    ) -> Result<(Store, Writer), StoreError> {
+    pub async fn open(&self, tenant: &TenantId) -> Result<(Store, Writer), StoreError> {
         match self {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(pool, config) => {
                 let (store, writer) =
                     sqlite::Store::open(pool, &config.tenant_path(tenant), config.durability)
                         .await?;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{Store, Writer};
-use crate::store::{
+use crate::{
     snapshot_growth, CommitRules, OutboxRow, RetainBudget, RetainReport, RetentionLimits,
     SnapshotRefusal, StoreError, StoredSnapshot, Totals,
 };

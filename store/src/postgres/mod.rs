@@ -27,7 +27,7 @@ use super::{
 };
 use crate::config::{PostgresConfig, TenantId};
 
-/// The schema, applied when a relay starts (`relay/migrations/postgres/`).
+/// The schema, applied when a relay starts (`store/migrations/postgres/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 /// The channel commits ring. Payload: a JSON array of `[tenant, publicKey, nextSequence]`
@@ -137,7 +137,7 @@ impl Backend {
              WHERE o.log_id = mine.log_id AND o.endpoint = mine.endpoint",
         )
         .bind(self.instance)
-        .bind(crate::policy::now_ms())
+        .bind(crate::config::now_ms())
         .execute(&self.pool)
         .await?
         .rows_affected())
@@ -362,7 +362,7 @@ impl Store {
         )
         .bind(&*self.tenant)
         .bind(self.instance)
-        .bind(crate::policy::now_ms())
+        .bind(crate::config::now_ms())
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wharf_sqlite::durable;
 
-pub use crate::store::admin::LogState;
-use crate::store::StoreError;
+pub use crate::admin::LogState;
+use crate::StoreError;
 
 /// The manifest's file name inside a backup directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -293,11 +293,10 @@ fn snapshot(source: &Path, target: &Path) -> Result<(), BackupError> {
 
 /// A tenant database's `remoteId` and logs.
 fn describe(path: &Path) -> Result<(String, Vec<LogState>), BackupError> {
-    let (remote_id, logs) =
-        crate::store::admin::describe(path).map_err(|e| BackupError::Store {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+    let (remote_id, logs) = crate::admin::describe(path).map_err(|e| BackupError::Store {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     Ok((remote_id.to_string(), logs))
 }
 

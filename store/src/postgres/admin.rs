@@ -15,12 +15,12 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{to_i64, to_u64, Backend, Columns, INSERT_CHUNK_BYTES};
-use crate::config::TenantId;
-use crate::store::admin::{
+use crate::admin::{
     write_line, ExportEnd, ExportEntry, ExportError, ExportHeader, ImportCheck, ImportError,
     Imported, LogState, EXPORT_FORMAT, EXPORT_VERSION,
 };
-use crate::store::StoreError;
+use crate::config::TenantId;
+use crate::StoreError;
 
 /// The channel an administrative change to a tenant rings (payload: the tenant id).
 pub const EVICT_CHANNEL: &str = "wharf_evict";

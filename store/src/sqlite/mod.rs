@@ -544,7 +544,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{RetentionLimits, SnapshotRefusal, StoredSnapshot};
+    use crate::{RetentionLimits, SnapshotRefusal, StoredSnapshot};
     use wharf_protocol::EncryptedEntry;
 
     fn req(pk: &str, iv: &[u8], ids: &[u8]) -> WriteReq {

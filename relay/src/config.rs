@@ -401,7 +401,7 @@ impl Config {
             if !(store.starts_with("postgres://") || store.starts_with("postgresql://")) {
                 return Err(ConfigError::Invalid(format!(
                     "store: expected a postgres:// URL (or no store setting for SQLite), got {:?}",
-                    wharf_store::postgres::redact(store)
+                    wharf_store::config::redact_url(store)
                 )));
             }
         }
@@ -501,15 +501,6 @@ impl Config {
             self.tenants.get(tenant.as_str()),
             stored,
         )
-    }
-
-    /// Whether tenants live in PostgreSQL (`store` is set).
-    pub fn uses_postgres(&self) -> bool {
-        self.store.is_some()
-    }
-
-    pub(crate) fn tenant_path(&self, tenant: &TenantId) -> PathBuf {
-        self.store_config().tenant_path(tenant)
     }
 }
 

@@ -48,4 +48,4 @@ mod webhook;
 pub use config::{Config, Durability, TenantId};
 pub use server::{serve, Relay, ServeError};
 /// A `postgres://` URL with its password replaced, for output.
-pub use wharf_store::postgres::redact as redact_store_url;
+pub use wharf_store::config::redact_url as redact_store_url;

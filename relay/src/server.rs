@@ -12,8 +12,8 @@ use crate::auth::{effective_mode, AuthError, Authenticator};
 use crate::config::{AuthMode, Config};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
-use crate::store::postgres::feed::Ring;
 use crate::tls::{CertStore, TlsError};
+use wharf_store::Ring;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -31,7 +31,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("the store is not usable: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] wharf_store::StoreError),
 }
 
 /// A relay, ready to serve.
@@ -92,7 +92,7 @@ impl Relay {
         // between its mkdir and the sync left it so), and the Postgres schema is brought up to
         // date (the database proven reachable), before anything is served.
         let data = config.data.clone();
-        tokio::task::spawn_blocking(move || wharf_sqlite::durable::create_dir_all(&data))
+        tokio::task::spawn_blocking(move || wharf_store::durable::create_dir_all(&data))
             .await
             .map_err(std::io::Error::other)
             .and_then(|made| made)
@@ -100,36 +100,34 @@ impl Relay {
                 path: config.data.clone(),
                 source,
             })?;
-        app.registry.backend().prepare().await?;
-        if let Some(pg) = app.registry.backend().postgres()? {
-            let (registry, metrics) = (app.registry.clone(), app.metrics.clone());
-            tokio::spawn(crate::store::postgres::feed::listen(
-                pg.clone(),
-                token.clone(),
-                move |ring| match ring {
-                    Ring::Log {
-                        tenant,
-                        public_key,
-                        next,
-                    } => {
-                        metrics.doorbells.inc();
-                        registry.doorbell(&tenant, public_key, next);
+        let backend = app.registry.backend().clone();
+        backend.prepare().await?;
+        // What other relays sharing the store change reaches this relay's tenants.
+        let (registry, counters) = (app.registry.clone(), app.metrics.clone());
+        backend
+            .follow_others(token.clone(), move |ring| match ring {
+                Ring::Log {
+                    tenant,
+                    public_key,
+                    next,
+                } => {
+                    counters.doorbells.inc();
+                    registry.doorbell(&tenant, public_key, next);
+                }
+                Ring::Settings { tenant } => registry.settings_changed(&tenant),
+                Ring::Evict { tenant } => registry.changed_elsewhere(&tenant),
+                Ring::Resync { lost } => {
+                    if lost {
+                        counters.listen_reconnects.inc();
                     }
-                    Ring::Settings { tenant } => registry.settings_changed(&tenant),
-                    Ring::Evict { tenant } => registry.changed_elsewhere(&tenant),
-                    Ring::Resync { lost } => {
-                        if lost {
-                            metrics.listen_reconnects.inc();
-                        }
-                        registry.resync();
-                    }
-                },
-            ));
-        }
+                    registry.resync();
+                }
+            })
+            .await?;
         let auth = match effective_mode(&config, addr)? {
             AuthMode::Token => {
-                let shared = app.registry.backend().postgres()?;
-                Authenticator::tokens(&config, shared, token.clone()).await?
+                let revocations = backend.revocations().await.map_err(AuthError::from)?;
+                Authenticator::tokens(&config, revocations, token.clone()).await?
             }
             AuthMode::None => Authenticator::open(),
         };
@@ -170,16 +168,8 @@ impl Relay {
             }
             None => None,
         };
-        let store = match &config.store {
-            Some(url) => crate::store::postgres::redact(url),
-            None => "sqlite".to_owned(),
-        };
-        info!(%addr, tls = tls.is_some(), data = %config.data.display(), %store, durability = ?config.durability, "relay listening");
-        if config.uses_postgres() {
-            tokio::spawn(sweep_outboxes(app.clone(), token.clone()));
-        } else {
-            tokio::spawn(resume_webhooks(app.clone()));
-        }
+        info!(%addr, tls = tls.is_some(), data = %config.data.display(), store = %backend.location(), durability = ?config.durability, "relay listening");
+        tokio::spawn(deliver_pending_webhooks(app.clone(), token.clone()));
         let stop = token.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -200,16 +190,14 @@ impl Relay {
             warn!("some connections did not close in time");
         }
         app.registry.shutdown().await;
-        if let Ok(Some(pg)) = app.registry.backend().postgres() {
-            match pg.release_claims().await {
-                Ok(0) => {}
-                Ok(n) => info!(
-                    notifications = n,
-                    "webhook notifications left to the other relays"
-                ),
-                Err(e) => {
-                    warn!(error = %e, "cannot release webhook claims; they run out on their own")
-                }
+        match backend.release().await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                notifications = n,
+                "webhook notifications left to the other relays"
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot release webhook claims; they run out on their own")
             }
         }
         info!("relay stopped");
@@ -217,57 +205,24 @@ impl Relay {
     }
 }
 
-/// Opens every tenant that has webhook endpoints (their mark in `data/webhooks/`), so what
-/// their outboxes held before a restart is delivered without waiting for a client. Each
-/// tenant closes again once idle and delivered.
-async fn resume_webhooks(app: Arc<App>) {
-    let dir = app.config.data.join("webhooks");
-    let names: Vec<String> = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .collect(),
-        Err(_) => return,
-    };
-    for name in names {
-        let Some(tenant) = crate::config::TenantId::parse(&name) else {
-            continue;
-        };
-        if !app.config.tenant_path(&tenant).exists() {
-            let _ = std::fs::remove_file(dir.join(&name));
-            continue;
-        }
-        if let Err(e) = app.registry.attach(&tenant).await {
-            warn!(tenant = %name, error = %e, "cannot open tenant to resume webhook delivery");
-        }
-    }
-}
-
-/// How often a relay on the Postgres store looks for tenants with webhook notifications
-/// pending that it does not have open (left by a relay that stopped or died).
+/// How often a relay looks for tenants with webhook notifications pending that it does not
+/// have open (left by a relay that stopped, restarted or died).
 const OUTBOX_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// With the Postgres store: at start, then every [`OUTBOX_SWEEP`], opens every tenant with
-/// notifications pending in the database, so they are delivered without waiting for a client
-/// (by whichever relay claims each row first). Each tenant closes again once idle and
+/// At start, then every [`OUTBOX_SWEEP`], opens every tenant the store says has webhook
+/// notifications pending, so they are delivered without waiting for a client (with a shared
+/// store, by whichever relay claims each first). Each tenant closes again once idle and
 /// delivered.
-async fn sweep_outboxes(app: Arc<App>, stop: tokio_util::sync::CancellationToken) {
+async fn deliver_pending_webhooks(app: Arc<App>, stop: tokio_util::sync::CancellationToken) {
     loop {
-        let pending = match app.registry.backend().postgres() {
-            Ok(Some(pg)) => pg.tenants_with_outbox().await,
-            _ => return,
-        };
-        match pending {
+        match app.registry.backend().pending_webhooks().await {
             Ok(tenants) => {
-                for name in tenants {
-                    let Some(tenant) = crate::config::TenantId::parse(&name) else {
-                        continue;
-                    };
+                for tenant in tenants {
                     if app.registry.is_active(&tenant) {
                         continue;
                     }
                     if let Err(e) = app.registry.attach(&tenant).await {
-                        warn!(tenant = %name, error = %e, "cannot open tenant to deliver its webhooks");
+                        warn!(tenant = tenant.as_str(), error = %e, "cannot open tenant to deliver its webhooks");
                     }
                 }
             }

@@ -18,7 +18,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 use uuid::Uuid;
 use wharf_protocol::{EncryptedEntry, RemoteEntry};
-use wharf_sqlite::durable;
 
 use crate::config::{Config, TenantId};
 use crate::live::{CommitConsumer, Committed, LiveBatch, LiveLog, LiveTails};
@@ -397,11 +396,10 @@ impl TenantActor {
         // Retention runs when the tenant opens, then every `retention_interval` (sooner while
         // a run stopped at its step budget).
         let mut retain_at: Option<Instant> = Some(Instant::now());
-        // A shared tenant (other relays append to it) looks at its subscribed logs this often,
-        // whatever the doorbells said.
-        let poll_every = self.config.postgres.poll_interval;
-        let mut poll_at: Option<Instant> =
-            db.store.is_shared().then(|| Instant::now() + poll_every);
+        // A tenant other relays append to looks at its subscribed logs this often, whatever
+        // the doorbells said.
+        let poll_every = db.store.poll_interval();
+        let mut poll_at: Option<Instant> = poll_every.map(|every| Instant::now() + every);
         let mut batch: Vec<Msg> = Vec::new();
         loop {
             // Wake up to check idleness at most every quarter of the timeout.
@@ -416,7 +414,7 @@ impl TenantActor {
                     continue;
                 }
                 () = sleep_until(poll_at) => {
-                    poll_at = Some(Instant::now() + poll_every);
+                    poll_at = poll_every.map(|every| Instant::now() + every);
                     follow_all(&mut self.live, &db.store).await;
                     continue;
                 }
@@ -663,11 +661,10 @@ impl TenantActor {
                 sender.wake.notify_one();
             }
         }
-        if db.store.is_shared() {
-            // Entries other relays committed before this group come first in the tails.
-            for (public_key, batch) in &batches {
-                follow_log(&mut self.live, &db.store, public_key, batch.first()).await;
-            }
+        // Entries other relays committed before this group come first in the tails (a tenant
+        // only this relay writes finds its tails at the group's first sequence: no read).
+        for (public_key, batch) in &batches {
+            follow_log(&mut self.live, &db.store, public_key, batch.first()).await;
         }
         let event = Committed {
             writes,
@@ -709,9 +706,8 @@ impl TenantActor {
         Ok(())
     }
 
-    /// Makes `stored` current: the effective settings, the webhook sender, and (SQLite) the
-    /// marker that restarts delivery after a relay restart; with Postgres the relays find
-    /// pending notifications in the database.
+    /// Makes `stored` current: the effective settings, the webhook sender, and the store's
+    /// mark that makes a restarted relay deliver what the outbox holds.
     async fn apply_settings(&mut self, store: &Store, stored: Option<TenantSettings>) {
         self.effective = self.config.effective(&self.tenant, stored.as_ref());
         self.stored = stored;
@@ -736,26 +732,11 @@ impl TenantActor {
         if let Some(sender) = self.sender.take() {
             stop_sender(sender, store).await;
         }
-        let marker = webhook_marker(&self.config, &self.tenant);
-        // The marker's file operations run off the actor's task, in order, and durably: a
-        // marker lost to a power cut would leave the outbox undelivered until a client came.
-        if endpoints.is_empty() {
-            let _ = tokio::task::spawn_blocking(move || durable::remove_file(&marker)).await;
-            return;
+        if let Err(e) = store.mark_webhooks(!endpoints.is_empty()).await {
+            warn!(error = %e, "cannot mark the tenant for webhook delivery after a restart");
         }
-        if !store.is_shared() {
-            let marked = tokio::task::spawn_blocking(move || {
-                if let Some(dir) = marker.parent() {
-                    durable::create_dir_all(dir)?;
-                }
-                durable::touch(&marker)
-            })
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
-            if let Err(e) = marked {
-                warn!(error = %e, "cannot mark the tenant for webhook delivery after a restart");
-            }
+        if endpoints.is_empty() {
+            return;
         }
         self.sender = Some(spawn_sender(
             self.tenant.clone(),
@@ -1076,12 +1057,6 @@ fn spawn_checkpointer(
 /// Entries one retention step deletes at most, so writes queued meanwhile wait little.
 const RETAIN_STEP: u64 = 20_000;
 
-/// Where a tenant with webhook endpoints leaves a mark, so a restarted relay opens it and
-/// delivers what its outbox holds.
-pub(crate) fn webhook_marker(config: &Config, tenant: &TenantId) -> std::path::PathBuf {
-    config.data.join("webhooks").join(tenant.as_str())
-}
-
 /// The webhook sender of one open tenant.
 struct SenderHandle {
     task: tokio::task::JoinHandle<()>,
@@ -1157,16 +1132,7 @@ async fn send_loop(
     loop {
         let seen = enqueued.load(Ordering::Relaxed);
         let now = crate::policy::now_ms();
-        // On a shared store the rows are claimed for as long as their deliveries may take:
-        // fewer at a time, so a relay that dies leaves them due again soon.
-        let batch: usize = if store.is_shared() { 8 } else { 64 };
-        let claim = config
-            .webhooks
-            .timeout
-            .saturating_mul(batch as u32)
-            .saturating_add(Duration::from_secs(5));
-        let claim_ms = i64::try_from(claim.as_millis()).unwrap_or(i64::MAX);
-        let (rows, next_due) = match store.outbox_due(now, batch, claim_ms).await {
+        let (rows, next_due) = match store.outbox_due(now, config.webhooks.timeout).await {
             Ok(x) => x,
             Err(e) => {
                 warn!(error = %e, "cannot read the webhook outbox");

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wharf_sqlite::durable;
 
-pub use crate::admin::LogState;
+pub use crate::model::LogState;
 use crate::StoreError;
 
 /// The manifest's file name inside a backup directory.
@@ -293,10 +293,11 @@ fn snapshot(source: &Path, target: &Path) -> Result<(), BackupError> {
 
 /// A tenant database's `remoteId` and logs.
 fn describe(path: &Path) -> Result<(String, Vec<LogState>), BackupError> {
-    let (remote_id, logs) = crate::admin::describe(path).map_err(|e| BackupError::Store {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let (remote_id, logs) =
+        crate::sqlite::admin::describe(path).map_err(|e| BackupError::Store {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
     Ok((remote_id.to_string(), logs))
 }
 

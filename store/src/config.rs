@@ -107,6 +107,19 @@ impl TenantId {
     }
 }
 
+/// A store's URL with its password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("(redacted)"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -136,5 +149,14 @@ mod tests {
         ] {
             assert!(TenantId::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://wharf:s3cret@db:5432/wharf"),
+            "postgres://wharf:(redacted)@db:5432/wharf"
+        );
+        assert_eq!(redact_url("postgres://db/wharf"), "postgres://db/wharf");
     }
 }

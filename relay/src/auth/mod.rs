@@ -99,17 +99,16 @@ impl Authenticator {
     }
 
     /// Every connection needs a token: loads (or creates) the relay's key, the trusted
-    /// issuers and the revocation list, which it follows until `stop`. `shared`: the relay's
-    /// Postgres database, where the list lives with the Postgres store.
+    /// issuers and the revocation list (from `revocations`, where the store keeps it), which
+    /// it follows until `stop`.
     pub async fn tokens(
         config: &Config,
-        shared: Option<&crate::store::postgres::Backend>,
+        revocations: RevocationStore,
         stop: CancellationToken,
     ) -> Result<Self, AuthError> {
         let key = RelayKey::load_or_create(&config.key_path())?;
         let verifier = Verifier::new(&key, &config.auth)?;
-        let store = RevocationStore::open(&config.store_config(), shared).await?;
-        let revocations = revocation::watch(store, config.auth.revocation_poll, stop).await?;
+        let revocations = revocation::watch(revocations, config.auth.revocation_poll, stop).await?;
         tracing::info!(kid = key.kid(), issuer = %config.auth.issuer, "token auth on");
         Ok(Self {
             tokens: Some(Tokens {

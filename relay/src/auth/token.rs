@@ -228,7 +228,7 @@ impl RelayKey {
             source,
         };
         let dir = path.parent().unwrap_or(Path::new("."));
-        wharf_sqlite::durable::create_private_dir_all(dir).map_err(create_err)?;
+        wharf_store::durable::create_private_dir_all(dir).map_err(create_err)?;
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seed);
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
@@ -249,7 +249,7 @@ impl RelayKey {
             file.sync_all()
         };
         // Linked durably: a token signed with this key must not outlive the key at a power cut.
-        let linked = write().and_then(|()| wharf_sqlite::durable::hard_link(&tmp, path));
+        let linked = write().and_then(|()| wharf_store::durable::hard_link(&tmp, path));
         let _ = std::fs::remove_file(&tmp);
         match linked {
             Ok(()) => {

@@ -1,10 +1,8 @@
-//! The admin API, `/admin/v1/…` (docs/openapi.yaml): tenants listed and shown, a log or a
-//! tenant deleted, tokens revoked, a tenant exported and imported. Every call needs an admin
-//! token (the `admin` action, for the tenant concerned or for every tenant, `*`), except on a
-//! relay without access control.
-
-use std::path::{Path as FsPath, PathBuf};
-use std::time::UNIX_EPOCH;
+//! The admin API, `/admin/v1/…` (docs/openapi.json): tenants listed and shown, a log or a
+//! tenant deleted, tokens revoked, a tenant exported and imported, settings and retention.
+//! Every call needs an admin token (the `admin` action, for the tenant concerned or for every
+//! tenant, `*`), except on a relay without access control. What is stored is the store's
+//! business: each handler asks `wharf_store::Backend` one question, whichever backend it is.
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
@@ -15,15 +13,11 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
+use wharf_store::{ImportError, Imported, LogState, TenantSummary};
 
 use super::{HttpError, HttpState};
-use crate::auth::revocation::RevocationStore;
 use crate::auth::{unix_now, Refusal};
 use crate::config::TenantId;
-use crate::store::admin::{self as store_admin, Imported, LogState};
-use crate::store::postgres::admin::TenantRow;
-use crate::store::postgres::Backend as PgBackend;
-use crate::store::StoreError;
 
 pub(crate) fn routes(state: HttpState) -> Router<HttpState> {
     Router::new()
@@ -69,23 +63,24 @@ async fn loopback_unless_tokens(
 
 /// One tenant, as listed.
 #[derive(Debug, Serialize)]
-struct TenantSummary {
+struct Listed {
     tenant: String,
     /// `active` (its database is open) or `hibernated`.
     state: &'static str,
-    /// The database and its write-ahead log, in bytes.
+    /// What it occupies: its database and write-ahead log (SQLite), or the ciphertext and
+    /// snapshots it holds (Postgres), in bytes.
     size_bytes: u64,
     logs: usize,
     entries: u64,
     connections: usize,
-    /// The last change to its files (a commit or a checkpoint), milliseconds since the epoch.
+    /// Its last write, milliseconds since the epoch.
     last_write_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
-struct TenantDetail {
+struct Shown {
     #[serde(flatten)]
-    summary: TenantSummary,
+    summary: Listed,
     remote_id: String,
     log_states: Vec<LogState>,
 }
@@ -134,124 +129,26 @@ fn internal(e: impl std::fmt::Display) -> HttpError {
     HttpError::Internal(e.to_string())
 }
 
-/// The shared database, when tenants live in Postgres (`None`: SQLite files).
-fn postgres(state: &HttpState) -> Result<Option<&PgBackend>, HttpError> {
-    state.app.registry.backend().postgres().map_err(internal)
-}
-
-/// A tenant's summary as the admin API shows it, from what its store reports.
-fn summary(state: &HttpState, tenant: &TenantId, stored: Stored) -> TenantSummary {
+/// A tenant's summary as the admin API shows it: what the store reports, and what this relay
+/// knows of it (its actor, its connections).
+fn listed(state: &HttpState, stored: TenantSummary) -> Listed {
     let app = &state.app;
-    TenantSummary {
-        tenant: tenant.as_str().to_owned(),
-        state: if app.registry.is_active(tenant) {
-            "active"
-        } else {
-            "hibernated"
-        },
+    let active = TenantId::parse(&stored.tenant).is_some_and(|t| app.registry.is_active(&t));
+    let connections =
+        TenantId::parse(&stored.tenant).map_or(0, |t| app.limits.tenant_connections(&t));
+    Listed {
+        tenant: stored.tenant,
+        state: if active { "active" } else { "hibernated" },
         size_bytes: stored.size_bytes,
         logs: stored.logs,
         entries: stored.entries,
-        connections: app.limits.tenant_connections(tenant),
+        connections,
         last_write_unix_ms: stored.last_write_unix_ms,
     }
 }
 
-/// What a store reports about a tenant.
-struct Stored {
-    size_bytes: u64,
-    logs: usize,
-    entries: u64,
-    last_write_unix_ms: Option<u64>,
-}
-
-impl From<&TenantRow> for Stored {
-    fn from(row: &TenantRow) -> Self {
-        Stored {
-            size_bytes: row.bytes,
-            logs: usize::try_from(row.logs).unwrap_or(usize::MAX),
-            entries: row.entries,
-            last_write_unix_ms: row.last_write_unix_ms,
-        }
-    }
-}
-
-/// Runs blocking storage work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, HttpError> + Send + 'static,
-) -> Result<T, HttpError> {
-    tokio::task::spawn_blocking(f).await.map_err(internal)?
-}
-
-fn tenant_path(state: &HttpState, tenant: &TenantId) -> PathBuf {
-    state.app.config.tenant_path(tenant)
-}
-
-/// Sizes and modification time of the database and its WAL.
-fn files_of(path: &FsPath) -> (u64, Option<u64>) {
-    let mut size = 0;
-    let mut modified = None;
-    for suffix in ["", "-wal"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        if let Ok(meta) = std::fs::metadata(&p) {
-            size += meta.len();
-            let ms = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            modified = modified.max(ms);
-        }
-    }
-    (size, modified)
-}
-
-fn summarize(state: &HttpState, tenant: &TenantId) -> Result<Option<TenantDetail>, HttpError> {
-    let path = tenant_path(state, tenant);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let (size_bytes, last_write_unix_ms) = files_of(&path);
-    let (remote_id, logs) = match store_admin::describe(&path) {
-        Ok(described) => described,
-        // Created this instant by a first connection: until its schema and remoteId are
-        // committed, the tenant is not there yet.
-        Err(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows)) => return Ok(None),
-        Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(_, Some(msg))))
-            if msg.starts_with("no such table") =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(internal(e)),
-    };
-    let stored = Stored {
-        size_bytes,
-        logs: logs.len(),
-        entries: logs.iter().map(|l| l.entries).sum(),
-        last_write_unix_ms,
-    };
-    Ok(Some(TenantDetail {
-        summary: summary(state, tenant, stored),
-        remote_id: remote_id.to_string(),
-        log_states: logs,
-    }))
-}
-
-/// `tenant` described from the Postgres database.
-async fn summarize_postgres(
-    state: &HttpState,
-    pg: &PgBackend,
-    tenant: &TenantId,
-) -> Result<Option<TenantDetail>, HttpError> {
-    let Some((row, remote_id, logs)) = pg.describe(tenant).await.map_err(internal)? else {
-        return Ok(None);
-    };
-    Ok(Some(TenantDetail {
-        summary: summary(state, tenant, Stored::from(&row)),
-        remote_id: remote_id.to_string(),
-        log_states: logs,
-    }))
+fn no_tenant(tenant: &TenantId) -> HttpError {
+    HttpError::NotFound(format!("no tenant {:?}", tenant.as_str()))
 }
 
 /// Whether a client at `ip` may use the admin API (its token is checked next, if any).
@@ -266,43 +163,8 @@ async fn list_tenants(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, HttpError> {
     admit(&state, &headers, query.as_deref(), None)?;
-    if let Some(pg) = postgres(&state)? {
-        let rows = pg.tenants().await.map_err(internal)?;
-        let tenants: Vec<TenantSummary> = rows
-            .iter()
-            .filter_map(|row| {
-                let tenant = TenantId::parse(&row.tenant)?;
-                Some(summary(&state, &tenant, Stored::from(row)))
-            })
-            .collect();
-        return Ok(Json(serde_json::json!({ "tenants": tenants })));
-    }
-    let st = state.clone();
-    let tenants = blocking(move || {
-        let dir = st.app.config.data.join("tenants");
-        let mut names: Vec<TenantId> = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries
-                .filter_map(Result::ok)
-                .filter_map(|e| {
-                    let path = e.path();
-                    (path.extension()? == "sqlite")
-                        .then(|| TenantId::parse(path.file_stem()?.to_str()?))?
-                })
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(internal(e)),
-        };
-        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        let mut out = Vec::with_capacity(names.len());
-        for tenant in names {
-            // A tenant deleted meanwhile is simply not listed.
-            if let Some(detail) = summarize(&st, &tenant)? {
-                out.push(detail.summary);
-            }
-        }
-        Ok(out)
-    })
-    .await?;
+    let stored = state.app.registry.backend().tenants().await?;
+    let tenants: Vec<Listed> = stored.into_iter().map(|t| listed(&state, t)).collect();
     Ok(Json(serde_json::json!({ "tenants": tenants })))
 }
 
@@ -312,34 +174,21 @@ async fn show_tenant(
     Path(tenant): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> Result<Json<TenantDetail>, HttpError> {
+) -> Result<Json<Shown>, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    let detail = match postgres(&state)? {
-        Some(pg) => summarize_postgres(&state, pg, &tenant).await?,
-        None => {
-            let st = state.clone();
-            let t = tenant.clone();
-            blocking(move || summarize(&st, &t)).await?
-        }
-    };
-    detail
-        .map(Json)
-        .ok_or_else(|| HttpError::NotFound(format!("no tenant {:?}", tenant.as_str())))
-}
-
-/// The tenant's database file, or 404 when the tenant does not exist.
-fn existing_tenant(state: &HttpState, tenant: &TenantId) -> Result<std::path::PathBuf, HttpError> {
-    let path = tenant_path(state, tenant);
-    // With the Postgres store a tenant exists once any relay opened it; settings may be
-    // stored ahead of that.
-    if !state.app.config.uses_postgres() && !path.exists() {
-        return Err(HttpError::NotFound(format!(
-            "no tenant {:?}",
-            tenant.as_str()
-        )));
-    }
-    Ok(path)
+    let detail = state
+        .app
+        .registry
+        .backend()
+        .describe(&tenant)
+        .await?
+        .ok_or_else(|| no_tenant(&tenant))?;
+    Ok(Json(Shown {
+        summary: listed(&state, detail.summary),
+        remote_id: detail.remote_id.to_string(),
+        log_states: detail.logs,
+    }))
 }
 
 /// Runs `f` with the tenant's actor (opening the tenant if it is closed).
@@ -348,7 +197,9 @@ where
     F: FnOnce(crate::tenant::TenantHandle) -> Fut,
     Fut: std::future::Future<Output = Result<T, crate::tenant::TenantError>>,
 {
-    existing_tenant(state, tenant)?;
+    if !state.app.registry.backend().may_configure(tenant).await? {
+        return Err(no_tenant(tenant));
+    }
     let (handle, attached) = state
         .app
         .registry
@@ -463,17 +314,10 @@ async fn settings(
     Ok(Json(settings_json(&view)))
 }
 
-/// The ciphertext and snapshot bytes `tenant` holds in the Postgres database.
-async fn stored_bytes(pg: &PgBackend, tenant: &TenantId) -> Result<u64, HttpError> {
-    pg.describe(tenant)
-        .await
-        .map_err(internal)?
-        .map(|(row, _, _)| row.bytes)
-        .ok_or_else(|| HttpError::NotFound(format!("no tenant {:?}", tenant.as_str())))
-}
-
 /// `POST /admin/v1/tenants/{tenant}/retention`: applies the tenant's retention policy now, to
-/// the end, and reports what it deleted and the database file's size before and after.
+/// the end, and reports what it deleted and what the tenant occupies before and after (its
+/// database file on SQLite; on Postgres, the ciphertext and snapshots it holds: the database
+/// gives the space back to itself through autovacuum).
 async fn run_retention(
     State(state): State<HttpState>,
     Path(tenant): Path<String>,
@@ -482,22 +326,13 @@ async fn run_retention(
 ) -> Result<Json<serde_json::Value>, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    // What the tenant occupies: its database file on SQLite; on Postgres, the ciphertext and
-    // snapshots it holds (the database returns the space to itself through autovacuum).
-    let (before, report, after) = match postgres(&state)? {
-        Some(pg) => {
-            let before = stored_bytes(pg, &tenant).await?;
-            let report = with_actor(&state, &tenant, |h| async move { h.retain().await }).await?;
-            (before, report, stored_bytes(pg, &tenant).await?)
-        }
-        None => {
-            let path = existing_tenant(&state, &tenant)?;
-            let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
-            let before = size(&path);
-            let report = with_actor(&state, &tenant, |h| async move { h.retain().await }).await?;
-            (before, report, size(&path))
-        }
-    };
+    let backend = state.app.registry.backend();
+    if !backend.may_configure(&tenant).await? {
+        return Err(no_tenant(&tenant));
+    }
+    let before = backend.footprint(&tenant).await?;
+    let report = with_actor(&state, &tenant, |h| async move { h.retain().await }).await?;
+    let after = backend.footprint(&tenant).await?;
     Ok(Json(serde_json::json!({
         "entries_deleted": report.entries_deleted,
         "bytes_deleted": report.bytes_deleted,
@@ -544,40 +379,17 @@ async fn delete_tenant(
 ) -> Result<StatusCode, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    if let Some(pg) = postgres(&state)? {
-        let hold = take(&state, &tenant, force).await?;
-        let existed = pg.delete_tenant(&tenant).await.map_err(internal)?;
-        drop(hold);
-        if !existed {
-            return Err(HttpError::NotFound(format!(
-                "no tenant {:?}",
-                tenant.as_str()
-            )));
-        }
-        state.app.metrics.forget_tenant(tenant.as_str());
-        info!(
-            tenant = tenant.as_str(),
-            force, "tenant deleted by an administrator"
-        );
-        return Ok(StatusCode::NO_CONTENT);
+    let backend = state.app.registry.backend();
+    if !backend.has_data(&tenant).await? {
+        return Err(no_tenant(&tenant));
     }
-    let path = existing_tenant(&state, &tenant)?;
     let hold = take(&state, &tenant, force).await?;
-    blocking(move || {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = path.as_os_str().to_owned();
-            p.push(suffix);
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(internal(e)),
-            }
-        }
-        wharf_sqlite::durable::sync_name(&path).map_err(internal)
-    })
-    .await?;
-    state.app.metrics.forget_tenant(tenant.as_str());
+    let existed = backend.delete_tenant(&tenant).await?;
     drop(hold);
+    if !existed {
+        return Err(no_tenant(&tenant));
+    }
+    state.app.metrics.forget_tenant(tenant.as_str());
     info!(
         tenant = tenant.as_str(),
         force, "tenant deleted by an administrator"
@@ -595,26 +407,13 @@ async fn delete_log(
 ) -> Result<StatusCode, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    let existed = match postgres(&state)? {
-        Some(pg) => {
-            let hold = take(&state, &tenant, force).await?;
-            let existed = pg
-                .delete_log(&tenant, &public_key)
-                .await
-                .map_err(internal)?;
-            drop(hold);
-            existed
-        }
-        None => {
-            let path = existing_tenant(&state, &tenant)?;
-            let hold = take(&state, &tenant, force).await?;
-            let pk = public_key.clone();
-            let existed =
-                blocking(move || store_admin::delete_log(&path, &pk).map_err(internal)).await?;
-            drop(hold);
-            existed
-        }
-    };
+    let backend = state.app.registry.backend();
+    if !backend.has_data(&tenant).await? {
+        return Err(no_tenant(&tenant));
+    }
+    let hold = take(&state, &tenant, force).await?;
+    let existed = backend.delete_log(&tenant, &public_key).await?;
+    drop(hold);
     if !existed {
         return Err(HttpError::NotFound(format!(
             "tenant {:?} has no log {public_key:?}",
@@ -650,7 +449,11 @@ async fn revoke(
     };
     // Revoking a tenant's tokens needs admin over that tenant; one token by jti, over all.
     admit(&state, &headers, query.as_deref(), tenant.as_ref())?;
-    let store = RevocationStore::open(&state.app.config.store_config(), postgres(&state)?)
+    let store = state
+        .app
+        .registry
+        .backend()
+        .revocations()
         .await
         .map_err(internal)?;
     let now = unix_now();
@@ -676,7 +479,9 @@ async fn revoke(
     Ok(Json(result))
 }
 
-/// `GET /admin/v1/tenants/{tenant}/export`: NDJSON, streamed from one read transaction.
+/// `GET /admin/v1/tenants/{tenant}/export`: NDJSON, streamed from one consistent snapshot.
+/// A failure part way cuts the stream (the body ends with an error): no end line, so an
+/// import refuses it.
 async fn export_tenant(
     State(state): State<HttpState>,
     Path(tenant): Path<String>,
@@ -685,42 +490,7 @@ async fn export_tenant(
 ) -> Result<Response, HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(8);
-    // The client sees a cut stream when an export fails (the body ends with an error): no end
-    // line, so an import refuses it.
-    let failed = |name: &str, e: &str| {
-        warn!(tenant = %name, error = %e, "export failed");
-        Err(std::io::Error::other(e.to_owned()))
-    };
-    if let Some(pg) = postgres(&state)? {
-        if pg.describe(&tenant).await.map_err(internal)?.is_none() {
-            return Err(HttpError::NotFound(format!(
-                "no tenant {:?}",
-                tenant.as_str()
-            )));
-        }
-        let (pg, name) = (pg.clone(), tenant.clone());
-        tokio::spawn(async move {
-            let why = match pg.export(&name, &tx).await {
-                Ok(Some(_)) => return,
-                Ok(None) => "the tenant was deleted".to_owned(),
-                Err(e) => e.to_string(),
-            };
-            let _ = tx.send(failed(name.as_str(), &why)).await;
-        });
-    } else {
-        let path = existing_tenant(&state, &tenant)?;
-        let name = tenant.as_str().to_owned();
-        tokio::task::spawn_blocking(move || {
-            let mut out = ChannelWriter {
-                tx: tx.clone(),
-                buf: Vec::with_capacity(CHUNK),
-            };
-            if let Err(e) = store_admin::export(&path, &name, &mut out) {
-                let _ = tx.blocking_send(failed(&name, &e.to_string()));
-            }
-        });
-    }
+    let rx = state.app.registry.backend().export(&tenant).await?;
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     });
@@ -739,34 +509,6 @@ async fn export_tenant(
     Ok(response)
 }
 
-const CHUNK: usize = 256 * 1024;
-
-/// A `Write` that sends 256 KiB chunks to the response body.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>,
-    buf: Vec<u8>,
-}
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .blocking_send(Ok(chunk.into()))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
-    }
-}
-
 /// `POST /admin/v1/tenants/{tenant}/import[?replace=true]` with an export as the body.
 async fn import_tenant(
     State(state): State<HttpState>,
@@ -778,79 +520,35 @@ async fn import_tenant(
 ) -> Result<(StatusCode, Json<Imported>), HttpError> {
     let tenant = tenant_id(&tenant)?;
     admit(&state, &headers, query.as_deref(), Some(&tenant))?;
-    if let Some(pg) = postgres(&state)? {
-        let hold = match take(&state, &tenant, replace).await {
-            Ok(hold) => hold,
-            Err(refused) => return Err(drain(body, refused).await),
-        };
-        let mut input = tokio_util::io::StreamReader::new(
-            body.into_data_stream()
-                .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string()))),
-        );
-        let result = pg
-            .import(&tenant, &mut input, replace, crate::policy::now_ms())
-            .await;
-        drop(hold);
-        let imported = match result {
-            Ok(imported) => imported,
-            Err(e) => {
-                // Read the rest of the upload, so the client gets to read the answer.
-                let _ = tokio::io::copy(&mut input, &mut tokio::io::sink()).await;
-                return Err(import_failed(&tenant, e));
-            }
-        };
-        state.app.metrics.forget_tenant(tenant.as_str());
-        info!(
-            tenant = tenant.as_str(),
-            entries = imported.entries,
-            replace,
-            "tenant imported by an administrator"
-        );
-        return Ok((StatusCode::CREATED, Json(imported)));
-    }
-    let path = tenant_path(&state, &tenant);
-    let exists = path.exists();
+    let backend = state.app.registry.backend();
+    let mut input = tokio_util::io::StreamReader::new(
+        body.into_data_stream()
+            .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string()))),
+    );
+    let exists = match backend.has_data(&tenant).await {
+        Ok(exists) => exists,
+        Err(e) => return Err(drain(&mut input, e.into()).await),
+    };
     if exists && !replace {
         let refused = HttpError::Conflict(format!(
             "tenant {:?} already has data; add ?replace=true to replace it",
             tenant.as_str()
         ));
-        return Err(drain(body, refused).await);
+        return Err(drain(&mut input, refused).await);
     }
     let hold = match take(&state, &tenant, replace).await {
         Ok(hold) => hold,
-        Err(refused) => return Err(drain(body, refused).await),
+        Err(refused) => return Err(drain(&mut input, refused).await),
     };
-    // The body arrives on this task; the import reads it on a blocking thread.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(8);
-    let target = path.clone();
-    let worker = tokio::task::spawn_blocking(move || {
-        let mut input = std::io::BufReader::new(ChannelReader {
-            rx,
-            chunk: axum::body::Bytes::new(),
-        });
-        let staged = target.with_extension("replacing");
-        let imported = store_admin::import(&staged, &mut input)?;
-        replace_files(&staged, &target)?;
-        Ok::<_, store_admin::ImportError>(imported)
-    });
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
-        let failed = chunk.is_err();
-        if failed || tx.send(chunk).await.is_err() {
-            // The import gave up (its reason is below). Read the rest of the upload, so the
-            // client gets to read the answer instead of a reset connection.
-            while stream.next().await.is_some() {}
-            break;
-        }
-    }
-    drop(tx);
-    let imported = worker
-        .await
-        .map_err(internal)?
-        .map_err(|e| import_failed(&tenant, e))?;
+    let result = backend
+        .import(&tenant, &mut input, replace, crate::policy::now_ms())
+        .await;
     drop(hold);
+    let imported = match result {
+        Ok(imported) => imported,
+        Err(e) => return Err(drain(&mut input, import_failed(&tenant, e)).await),
+    };
+    state.app.metrics.forget_tenant(tenant.as_str());
     info!(
         tenant = tenant.as_str(),
         entries = imported.entries,
@@ -860,57 +558,21 @@ async fn import_tenant(
     Ok((StatusCode::CREATED, Json(imported)))
 }
 
-fn import_failed(tenant: &TenantId, e: store_admin::ImportError) -> HttpError {
+fn import_failed(tenant: &TenantId, e: ImportError) -> HttpError {
     warn!(tenant = tenant.as_str(), error = %e, "import failed; nothing changed");
     match e {
-        store_admin::ImportError::Invalid { .. } => HttpError::BadRequest(e.to_string()),
-        store_admin::ImportError::Exists(why) => HttpError::Conflict(why),
-        other => HttpError::Internal(other.to_string()),
+        ImportError::Invalid { .. } => HttpError::BadRequest(e.to_string()),
+        ImportError::Exists(why) => HttpError::Conflict(why),
+        ImportError::Io(_) => HttpError::Internal(e.to_string()),
+        ImportError::Store(e) => e.into(),
     }
 }
 
-/// Reads the rest of an upload before refusing it: a client still sending would otherwise see
+/// Reads the rest of an upload before answering: a client still sending would otherwise see
 /// a reset connection (a broken pipe) instead of the answer.
-async fn drain(body: Body, refused: HttpError) -> HttpError {
-    let mut stream = body.into_data_stream();
-    while let Some(Ok(_)) = stream.next().await {}
+async fn drain(input: &mut (impl tokio::io::AsyncRead + Unpin), refused: HttpError) -> HttpError {
+    let _ = tokio::io::copy(input, &mut tokio::io::sink()).await;
     refused
-}
-
-/// Moves an imported database into place, removing the old one's WAL and shared memory.
-fn replace_files(staged: &FsPath, target: &FsPath) -> Result<(), store_admin::ImportError> {
-    for suffix in ["-wal", "-shm"] {
-        let mut p = target.as_os_str().to_owned();
-        p.push(suffix);
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    wharf_sqlite::durable::rename(staged, target)?;
-    Ok(())
-}
-
-/// A `Read` over body chunks handed over from the async side.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>,
-    chunk: axum::body::Bytes,
-}
-
-impl std::io::Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => self.chunk = chunk?,
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.chunk.len());
-        out[..n].copy_from_slice(&self.chunk[..n]);
-        self.chunk = self.chunk.slice(n..);
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

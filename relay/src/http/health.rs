@@ -61,26 +61,13 @@ pub(crate) async fn render_metrics(app: &App) -> Response {
     let active = app.registry.active_tenants();
     m.tenants_active
         .set(i64::try_from(active).unwrap_or(i64::MAX));
-    let tenants = app.config.data.join("tenants");
-    let on_disk = tokio::task::spawn_blocking(move || count_tenant_files(&tenants))
-        .await
-        .unwrap_or(0);
+    let stored = app.registry.backend().tenant_count().await.unwrap_or(0);
     m.tenants_hibernated
-        .set(i64::try_from(on_disk.saturating_sub(active)).unwrap_or(i64::MAX));
+        .set(i64::try_from(stored.saturating_sub(active)).unwrap_or(i64::MAX));
     let mut response = m.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
-}
-
-/// Tenant databases in `dir` (`*.sqlite`).
-fn count_tenant_files(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| e.path().extension().is_some_and(|x| x == "sqlite"))
-            .count()
-    })
 }

@@ -228,3 +228,26 @@ async fn serve_connection<I>(
     }
     let _ = conn.await;
 }
+
+impl From<wharf_store::StoreError> for HttpError {
+    /// What went wrong with the storage, as the status the admin API documents for it
+    /// (docs/openapi.json): a missing tenant or log is 404, a conflicting change 409, and
+    /// anything else (a full disk, storage that cannot answer now, a corrupt database) 500,
+    /// whose text says which.
+    fn from(e: wharf_store::StoreError) -> Self {
+        use wharf_store::StoreError as E;
+        match e {
+            E::NotFound(_) => HttpError::NotFound(e.to_string()),
+            E::Conflict(_) => HttpError::Conflict(e.to_string()),
+            E::Full(_)
+            | E::Unavailable(_)
+            | E::TimedOut(_)
+            | E::Contended(_)
+            | E::Corrupt(_)
+            | E::Incompatible(_)
+            | E::Config(_)
+            | E::Lost
+            | E::Failed(_) => HttpError::Internal(e.to_string()),
+        }
+    }
+}

@@ -12,14 +12,16 @@ use bytes::Bytes;
 use sqlx::{Postgres, Row, Transaction};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::sync::mpsc;
+
 use uuid::Uuid;
 
 use super::{to_i64, to_u64, Backend, Columns, INSERT_CHUNK_BYTES};
-use crate::admin::{
-    write_line, ExportEnd, ExportEntry, ExportError, ExportHeader, ImportCheck, ImportError,
-    Imported, LogState, EXPORT_FORMAT, EXPORT_VERSION,
-};
 use crate::config::TenantId;
+use crate::export::{
+    write_line, ExportEnd, ExportEntry, ExportError, ExportHeader, ExportStream, ImportCheck,
+    ImportError, Imported, EXPORT_FORMAT, EXPORT_VERSION,
+};
+use crate::model::{LogState, TenantDetail, TenantSummary};
 use crate::StoreError;
 
 /// The channel an administrative change to a tenant rings (payload: the tenant id).
@@ -27,18 +29,6 @@ pub const EVICT_CHANNEL: &str = "wharf_evict";
 
 /// Export output is handed over in chunks of about this size.
 const EXPORT_CHUNK: usize = 256 * 1024;
-
-/// One tenant as the database holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantRow {
-    pub tenant: String,
-    pub logs: u64,
-    pub entries: u64,
-    /// Ciphertext and snapshot bytes.
-    pub bytes: u64,
-    /// When its newest entry was committed, Unix ms.
-    pub last_write_unix_ms: Option<u64>,
-}
 
 /// Every tenant's summary, or one tenant's (`$1` NULL: all). Entries are counted from the
 /// logs' rows (`next_seq - first_seq`: sequences are dense), never by scanning entries.
@@ -50,19 +40,29 @@ const SUMMARY: &str =
      FROM tenants t LEFT JOIN logs l ON l.tenant = t.id \
      WHERE $1::text IS NULL OR t.id = $1 GROUP BY t.id ORDER BY t.id";
 
-fn summary_row(r: &sqlx::postgres::PgRow) -> Result<TenantRow, sqlx::Error> {
-    Ok(TenantRow {
+/// A tenant's summary: its size is the ciphertext and snapshot bytes it holds, its last write
+/// when its newest entry was committed.
+fn summary_row(r: &sqlx::postgres::PgRow) -> Result<TenantSummary, sqlx::Error> {
+    Ok(TenantSummary {
         tenant: r.try_get(0)?,
-        logs: to_u64(r.try_get(1)?),
+        logs: usize::try_from(r.try_get::<i64, _>(1)?).unwrap_or(0),
         entries: to_u64(r.try_get(2)?),
-        bytes: to_u64(r.try_get(3)?),
+        size_bytes: to_u64(r.try_get(3)?),
         last_write_unix_ms: r.try_get::<Option<i64>, _>(4)?.map(to_u64),
     })
 }
 
 impl Backend {
+    /// How many tenants the database holds.
+    pub async fn tenant_count(&self) -> Result<usize, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     /// Every tenant, by id.
-    pub async fn tenants(&self) -> Result<Vec<TenantRow>, StoreError> {
+    pub async fn tenants(&self) -> Result<Vec<TenantSummary>, StoreError> {
         let rows = sqlx::query(SUMMARY)
             .bind(None::<&str>)
             .fetch_all(&self.pool)
@@ -72,10 +72,7 @@ impl Backend {
 
     /// `tenant`'s summary, `remoteId` and logs (by public key), from one snapshot of the
     /// database; `None` if no relay has opened it.
-    pub async fn describe(
-        &self,
-        tenant: &TenantId,
-    ) -> Result<Option<(TenantRow, Uuid, Vec<LogState>)>, StoreError> {
+    pub async fn describe(&self, tenant: &TenantId) -> Result<Option<TenantDetail>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
@@ -94,8 +91,7 @@ impl Backend {
             match self.delete_ringing(tenant, None).await {
                 // A commit creating a log while holding others can still cross this
                 // deletion's locks; Postgres breaks the cycle, and the deletion goes again.
-                Err(StoreError::Postgres(sqlx::Error::Database(e)))
-                    if e.code().as_deref() == Some(DEADLOCK) && attempt < 3 => {}
+                Err(StoreError::Contended(_)) if attempt < 3 => {}
                 done => return done,
             }
         }
@@ -159,7 +155,10 @@ impl Backend {
                 .await
                 .map_err(StoreError::from)?;
         }
-        let Some((_, remote_id, logs)) = describe_in(&mut tx, tenant).await? else {
+        let Some(TenantDetail {
+            remote_id, logs, ..
+        }) = describe_in(&mut tx, tenant).await?
+        else {
             return Ok(None);
         };
         let mut buf = Vec::with_capacity(EXPORT_CHUNK);
@@ -219,6 +218,29 @@ impl Backend {
         )?;
         send(out, &mut buf).await?;
         Ok(Some(n))
+    }
+
+    /// [`Backend::export`] on a task of its own, into a channel: `NotFound` before anything is
+    /// sent when no relay has opened `tenant`.
+    pub async fn export_stream(&self, tenant: &TenantId) -> Result<ExportStream, StoreError> {
+        if self.describe(tenant).await?.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "no tenant {:?}",
+                tenant.as_str()
+            )));
+        }
+        let (tx, rx) = mpsc::channel(8);
+        let (backend, tenant) = (self.clone(), tenant.clone());
+        tokio::spawn(async move {
+            let why = match backend.export(&tenant, &tx).await {
+                Ok(Some(_)) => return,
+                Ok(None) => "the tenant was deleted".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(tenant = tenant.as_str(), error = %why, "export failed");
+            let _ = tx.send(Err(std::io::Error::other(why))).await;
+        });
+        Ok(rx)
     }
 
     /// Builds `tenant` from the NDJSON export in `input`, keeping `remoteId`, entry ids and
@@ -341,9 +363,6 @@ impl Backend {
     }
 }
 
-/// Postgres's SQLSTATE for a transaction chosen to break a deadlock.
-const DEADLOCK: &str = "40P01";
-
 /// Locks `tenant`'s row, then its logs' rows in the order commits lock them (by public key,
 /// bytewise), before a statement deletes them all: a cascade alone would lock the logs in
 /// whatever order it finds them and could deadlock with commits.
@@ -367,7 +386,7 @@ async fn lock_whole_tenant(
 async fn describe_in(
     tx: &mut Transaction<'static, Postgres>,
     tenant: &TenantId,
-) -> Result<Option<(TenantRow, Uuid, Vec<LogState>)>, StoreError> {
+) -> Result<Option<TenantDetail>, StoreError> {
     let summary = sqlx::query(SUMMARY)
         .bind(tenant.as_str())
         .fetch_optional(&mut **tx)
@@ -395,7 +414,11 @@ async fn describe_in(
             first_sequence: to_u64(first),
         })
         .collect();
-    Ok(Some((summary, remote_id, logs)))
+    Ok(Some(TenantDetail {
+        summary,
+        remote_id,
+        logs,
+    }))
 }
 
 async fn send(

@@ -21,11 +21,12 @@ use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 use wharf_protocol::RemoteEntry;
 
-use super::{
-    snapshot_growth, CommitRules, OutboxRow, Outcome, RetainBudget, RetainReport, RetentionLimits,
-    SnapshotRefusal, StoreError, StoredSnapshot, Totals, WriteReq,
-};
 use crate::config::{PostgresConfig, TenantId};
+use crate::model::{
+    snapshot_growth, CommitRules, OutboxRow, Outcome, RetainBudget, RetainReport, RetentionLimits,
+    SnapshotRefusal, StoredSnapshot, Totals, WriteReq,
+};
+use crate::StoreError;
 
 /// The schema, applied when a relay starts (`store/migrations/postgres/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -43,19 +44,6 @@ const INSERT_CHUNK_BYTES: usize = 16 << 20;
 /// Ciphertext bytes one retention step deletes from a log, at most (about).
 const RETAIN_STEP_BYTES: u64 = 64 << 20;
 
-/// A `postgres://` URL with its password replaced, for messages and logs.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("(redacted)"));
-            }
-            u.to_string()
-        }
-        Err(_) => "(not a URL)".to_owned(),
-    }
-}
-
 /// The shared database, as one relay uses it.
 #[derive(Debug, Clone)]
 pub struct Backend {
@@ -63,6 +51,8 @@ pub struct Backend {
     options: PgConnectOptions,
     /// This relay process, as the webhook outbox's claims name it.
     instance: Uuid,
+    /// How often an open tenant looks for other relays' commits on its own.
+    poll_interval: std::time::Duration,
 }
 
 impl Backend {
@@ -92,6 +82,7 @@ impl Backend {
             pool,
             options,
             instance: Uuid::new_v4(),
+            poll_interval: config.poll_interval,
         })
     }
 
@@ -170,6 +161,7 @@ impl Backend {
                 tenant: tenant.clone(),
                 remote_id,
                 instance: self.instance,
+                poll_interval: self.poll_interval,
             },
             Writer {
                 pool: self.pool.clone(),
@@ -188,6 +180,7 @@ pub struct Store {
     remote_id: Uuid,
     /// This relay process (it claims webhook notifications under this id).
     instance: Uuid,
+    poll_interval: std::time::Duration,
 }
 
 /// The writing side of one tenant on this relay (other relays have their own).
@@ -208,6 +201,11 @@ fn to_u64(v: i64) -> u64 {
 }
 
 impl Store {
+    /// How often the tenant's actor looks for other relays' commits on its own.
+    pub fn poll_interval(&self) -> std::time::Duration {
+        self.poll_interval
+    }
+
     pub fn remote_id(&self) -> Uuid {
         self.remote_id
     }
@@ -1100,14 +1098,5 @@ mod tests {
             seen += parsed.len();
         }
         assert_eq!(seen, 500);
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://wharf:s3cret@db:5432/wharf"),
-            "postgres://wharf:(redacted)@db:5432/wharf"
-        );
-        assert_eq!(redact("postgres://db/wharf"), "postgres://db/wharf");
     }
 }

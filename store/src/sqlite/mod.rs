@@ -6,6 +6,7 @@
 //! for a whole group commit (dedup, sequence assignment, inserts, `COMMIT`), and sessions read
 //! pages of a log through the [`Store`] (read-only connections beside the writer: WAL).
 
+pub mod admin;
 pub mod retention;
 
 use std::collections::HashMap;
@@ -19,9 +20,9 @@ use uuid::Uuid;
 use wharf_protocol::RemoteEntry;
 use wharf_sqlite::{blocking, Synchronous};
 
-use super::{CommitRules, Outcome, StoreError, StorePool, Totals, WriteReq};
-
-use crate::config::Durability;
+use crate::config::{Durability, StoreConfig, TenantId};
+use crate::model::{CommitRules, Outcome, Totals, WriteReq};
+use crate::{StoreError, StorePool};
 
 /// The schema, one step per version (`PRAGMA user_version`); append, never edit.
 pub(crate) const MIGRATIONS: &[&[&str]] = &[
@@ -69,6 +70,44 @@ const CACHE_KIB: u32 = 512;
 /// Read-only connections a tenant keeps open between reads.
 const IDLE_READERS: usize = 2;
 
+/// The SQLite store: one database file per tenant under `data/tenants/`, worked on by the
+/// storage threads. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    pool: StorePool,
+    config: Arc<StoreConfig>,
+}
+
+impl Backend {
+    pub fn new(config: Arc<StoreConfig>) -> Self {
+        Self {
+            pool: StorePool::new(config.storage_threads),
+            config,
+        }
+    }
+
+    /// Opens (creating it if needed) `tenant`'s database.
+    pub async fn open(&self, tenant: &TenantId) -> Result<(Store, Writer), StoreError> {
+        Store::open(
+            &self.pool,
+            &self.config.tenant_path(tenant),
+            self.config.durability,
+            self.config.data.join("webhooks").join(tenant.as_str()),
+        )
+        .await
+    }
+
+    /// Whether `tenant` has a database.
+    pub fn exists(&self, tenant: &TenantId) -> bool {
+        self.config.tenant_path(tenant).exists()
+    }
+
+    /// The size of `tenant`'s database file (0 if it has none).
+    pub fn file_size(&self, tenant: &TenantId) -> u64 {
+        std::fs::metadata(self.config.tenant_path(tenant)).map_or(0, |m| m.len())
+    }
+}
+
 /// The reading side of a tenant database, shared by its sessions. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -80,6 +119,8 @@ struct Shared {
     path: PathBuf,
     pool: StorePool,
     remote_id: Uuid,
+    /// Where the tenant leaves a mark while it has webhook endpoints (`data/webhooks/`).
+    webhook_marker: PathBuf,
     /// Read-only connections not in use.
     readers: Mutex<Vec<Connection>>,
     /// A read-write connection for checkpoints, opened on first use.
@@ -120,6 +161,7 @@ impl Store {
         pool: &StorePool,
         path: &Path,
         durability: Durability,
+        webhook_marker: PathBuf,
     ) -> Result<(Self, Writer), StoreError> {
         let owned = path.to_owned();
         let (conn, remote_id) = pool
@@ -150,6 +192,7 @@ impl Store {
                 path: path.to_owned(),
                 pool: pool.clone(),
                 remote_id,
+                webhook_marker,
                 readers: Mutex::new(Vec::new()),
                 maintenance: Mutex::new(None),
             }),
@@ -167,6 +210,24 @@ impl Store {
     /// The id the relay announces in `Hello`: created with the database, stable for its life.
     pub fn remote_id(&self) -> Uuid {
         self.shared.remote_id
+    }
+
+    /// Leaves (or removes) the tenant's mark in `data/webhooks/`, durably: a relay that
+    /// restarts looks at the outboxes of the marked tenants.
+    pub async fn mark_webhooks(&self, endpoints: bool) -> Result<(), StoreError> {
+        let marker = self.shared.webhook_marker.clone();
+        tokio::task::spawn_blocking(move || {
+            if !endpoints {
+                return wharf_sqlite::durable::remove_file(&marker);
+            }
+            if let Some(dir) = marker.parent() {
+                wharf_sqlite::durable::create_dir_all(dir)?;
+            }
+            wharf_sqlite::durable::touch(&marker)
+        })
+        .await
+        .map_err(|e| StoreError::Failed(format!("a storage task failed: {e}")))?
+        .map_err(|e| StoreError::Unavailable(format!("the webhook mark: {e}")))
     }
 
     /// Runs `f` with the writer on a storage thread, and gives the writer back.
@@ -577,7 +638,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pool = StorePool::new(2);
         let path = dir.path().join("t.sqlite");
-        let (store, writer) = Store::open(&pool, &path, Durability::Full)
+        let (store, writer) = Store::open(&pool, &path, Durability::Full, PathBuf::new())
             .await
             .expect("open");
         let writes = vec![
@@ -602,7 +663,7 @@ mod tests {
         store.close(writer).await;
 
         // Reopened: sequences continue, the remoteId is the same.
-        let (store, writer) = Store::open(&pool, &path, Durability::Full)
+        let (store, writer) = Store::open(&pool, &path, Durability::Full, PathBuf::new())
             .await
             .expect("reopen");
         assert_eq!(store.remote_id(), remote_id);
@@ -619,9 +680,14 @@ mod tests {
     async fn a_stored_gcm_iv_is_flagged_or_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pool = StorePool::new(1);
-        let (store, writer) = Store::open(&pool, &dir.path().join("t.sqlite"), Durability::Normal)
-            .await
-            .expect("open");
+        let (store, writer) = Store::open(
+            &pool,
+            &dir.path().join("t.sqlite"),
+            Durability::Normal,
+            PathBuf::new(),
+        )
+        .await
+        .expect("open");
         let writes = vec![req("a", &[7; 12], &[1]), req("a", &[7; 12], &[2])];
         let (writer, outcomes) = store
             .with_writer(writer, move |w| w.commit(&writes, &CommitRules::default()))
@@ -658,7 +724,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pool = StorePool::new(1);
         let path = dir.path().join("t.sqlite");
-        let (store, writer) = Store::open(&pool, &path, Durability::Normal)
+        let (store, writer) = Store::open(&pool, &path, Durability::Normal, PathBuf::new())
             .await
             .expect("open");
         let writes = vec![req("a", &[1; 8], &(1..=10).collect::<Vec<u8>>())];
@@ -732,7 +798,7 @@ mod tests {
             .await
             .expect("job");
         store.close(writer).await;
-        let (store, writer) = Store::open(&pool, &path, Durability::Normal)
+        let (store, writer) = Store::open(&pool, &path, Durability::Normal, PathBuf::new())
             .await
             .expect("reopen");
         let writes = vec![req("a", &[2; 8], &[20])];

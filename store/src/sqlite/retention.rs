@@ -9,10 +9,11 @@ use bytes::Bytes;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{Store, Writer};
-use crate::{
+use crate::model::{
     snapshot_growth, CommitRules, OutboxRow, RetainBudget, RetainReport, RetentionLimits,
-    SnapshotRefusal, StoreError, StoredSnapshot, Totals,
+    SnapshotRefusal, StoredSnapshot, Totals,
 };
+use crate::StoreError;
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

@@ -119,7 +119,9 @@ async fn check_cost(results: &[(&str, Durability, [Vec<f64>; 2])]) -> Result<()>
     };
     config.auth.mode = Some(wharf_relay::config::AuthMode::Token);
     let stop = tokio_util::sync::CancellationToken::new();
-    let auth = Authenticator::tokens(&config, None, stop.clone()).await?;
+    let revocations =
+        wharf_store::revocations::RevocationStore::open(&config.store_config(), None).await?;
+    let auth = Authenticator::tokens(&config, revocations, stop.clone()).await?;
     let mut grant = claims("bench", &[Action::Read, Action::Write]);
     grant.logs = Some(
         (0..8)

@@ -425,20 +425,11 @@ async fn power_loss_keeps_keys_revocations_backups_identities_and_journals() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
-    // A data directory with a tenant, a key and a revocation list in it, on an ordinary
-    // disk, to back up.
+    // A data directory with a tenant and a key in it, on an ordinary disk, to back up. (No
+    // revocation list: its snapshot's first write would sync `auth/` and hide a key copy
+    // whose name was never synced.)
     let plain = dir.path().join("plain");
     let relay = wharf_tests::relay_binary();
-    ok(
-        &relay,
-        &[
-            OsStr::new("token"),
-            OsStr::new("revoke"),
-            OsStr::new("in-the-backup"),
-            OsStr::new("--data"),
-            plain.as_os_str(),
-        ],
-    );
     ok(
         &relay,
         &[
@@ -479,6 +470,9 @@ async fn power_loss_keeps_keys_revocations_backups_identities_and_journals() {
         .collect::<Vec<_>>(),
     );
     let key = std::fs::read(data.join("auth/signing-key.pem")).expect("the key");
+    // The revocation list in a data directory of its own: in the key's, the list's first
+    // commit would sync `auth/` and hide a key whose name was never synced.
+    let revoking = mnt.join("revoking");
     ok(
         &relay,
         &[
@@ -486,7 +480,7 @@ async fn power_loss_keeps_keys_revocations_backups_identities_and_journals() {
             OsStr::new("revoke"),
             OsStr::new("revoked-before-the-cut"),
             OsStr::new("--data"),
-            data.as_os_str(),
+            revoking.as_os_str(),
         ],
     );
     let backup = mnt.join("backups/nightly");
@@ -545,7 +539,7 @@ async fn power_loss_keeps_keys_revocations_backups_identities_and_journals() {
             OsStr::new("token"),
             OsStr::new("list-revoked"),
             OsStr::new("--data"),
-            data.as_os_str(),
+            revoking.as_os_str(),
         ],
     );
     assert!(revoked.contains("revoked-before-the-cut"), "{revoked}");
@@ -575,16 +569,7 @@ async fn power_loss_keeps_keys_revocations_backups_identities_and_journals() {
         std::fs::read(plain.join("auth/signing-key.pem")).ok(),
         "the backup's key"
     );
-    let revoked = ok(
-        &relay,
-        &[
-            OsStr::new("token"),
-            OsStr::new("list-revoked"),
-            OsStr::new("--data"),
-            restored.as_os_str(),
-        ],
-    );
-    assert!(revoked.contains("in-the-backup"), "{revoked}");
+
     assert_eq!(
         std::fs::read_to_string(&id_file).ok().as_deref(),
         Some(id_text.as_str()),

@@ -451,7 +451,7 @@ fn size(bytes: u64) -> String {
 
 /// A time as RFC 3339 (UTC), or "-".
 fn when(ms: Option<u64>) -> String {
-    ms.map_or_else(|| "-".to_owned(), |ms| crate::rfc3339(ms / 1000))
+    ms.map_or_else(|| "-".to_owned(), |ms| rfc3339(ms / 1000))
 }
 
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {
@@ -473,4 +473,9 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
+}
+
+pub(crate) fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
 }

@@ -10,7 +10,8 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use wharf_protocol::ReassemblerLimits;
 
-use crate::policy::{Effective, Quota, Retention, TenantSettings, TenantTables, WebhooksConfig};
+use crate::policy::{Effective, Quota, Retention, TenantSettings, TenantTables};
+use crate::webhook::settings::WebhooksConfig;
 use wharf_store::config::StoreConfig;
 pub use wharf_store::config::{Durability, PostgresConfig, TenantId};
 

@@ -39,8 +39,6 @@ pub mod policy;
 mod registry;
 pub mod server;
 mod session;
-/// The storage crate, under the name the relay's modules use for it.
-use wharf_store as store;
 mod tenant;
 pub mod tls;
 mod webhook;

@@ -14,8 +14,6 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use wharf_protocol::RemoteEntry;
 
-use crate::tenant::ConnId;
-
 /// One group commit, durable.
 #[derive(Debug)]
 pub(crate) struct Committed<'a> {
@@ -122,6 +120,9 @@ impl CommitConsumer for LiveTails {
         }
     }
 }
+
+/// Identifies one WebSocket connection, to keep a writer's own entries out of its live feed.
+pub type ConnId = u64;
 
 /// The origin of entries another relay committed (connection ids start at 1).
 pub(crate) const OTHER_RELAY: ConnId = 0;

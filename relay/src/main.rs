@@ -401,7 +401,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 claims.tenant,
                 actions.join(","),
                 claims.jti,
-                rfc3339(claims.exp)
+                admin_cli::rfc3339(claims.exp)
             );
             println!("{token}");
             Ok(())
@@ -445,12 +445,12 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             for item in list? {
                 match item {
                     Revoked::Token { jti, revoked_at } => {
-                        println!("token  {jti}  revoked {}", rfc3339(revoked_at));
+                        println!("token  {jti}  revoked {}", admin_cli::rfc3339(revoked_at));
                     }
                     Revoked::Tenant { tenant, not_before } => {
                         println!(
                             "tenant {tenant}  tokens issued before {}",
-                            rfc3339(not_before)
+                            admin_cli::rfc3339(not_before)
                         );
                     }
                 }
@@ -458,11 +458,6 @@ async fn token(command: TokenCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
 }
 
 fn load(args: &ServeArgs) -> anyhow::Result<Config> {

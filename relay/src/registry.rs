@@ -8,8 +8,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, TenantId};
 use crate::metrics::{CommitMetrics, Metrics};
-use crate::store::Backend;
 use crate::tenant::{Attached, TenantActor, TenantError, TenantHandle};
+use wharf_store::Backend;
 
 /// Cloneable; all clones share one map.
 #[derive(Clone, Debug)]

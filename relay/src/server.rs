@@ -175,7 +175,7 @@ impl Relay {
             shutdown.await;
             stop.cancel();
         });
-        let result = http::accept_loop(listener, router, tls, config.clone(), token.clone()).await;
+        http::accept_loop(listener, router, tls, config.clone(), token.clone()).await;
         // Whatever ended the server, every connection and actor is wound down.
         token.cancel();
         if let Some(metrics_server) = metrics_server {
@@ -201,7 +201,7 @@ impl Relay {
             }
         }
         info!("relay stopped");
-        result
+        Ok(())
     }
 }
 

@@ -30,10 +30,11 @@ use crate::app::App;
 use crate::auth::{Grant, Refusal};
 use crate::config::TenantId;
 use crate::limits::{Slot, Throttle};
+use crate::live::ConnId;
 use crate::live::{LiveBatch, TailRead};
 use crate::metrics::Metrics;
-use crate::store::{SnapshotRefusal, Store, StoredSnapshot};
-use crate::tenant::{Acked, ConnId, Subscribed, TenantError, TenantHandle};
+use crate::tenant::{Acked, Subscribed, TenantError, TenantHandle};
+use wharf_store::{SnapshotRefusal, Store, StoredSnapshot};
 
 /// WebSocket close codes the relay uses. Never 1000: a v3 client treats it as "done for good".
 pub mod close_code {

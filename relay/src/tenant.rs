@@ -20,17 +20,15 @@ use uuid::Uuid;
 use wharf_protocol::{EncryptedEntry, RemoteEntry};
 
 use crate::config::{Config, TenantId};
-use crate::live::{CommitConsumer, Committed, LiveBatch, LiveLog, LiveTails};
+use crate::live::{CommitConsumer, Committed, ConnId, LiveBatch, LiveLog, LiveTails};
 use crate::metrics::Metrics;
 use crate::policy::{Effective, TenantSettings};
-use crate::store::{
+use crate::webhook::endpoint::Endpoint;
+use crate::webhook::sender::{Delivery, Sender, SenderSettings};
+use wharf_store::{
     Backend, OutboxRow, Outcome, RetainReport, SnapshotRefusal, Store, StoreError, StoredSnapshot,
     WriteReq, Writer,
 };
-use crate::webhook::{Endpoint, Notification};
-
-/// Identifies one WebSocket connection, to keep a writer's own entries out of its live feed.
-pub type ConnId = u64;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TenantError {
@@ -108,12 +106,6 @@ enum Msg {
     Settings {
         set: Option<Option<TenantSettings>>,
         reply: oneshot::Sender<Result<SettingsView, TenantError>>,
-    },
-    /// The webhook sender tried a notification; the reply says the outbox was updated.
-    Delivered {
-        row: OutboxRow,
-        ok: bool,
-        reply: oneshot::Sender<()>,
     },
     Subscribe {
         public_key: String,
@@ -292,10 +284,9 @@ pub(crate) struct TenantActor {
     /// What an administrator stored, and every layer applied.
     stored: Option<TenantSettings>,
     effective: Effective,
-    /// The webhook sender, while the tenant has endpoints.
-    sender: Option<SenderHandle>,
-    /// The actor's own queue, for the webhook sender (weak: it does not keep the actor up).
-    self_tx: mpsc::WeakSender<Msg>,
+    /// The webhook sender, while the tenant has endpoints, and where it reports.
+    sender: Option<Sender>,
+    deliveries: Option<mpsc::Receiver<Delivery>>,
 }
 
 /// The tenant's storage as the actor holds it: the reading side it hands to sessions, and
@@ -341,7 +332,7 @@ impl TenantActor {
             stored: None,
             effective: Effective::default(),
             sender: None,
-            self_tx: tx.downgrade(),
+            deliveries: None,
         };
         tracker.spawn(actor.run().instrument(span));
         TenantHandle {
@@ -381,7 +372,7 @@ impl TenantActor {
         }
         self.serve(&mut db).await;
         if let Some(sender) = self.sender.take() {
-            stop_sender(sender, &db.store).await;
+            sender.stop(&db.store).await;
         }
         checkpointer.abort();
         db.writer.close().await;
@@ -416,6 +407,16 @@ impl TenantActor {
                 () = sleep_until(poll_at) => {
                     poll_at = poll_every.map(|every| Instant::now() + every);
                     follow_all(&mut self.live, &db.store).await;
+                    continue;
+                }
+                delivery = next_delivery(&mut self.deliveries) => {
+                    match delivery {
+                        Some(d) => {
+                            self.delivered(db, d.row, d.ok).await;
+                            let _ = d.done.send(());
+                        }
+                        None => self.deliveries = None,
+                    }
                     continue;
                 }
                 () = sleep_until(retain_at) => {
@@ -492,10 +493,6 @@ impl TenantActor {
                             stored: self.stored.clone(),
                             effective: self.effective.clone(),
                         }));
-                    }
-                    Msg::Delivered { row, ok, reply } => {
-                        self.delivered(db, row, ok).await;
-                        let _ = reply.send(());
                     }
                     Msg::Follow {
                         public_key: Some(public_key),
@@ -657,8 +654,7 @@ impl TenantActor {
         self.wal.commits.fetch_add(1, Ordering::Relaxed);
         if entries > 0 {
             if let Some(sender) = &self.sender {
-                sender.enqueued.fetch_add(1, Ordering::Relaxed);
-                sender.wake.notify_one();
+                sender.committed();
             }
         }
         // Entries other relays committed before this group come first in the tails (a tenant
@@ -726,27 +722,29 @@ impl TenantActor {
         let hooks = self.effective.webhooks.clone();
         // The same endpoints and secrets (a reload that changed something else): the sender
         // goes on.
-        if self.sender.as_ref().is_some_and(|s| s.hooks == hooks) {
+        if self.sender.as_ref().is_some_and(|s| s.hooks() == hooks) {
             return;
         }
         if let Some(sender) = self.sender.take() {
-            stop_sender(sender, store).await;
+            sender.stop(store).await;
         }
+        self.deliveries = None;
         if let Err(e) = store.mark_webhooks(!endpoints.is_empty()).await {
             warn!(error = %e, "cannot mark the tenant for webhook delivery after a restart");
         }
         if endpoints.is_empty() {
             return;
         }
-        self.sender = Some(spawn_sender(
-            self.tenant.clone(),
-            store.clone(),
+        let (sender, deliveries) = Sender::spawn(SenderSettings {
+            tenant: self.tenant.clone(),
+            store: store.clone(),
             hooks,
             endpoints,
-            self.config.clone(),
-            self.metrics.clone(),
-            self.self_tx.clone(),
-        ));
+            timeout: self.config.webhooks.timeout,
+            metrics: self.metrics.clone(),
+        });
+        self.sender = Some(sender);
+        self.deliveries = Some(deliveries);
     }
 
     async fn store_settings(
@@ -854,9 +852,7 @@ impl TenantActor {
     /// Whether the webhook outbox is known to be empty (an idle tenant with notifications
     /// left stays open to deliver them).
     fn outbox_drained(&self) -> bool {
-        self.sender
-            .as_ref()
-            .is_none_or(|s| s.drained.load(Ordering::Relaxed) == s.enqueued.load(Ordering::Relaxed))
+        self.sender.as_ref().is_none_or(Sender::drained)
     }
 
     async fn delivered(&mut self, db: &mut Db, row: OutboxRow, ok: bool) {
@@ -876,7 +872,7 @@ impl TenantActor {
                 .with_label_values(&[outcome])
                 .inc();
             if give_up {
-                warn!(endpoint = %crate::webhook::origin_of(&row.endpoint), public_key = %row.public_key, attempts = row.attempts + 1,
+                warn!(endpoint = %crate::webhook::endpoint::origin_of(&row.endpoint), public_key = %row.public_key, attempts = row.attempts + 1,
                       "webhook notification given up");
             }
             let delay = i64::try_from(hooks.backoff(row.attempts).as_millis()).unwrap_or(i64::MAX);
@@ -934,9 +930,6 @@ fn fail(msg: Msg, err: TenantError) {
         }
         Msg::Settings { reply, .. } => {
             let _ = reply.send(Err(err));
-        }
-        Msg::Delivered { reply, .. } => {
-            let _ = reply.send(());
         }
         Msg::Follow { .. } | Msg::Reload | Msg::Stop => {}
     }
@@ -1004,6 +997,14 @@ const TRIM_AFTER: Duration = Duration::from_secs(2);
 /// Commits further apart than this release the writer's page cache right away.
 const SPARSE_COMMITS: Duration = Duration::from_secs(1);
 
+/// The next report of the webhook sender; never without one (`None`: it ended).
+async fn next_delivery(deliveries: &mut Option<mpsc::Receiver<Delivery>>) -> Option<Delivery> {
+    match deliveries {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves at `at`; never without one.
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -1056,147 +1057,3 @@ fn spawn_checkpointer(
 
 /// Entries one retention step deletes at most, so writes queued meanwhile wait little.
 const RETAIN_STEP: u64 = 20_000;
-
-/// The webhook sender of one open tenant.
-struct SenderHandle {
-    task: tokio::task::JoinHandle<()>,
-    /// The endpoints it was started for, as configured.
-    hooks: Vec<crate::policy::Webhook>,
-    wake: Arc<tokio::sync::Notify>,
-    /// Commits that enqueued notifications, and the count the sender last saw fully
-    /// delivered: equal means the outbox is empty.
-    enqueued: Arc<AtomicU64>,
-    drained: Arc<AtomicU64>,
-}
-
-/// Stops a sender, giving back (on a shared store) the notifications it claimed and had not
-/// reported on, so another relay (or the next sender) delivers them without waiting for the
-/// claim to run out.
-async fn stop_sender(sender: SenderHandle, store: &Store) {
-    sender.task.abort();
-    let _ = sender.task.await;
-    if let Err(e) = store.release_claims().await {
-        warn!(error = %e, "cannot give back webhook claims; they run out on their own");
-    }
-}
-
-fn spawn_sender(
-    tenant: TenantId,
-    store: Store,
-    hooks: Vec<crate::policy::Webhook>,
-    endpoints: Vec<Endpoint>,
-    config: Arc<Config>,
-    metrics: Arc<Metrics>,
-    actor: mpsc::WeakSender<Msg>,
-) -> SenderHandle {
-    let wake = Arc::new(tokio::sync::Notify::new());
-    // Whatever a previous run left in the outbox counts as enqueued.
-    let enqueued = Arc::new(AtomicU64::new(1));
-    let drained = Arc::new(AtomicU64::new(0));
-    let task = tokio::spawn(
-        send_loop(
-            tenant,
-            store,
-            endpoints,
-            config,
-            metrics,
-            actor,
-            wake.clone(),
-            enqueued.clone(),
-            drained.clone(),
-        )
-        .in_current_span(),
-    );
-    SenderHandle {
-        task,
-        hooks,
-        wake,
-        enqueued,
-        drained,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn send_loop(
-    tenant: TenantId,
-    store: Store,
-    endpoints: Vec<Endpoint>,
-    config: Arc<Config>,
-    metrics: Arc<Metrics>,
-    actor: mpsc::WeakSender<Msg>,
-    wake: Arc<tokio::sync::Notify>,
-    enqueued: Arc<AtomicU64>,
-    drained: Arc<AtomicU64>,
-) {
-    let tls = crate::webhook::tls_config();
-    loop {
-        let seen = enqueued.load(Ordering::Relaxed);
-        let now = crate::policy::now_ms();
-        let (rows, next_due) = match store.outbox_due(now, config.webhooks.timeout).await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "cannot read the webhook outbox");
-                (Vec::new(), Some(now + 1000))
-            }
-        };
-        if rows.is_empty() && next_due.is_none() {
-            drained.store(seen, Ordering::Relaxed);
-        }
-        // What was just tried moved (delivered, or due later): look at the outbox again.
-        let tried = !rows.is_empty();
-        for row in rows {
-            let ok = match endpoints.iter().find(|e| e.configured() == row.endpoint) {
-                Some(endpoint) => {
-                    let body = serde_json::to_vec(&Notification {
-                        tenant: tenant.as_str(),
-                        public_key: &row.public_key,
-                        from_sequence: row.from_seq,
-                        to_sequence: row.to_seq,
-                        count: row.count,
-                    })
-                    .unwrap_or_default();
-                    let id = crate::webhook::message_id(tenant.as_str(), &row);
-                    let timestamp = crate::policy::now_ms() / 1000;
-                    let started = std::time::Instant::now();
-                    let r = endpoint
-                        .post(
-                            &id,
-                            timestamp,
-                            Bytes::from(body),
-                            config.webhooks.timeout,
-                            &tls,
-                        )
-                        .await;
-                    metrics
-                        .webhook_latency
-                        .observe(started.elapsed().as_secs_f64());
-                    if let Err(e) = &r {
-                        debug!(endpoint = %endpoint.origin(), error = %e, attempt = row.attempts + 1, "webhook delivery failed");
-                    }
-                    r.is_ok()
-                }
-                // An endpoint removed since: the actor drops the row for good.
-                None => false,
-            };
-            let Some(actor) = actor.upgrade() else { return };
-            let (reply, done) = oneshot::channel();
-            if actor.send(Msg::Delivered { row, ok, reply }).await.is_err() {
-                return;
-            }
-            drop(actor);
-            let _ = done.await;
-        }
-        let wait = next_due
-            .map(|due| {
-                Duration::from_millis(u64::try_from(due - crate::policy::now_ms()).unwrap_or(0))
-            })
-            .unwrap_or(Duration::from_secs(3600));
-        if tried || enqueued.load(Ordering::Relaxed) != seen {
-            continue;
-        }
-        tokio::select! {
-            () = wake.notified() => {}
-            () = tokio::time::sleep(wait) => {}
-        }
-    }
-}

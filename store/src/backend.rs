@@ -9,12 +9,13 @@ use tokio::io::AsyncBufRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{StoreConfig, TenantId};
+use crate::error::StoreError;
 use crate::export::{ExportStream, ImportError, Imported};
 use crate::model::{TenantDetail, TenantSummary};
 use crate::postgres::feed::Ring;
 use crate::revocations::{RevocationError, RevocationStore};
 use crate::tenant::{Store, Writer};
-use crate::{postgres, sqlite, StoreError};
+use crate::{postgres, sqlite};
 
 /// Where tenants are stored. Cheap to clone.
 #[derive(Debug, Clone)]

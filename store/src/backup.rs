@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wharf_sqlite::durable;
 
+use crate::error::StoreError;
 pub use crate::model::LogState;
-use crate::StoreError;
 
 /// The manifest's file name inside a backup directory.
 pub const MANIFEST: &str = "manifest.json";

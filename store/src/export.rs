@@ -10,8 +10,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::error::StoreError;
 use crate::model::LogState;
-use crate::StoreError;
 
 /// An export on its way: chunks of NDJSON, ending with an error if it failed part way (the
 /// stream then lacks its end line, so no import accepts it).

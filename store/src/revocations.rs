@@ -12,8 +12,8 @@ use sqlx::postgres::PgPool;
 use wharf_sqlite::{Db, DbError, Options, Synchronous};
 
 use crate::config::StoreConfig;
+use crate::error::StoreError;
 use crate::postgres::Backend as PgBackend;
-use crate::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RevocationError {

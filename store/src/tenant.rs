@@ -7,11 +7,12 @@ use std::time::Duration;
 use uuid::Uuid;
 use wharf_protocol::RemoteEntry;
 
+use crate::error::StoreError;
 use crate::model::{
     CommitRules, OutboxRow, Outcome, RetainReport, RetentionLimits, SnapshotRefusal,
     StoredSnapshot, WriteReq,
 };
-use crate::{postgres, sqlite, StoreError};
+use crate::{postgres, sqlite};
 
 /// The reading side of one tenant, shared by its sessions and its webhook sender. Cheap to
 /// clone.

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use wharf_store::{ImportError, Imported, LogState, TenantSummary};
 
-use super::{HttpError, HttpState};
+use super::error::HttpError;
+use super::state::HttpState;
 use crate::auth::{unix_now, Refusal};
 use crate::config::TenantId;
 

@@ -4,7 +4,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
-use super::{HttpError, HttpState};
+use super::error::HttpError;
+use super::state::HttpState;
 use crate::app::App;
 
 /// `GET /healthz`: the process is up and serving HTTP.

@@ -4,7 +4,9 @@
 //! [`HttpError`], which maps each kind of failure to one status code.
 
 mod admin;
+mod error;
 mod health;
+mod state;
 mod viewer;
 mod ws;
 
@@ -13,8 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper::body::Incoming;
@@ -25,73 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::app::App;
-use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::server::ServeError;
-
-/// What every handler can reach.
-#[derive(Clone, Debug)]
-pub(crate) struct HttpState {
-    pub app: Arc<App>,
-    pub auth: Arc<Authenticator>,
-}
-
-/// A request the relay will not serve, and why; the reason goes to the client as plain text.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum HttpError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Unauthorized(String),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    /// A connection limit: the client may retry after `retry_after` seconds.
-    #[error("{reason}")]
-    TooMany { reason: String, retry_after: u32 },
-    #[error("{reason}")]
-    Unavailable { reason: String, retry_after: u32 },
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl HttpError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
-            HttpError::NotFound(_) => StatusCode::NOT_FOUND,
-            HttpError::Conflict(_) => StatusCode::CONFLICT,
-            HttpError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
-            HttpError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let retry_after = match &self {
-            HttpError::TooMany { retry_after, .. } | HttpError::Unavailable { retry_after, .. } => {
-                Some(*retry_after)
-            }
-            _ => None,
-        };
-        let mut response = (status, format!("{self}\n")).into_response();
-        if let Some(seconds) = retry_after {
-            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-        }
-        response
-    }
-}
+pub(crate) use state::HttpState;
 
 /// The relay's routes. `/metrics` is among them unless it has a listener of its own.
 pub(crate) fn router(state: HttpState, with_metrics: bool) -> Router {
@@ -138,7 +73,7 @@ pub(crate) async fn accept_loop(
     tls: Option<TlsAcceptor>,
     config: Arc<Config>,
     stop: CancellationToken,
-) -> Result<(), ServeError> {
+) {
     let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -182,7 +117,6 @@ pub(crate) async fn accept_loop(
     {
         warn!("some HTTP connections did not finish in time");
     }
-    Ok(())
 }
 
 /// Errors of one incoming connection, not of the listener.
@@ -227,27 +161,4 @@ async fn serve_connection<I>(
         _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
-}
-
-impl From<wharf_store::StoreError> for HttpError {
-    /// What went wrong with the storage, as the status the admin API documents for it
-    /// (docs/openapi.json): a missing tenant or log is 404, a conflicting change 409, and
-    /// anything else (a full disk, storage that cannot answer now, a corrupt database) 500,
-    /// whose text says which.
-    fn from(e: wharf_store::StoreError) -> Self {
-        use wharf_store::StoreError as E;
-        match e {
-            E::NotFound(_) => HttpError::NotFound(e.to_string()),
-            E::Conflict(_) => HttpError::Conflict(e.to_string()),
-            E::Full(_)
-            | E::Unavailable(_)
-            | E::TimedOut(_)
-            | E::Contended(_)
-            | E::Corrupt(_)
-            | E::Incompatible(_)
-            | E::Config(_)
-            | E::Lost
-            | E::Failed(_) => HttpError::Internal(e.to_string()),
-        }
-    }
 }

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use tracing::warn;
 use wharf_protocol::EXTENSION_SUBPROTOCOL;
 
-use super::{HttpError, HttpState};
+use super::error::HttpError;
+use super::state::HttpState;
 use crate::auth::{Admission, Refusal};
 use crate::config::TenantId;
 use crate::session::{self, SessionInit};

@@ -17,12 +17,12 @@ use uuid::Uuid;
 
 use super::{to_i64, to_u64, Backend, Columns, INSERT_CHUNK_BYTES};
 use crate::config::TenantId;
+use crate::error::StoreError;
 use crate::export::{
     write_line, ExportEnd, ExportEntry, ExportError, ExportHeader, ExportStream, ImportCheck,
     ImportError, Imported, EXPORT_FORMAT, EXPORT_VERSION,
 };
 use crate::model::{LogState, TenantDetail, TenantSummary};
-use crate::StoreError;
 
 /// The channel an administrative change to a tenant rings (payload: the tenant id).
 pub const EVICT_CHANNEL: &str = "wharf_evict";

@@ -22,11 +22,11 @@ use uuid::Uuid;
 use wharf_protocol::RemoteEntry;
 
 use crate::config::{PostgresConfig, TenantId};
+use crate::error::StoreError;
 use crate::model::{
     snapshot_growth, CommitRules, OutboxRow, Outcome, RetainBudget, RetainReport, RetentionLimits,
     SnapshotRefusal, StoredSnapshot, Totals, WriteReq,
 };
-use crate::StoreError;
 
 /// The schema, applied when a relay starts (`store/migrations/postgres/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");

@@ -17,12 +17,12 @@ use wharf_sqlite::{blocking, Synchronous};
 
 use super::{Backend, BUSY_TIMEOUT, MIGRATIONS};
 use crate::config::TenantId;
+use crate::error::StoreError;
 use crate::export::{
     write_line, ExportEnd, ExportEntry, ExportError, ExportHeader, ExportStream, ImportCheck,
     ImportError, Imported, EXPORT_FORMAT, EXPORT_VERSION,
 };
 use crate::model::{LogState, TenantDetail, TenantSummary};
-use crate::StoreError;
 
 /// A tenant database's `remoteId` and logs, read from a read-only connection (beside a
 /// running relay, or from a snapshot).

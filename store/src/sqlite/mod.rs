@@ -7,6 +7,7 @@
 //! pages of a log through the [`Store`] (read-only connections beside the writer: WAL).
 
 pub mod admin;
+mod outbox;
 pub mod retention;
 
 use std::collections::HashMap;
@@ -21,8 +22,9 @@ use wharf_protocol::RemoteEntry;
 use wharf_sqlite::{blocking, Synchronous};
 
 use crate::config::{Durability, StoreConfig, TenantId};
+use crate::error::StoreError;
 use crate::model::{CommitRules, Outcome, Totals, WriteReq};
-use crate::{StoreError, StorePool};
+use crate::pool::StorePool;
 
 /// The schema, one step per version (`PRAGMA user_version`); append, never edit.
 pub(crate) const MIGRATIONS: &[&[&str]] = &[
@@ -587,7 +589,7 @@ impl Writer {
             for (log_id, bytes) in &grown {
                 add_bytes.execute(params![log_id, i64::try_from(*bytes).unwrap_or(i64::MAX)])?;
             }
-            retention::enqueue_notifications(&tx, &rules.webhooks, &appended, rules.now_ms)?;
+            outbox::enqueue_notifications(&tx, &rules.webhooks, &appended, rules.now_ms)?;
         }
         tx.commit()?;
         // Durable: now the in-memory state may move on.
@@ -605,7 +607,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RetentionLimits, SnapshotRefusal, StoredSnapshot};
+    use crate::model::{RetentionLimits, SnapshotRefusal, StoredSnapshot};
     use wharf_protocol::EncryptedEntry;
 
     fn req(pk: &str, iv: &[u8], ids: &[u8]) -> WriteReq {

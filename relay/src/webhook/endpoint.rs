@@ -1,17 +1,6 @@
-//! Webhook notifications: best-effort, after commit, never on the write path.
-//!
-//! A commit records what each endpoint must hear about in the tenant's `webhook_outbox` (in the
-//! same transaction as the entries, so a restart loses nothing; one row per endpoint and log,
-//! coalesced). A [`Sender`] task per open tenant posts due rows as JSON
-//! `{tenant, publicKey, fromSequence, toSequence, count}`, signed the Standard Webhooks way
-//! (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>`), and tells
-//! the tenant actor how it went; the actor (the database's only writer) removes the row,
-//! schedules a retry with backoff, or gives up after `max_attempts`.
-//!
-//! Server-side request forgery: an endpoint's host is resolved at every delivery, and the
-//! request goes to the vetted address itself (no second lookup), so a name that resolves to a
-//! link-local address (where cloud metadata services answer) is refused unless
-//! `webhooks.allow_link_local` says otherwise.
+//! One endpoint: its URL and secret checked ([`Endpoint::parse`]), the link-local and metadata
+//! guard (resolved at every delivery, the request sent to the vetted address itself), and one
+//! delivery attempt ([`Endpoint::post`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,14 +9,12 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use sha2::Sha256;
 use url::Url;
 
-use crate::policy::{Webhook, WebhooksConfig};
-use crate::store::OutboxRow;
+use super::settings::{Webhook, WebhooksConfig};
+use super::sign::sign;
 
 const SECRET_PREFIX: &str = "whsec_";
 
@@ -250,21 +237,6 @@ pub fn origin_of(url: &str) -> String {
     }
 }
 
-/// The Standard Webhooks signature of a message.
-pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    // HMAC takes keys of any length.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => return String::new(),
-    };
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
-}
-
 /// Link-local (169.254.0.0/16, where AWS, GCP and Azure serve metadata; fe80::/10), and the
 /// metadata addresses outside it (AWS's fd00:ec2::254, Alibaba's 100.100.100.200).
 fn forbidden(ip: IpAddr) -> bool {
@@ -296,31 +268,6 @@ fn forbidden(ip: IpAddr) -> bool {
                 || v6.segments() == [0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254]
         }
     }
-}
-
-/// The body of a notification.
-#[derive(Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Notification<'a> {
-    pub tenant: &'a str,
-    pub public_key: &'a str,
-    pub from_sequence: u64,
-    pub to_sequence: u64,
-    pub count: u64,
-}
-
-/// A stable id for a notification (the same across retries of the same content): receivers
-/// deduplicate with it.
-pub fn message_id(tenant: &str, row: &OutboxRow) -> String {
-    use sha2::Digest;
-    let mut h = Sha256::new();
-    for part in [tenant, row.endpoint.as_str(), row.public_key.as_str()] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    h.update(row.from_seq.to_be_bytes());
-    h.update(row.to_seq.to_be_bytes());
-    format!("msg_{}", hex::encode(&h.finalize()[..12]))
 }
 
 /// The client TLS configuration for `https` endpoints: the webpki roots.

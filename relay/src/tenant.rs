@@ -4,9 +4,18 @@
 //! Writes that queue up while a transaction commits are committed together in the next one
 //! (group commit), as one job on a storage thread. Acks and broadcasts leave only after
 //! `COMMIT` returns, that is once the entries are on disk.
+//!
+//! - this module: the actor, its handle and messages;
+//! - `follow`: bringing the live tails up to what other relays committed;
+//! - `checkpoint`: the checkpointer that keeps the WAL short, off the write path.
+//!
+//! The webhook sender is `crate::webhook::sender`: the actor starts it and hears from it.
+
+mod checkpoint;
+mod follow;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -18,6 +27,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 use uuid::Uuid;
 use wharf_protocol::{EncryptedEntry, RemoteEntry};
+use wharf_store::{
+    Backend, OutboxRow, Outcome, RetainReport, SnapshotRefusal, Store, StoreError, StoredSnapshot,
+    WriteReq, Writer,
+};
+
+use checkpoint::{spawn_checkpointer, WalGrowth, CHECKPOINT_BYTES};
+use follow::{follow_all, follow_log};
 
 use crate::config::{Config, TenantId};
 use crate::live::{CommitConsumer, Committed, ConnId, LiveBatch, LiveLog, LiveTails};
@@ -25,10 +41,6 @@ use crate::metrics::Metrics;
 use crate::policy::{Effective, TenantSettings};
 use crate::webhook::endpoint::Endpoint;
 use crate::webhook::sender::{Delivery, Sender, SenderSettings};
-use wharf_store::{
-    Backend, OutboxRow, Outcome, RetainReport, SnapshotRefusal, Store, StoreError, StoredSnapshot,
-    WriteReq, Writer,
-};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TenantError {
@@ -935,63 +947,6 @@ fn fail(msg: Msg, err: TenantError) {
     }
 }
 
-/// Entries read per query while following a shared log.
-const FOLLOW_PAGE: u64 = 256;
-/// A tail further behind the database than this is not caught up page by page on the actor's
-/// task: it restarts at the newest page, and subscribers behind it read storage themselves.
-const FOLLOW_MAX: u64 = 4_096;
-
-/// Appends to `public_key`'s live tail, if it has one, what the shared database holds from
-/// the tail's next sequence up to `until`. A failed read is left to the next doorbell or poll.
-async fn follow_log(live: &mut LiveTails, store: &Store, public_key: &str, until: u64) {
-    loop {
-        let Some(from) = live.get(public_key).map(|l| l.next()) else {
-            return;
-        };
-        if from >= until {
-            return;
-        }
-        let far = until - from > FOLLOW_MAX;
-        let start = if far { until - FOLLOW_PAGE } else { from };
-        let entries = match store
-            .read(public_key, start, until, FOLLOW_PAGE as usize)
-            .await
-        {
-            Ok(entries) => entries,
-            Err(e) => {
-                warn!(error = %e, "cannot read other relays' entries; the poll retries");
-                return;
-            }
-        };
-        let Some(first) = entries.first() else {
-            return;
-        };
-        // Sequences are dense and commits are seen in order, so a gap means history below was
-        // deleted (by an administrator): the tail restarts, readers catch up from storage.
-        let restart = far || first.sequence != from;
-        if restart {
-            debug!(from, found = first.sequence, "shared log's tail restarts");
-        }
-        live.followed(public_key, entries, restart);
-    }
-}
-
-/// Follows every subscribed log that another relay has moved past its tail.
-async fn follow_all(live: &mut LiveTails, store: &Store) {
-    let keys = live.keys();
-    if keys.is_empty() {
-        return;
-    }
-    match store.heads(&keys).await {
-        Ok(heads) => {
-            for (public_key, next) in heads {
-                follow_log(live, store, &public_key, next).await;
-            }
-        }
-        Err(e) => warn!(error = %e, "cannot look for other relays' commits; retried"),
-    }
-}
-
 /// A tenant quiet this long after its last commit gives back its caches (`Store::trim`).
 const TRIM_AFTER: Duration = Duration::from_secs(2);
 /// Commits further apart than this release the writer's page cache right away.
@@ -1011,48 +966,6 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// What the checkpointer watches.
-#[derive(Debug, Default)]
-struct WalGrowth {
-    bytes: AtomicU64,
-    commits: AtomicU64,
-}
-
-/// A tenant's WAL is checkpointed, off the write path, once it holds this much since the last
-/// checkpoint, whether or not writes go on.
-const CHECKPOINT_BYTES: u64 = 4 << 20;
-
-/// Checkpoints the tenant's WAL (`PASSIVE`: never blocks the writer), looking every `every`:
-/// when a quiet period follows writes, or once the WAL has grown by [`CHECKPOINT_BYTES`]. A
-/// busy small tenant is not checkpointed every tick: with many tenants, that would double
-/// the disk's fsyncs.
-fn spawn_checkpointer(
-    store: Store,
-    wal: Arc<WalGrowth>,
-    every: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(
-        async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let commits = wal.commits.swap(0, Ordering::Relaxed);
-                let bytes = wal.bytes.load(Ordering::Relaxed);
-                let quiet = commits == 0 && bytes > 0;
-                if !quiet && bytes < CHECKPOINT_BYTES {
-                    continue;
-                }
-                wal.bytes.fetch_sub(bytes, Ordering::Relaxed);
-                if let Err(e) = store.checkpoint().await {
-                    debug!(error = %e, "checkpoint skipped");
-                }
-            }
-        }
-        .in_current_span(),
-    )
 }
 
 /// Entries one retention step deletes at most, so writes queued meanwhile wait little.

@@ -5,7 +5,7 @@
 
 use wharf_sqlite::DbError;
 
-use crate::pool::PoolError;
+use crate::sqlite::pool::PoolError;
 
 /// What went wrong with the storage.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -30,7 +30,6 @@ pub mod config;
 pub mod error;
 pub mod export;
 pub mod model;
-pub mod pool;
 pub mod postgres;
 pub mod revocations;
 pub mod sqlite;
@@ -44,8 +43,8 @@ pub use model::{
     CommitRules, LogState, OutboxRow, Outcome, RetainReport, RetentionLimits, SnapshotRefusal,
     StoredSnapshot, TenantDetail, TenantSummary, Totals, WriteReq,
 };
-pub use pool::{PoolError, StorePool};
 pub use postgres::feed::Ring;
+pub use sqlite::pool::{PoolError, StorePool};
 pub use tenant::{Store, Writer};
 /// Durable names (a directory's fsync after every name change), for the relay's own files.
 pub use wharf_sqlite::durable;

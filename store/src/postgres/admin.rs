@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 
 use uuid::Uuid;
 
-use super::{to_i64, to_u64, Backend, Columns, INSERT_CHUNK_BYTES};
+use super::commit::{Columns, INSERT_CHUNK_BYTES};
+use super::{to_i64, to_u64, Backend};
 use crate::config::TenantId;
 use crate::error::StoreError;
 use crate::export::{

@@ -2,13 +2,22 @@
 //! `remoteId`.
 //!
 //! All SQLite work runs as synchronous rusqlite calls on the relay's storage threads
-//! ([`StorePool`]), one job per unit of work: the tenant actor lends its [`Writer`] to a thread
+//! ([`pool::StorePool`]), one job per unit of work: the tenant actor lends its [`Writer`] to a thread
 //! for a whole group commit (dedup, sequence assignment, inserts, `COMMIT`), and sessions read
 //! pages of a log through the [`Store`] (read-only connections beside the writer: WAL).
-
+//!
+//! - this module: the schema, [`Backend`] (opens a tenant's database), one tenant's [`Store`]
+//!   and [`Writer`], and the reads;
+//! - `commit`, `snapshots`, `quota`, `settings`, `retention`, `outbox`: one concern each;
+//! - [`admin`]: what the admin API and backups do outside the actor; [`pool`]: the threads.
 pub mod admin;
+mod commit;
 mod outbox;
+pub mod pool;
+mod quota;
 pub mod retention;
+mod settings;
+mod snapshots;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,15 +25,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use uuid::Uuid;
 use wharf_protocol::RemoteEntry;
 use wharf_sqlite::{blocking, Synchronous};
 
 use crate::config::{Durability, StoreConfig, TenantId};
 use crate::error::StoreError;
-use crate::model::{CommitRules, Outcome, Totals, WriteReq};
-use crate::pool::StorePool;
+use crate::model::Totals;
+use crate::sqlite::pool::StorePool;
 
 /// The schema, one step per version (`PRAGMA user_version`); append, never edit.
 pub(crate) const MIGRATIONS: &[&[&str]] = &[
@@ -214,24 +223,6 @@ impl Store {
         self.shared.remote_id
     }
 
-    /// Leaves (or removes) the tenant's mark in `data/webhooks/`, durably: a relay that
-    /// restarts looks at the outboxes of the marked tenants.
-    pub async fn mark_webhooks(&self, endpoints: bool) -> Result<(), StoreError> {
-        let marker = self.shared.webhook_marker.clone();
-        tokio::task::spawn_blocking(move || {
-            if !endpoints {
-                return wharf_sqlite::durable::remove_file(&marker);
-            }
-            if let Some(dir) = marker.parent() {
-                wharf_sqlite::durable::create_dir_all(dir)?;
-            }
-            wharf_sqlite::durable::touch(&marker)
-        })
-        .await
-        .map_err(|e| StoreError::Failed(format!("a storage task failed: {e}")))?
-        .map_err(|e| StoreError::Unavailable(format!("the webhook mark: {e}")))
-    }
-
     /// Runs `f` with the writer on a storage thread, and gives the writer back.
     pub async fn with_writer<R, F>(&self, writer: Writer, f: F) -> Result<(Writer, R), StoreError>
     where
@@ -411,203 +402,14 @@ impl Writer {
     pub fn release_memory(&mut self) {
         let _ = self.conn.release_memory();
     }
-
-    /// The sequence the next entry of `public_key` gets (loaded once, then kept).
-    pub fn next_sequence(&mut self, public_key: &str) -> Result<u64, StoreError> {
-        Ok(self.meta(public_key)?.next)
-    }
-
-    fn meta(&mut self, public_key: &str) -> Result<LogMeta, StoreError> {
-        if let Some(meta) = self.logs.get(public_key) {
-            return Ok(*meta);
-        }
-        let row: Option<(i64, i64)> = self
-            .conn
-            .prepare_cached("SELECT id, first_seq FROM logs WHERE public_key = ?1")?
-            .query_row([public_key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let (id, first) = match row {
-            None => (None, 0),
-            Some((id, first)) => (Some(id), u64::try_from(first).unwrap_or(0)),
-        };
-        let next = match id {
-            None => 0,
-            Some(id) => {
-                let max: Option<i64> = self
-                    .conn
-                    .prepare_cached("SELECT MAX(seq) FROM entries WHERE log_id = ?1")?
-                    .query_row([id], |r| r.get(0))?;
-                match max {
-                    Some(m) => {
-                        u64::try_from(m)
-                            .map_err(|_| StoreError::Corrupt(format!("negative sequence {m}")))?
-                            + 1
-                    }
-                    None => 0,
-                }
-            }
-        };
-        // A log whose every entry was deleted continues after them: sequences are never reused.
-        let meta = LogMeta {
-            id,
-            next: next.max(first),
-            first,
-        };
-        self.logs.insert(public_key.to_owned(), meta);
-        Ok(meta)
-    }
-
-    /// Commits `writes` in one transaction: each log's entries get the next sequences in
-    /// order, an entry id the log already holds gets its original sequence, and a write whose
-    /// 12-byte iv the log already holds is flagged (or, under `strict_iv`, left out). The
-    /// in-memory sequence state moves only once `COMMIT` has returned.
-    pub fn commit(
-        &mut self,
-        writes: &[WriteReq],
-        rules: &CommitRules,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        let strict_iv = rules.strict_iv;
-        let mut metas: HashMap<&str, LogMeta> = HashMap::new();
-        for w in writes {
-            if !metas.contains_key(w.public_key.as_str()) {
-                metas.insert(&w.public_key, self.meta(&w.public_key)?);
-            }
-        }
-        let quota = rules.quota_applies();
-        let mut totals = if quota {
-            self.totals()?
-        } else {
-            Totals::default()
-        };
-        let mut new_logs = 0u64;
-        // Ciphertext bytes each log gained in this commit.
-        let mut grown: HashMap<i64, u64> = HashMap::new();
-        // (log, first new sequence, end, count) for the webhook outbox.
-        let mut appended: HashMap<i64, (u64, u64, u64)> = HashMap::new();
-        let tx = self.conn.transaction()?;
-        let mut outcomes = Vec::with_capacity(writes.len());
-        {
-            let mut insert_log = tx.prepare_cached(
-                "INSERT INTO logs (public_key, first_seq) VALUES (?1, ?2) RETURNING id",
-            )?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO entries (log_id, seq, entry_id, iv, ciphertext, at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (log_id, entry_id) DO NOTHING",
-            )?;
-            let mut existing =
-                tx.prepare_cached("SELECT seq FROM entries WHERE log_id = ?1 AND entry_id = ?2")?;
-            let mut iv_used = tx.prepare_cached(
-                "SELECT 1 FROM entries WHERE log_id = ?1 AND length(iv) = 12 AND iv = ?2 LIMIT 1",
-            )?;
-            for w in writes {
-                let meta = metas
-                    .get_mut(w.public_key.as_str())
-                    .ok_or_else(|| StoreError::Corrupt("log state missing".into()))?;
-                let iv_reused = match meta.id {
-                    Some(id) if w.iv.len() == 12 && !w.entries.is_empty() => {
-                        iv_used.exists(params![id, &w.iv[..]])?
-                    }
-                    _ => false,
-                };
-                if iv_reused && strict_iv {
-                    outcomes.push(Outcome::IvRefused);
-                    continue;
-                }
-                if quota {
-                    // Checked before any insert. Entries the log already holds (a retry after a
-                    // lost Ack) add nothing, so they do not count.
-                    let mut size = 0u64;
-                    for e in &w.entries {
-                        let stored = match meta.id {
-                            Some(id) => existing.exists(params![id, &e.entry_id[..]])?,
-                            None => false,
-                        };
-                        if !stored {
-                            size += e.encrypted_entry.len() as u64;
-                        }
-                    }
-                    if let Some(why) = rules.over_quota(&totals, meta.id.is_none(), size) {
-                        outcomes.push(Outcome::OverQuota(why));
-                        continue;
-                    }
-                    totals.bytes += size;
-                    if meta.id.is_none() {
-                        totals.logs += 1;
-                    }
-                }
-                let log_id = match meta.id {
-                    Some(id) => id,
-                    None => {
-                        let id: i64 = insert_log.query_row(
-                            params![&w.public_key, i64::try_from(meta.next).unwrap_or(0)],
-                            |r| r.get(0),
-                        )?;
-                        meta.id = Some(id);
-                        new_logs += 1;
-                        id
-                    }
-                };
-                let mut sequences = Vec::with_capacity(w.entries.len());
-                let mut new = Vec::new();
-                for (i, e) in w.entries.iter().enumerate() {
-                    let seq = i64::try_from(meta.next)
-                        .map_err(|_| StoreError::Corrupt("sequence overflow".into()))?;
-                    let inserted = insert.execute(params![
-                        log_id,
-                        seq,
-                        &e.entry_id[..],
-                        &w.iv[..],
-                        &e.encrypted_entry[..],
-                        rules.now_ms,
-                    ])?;
-                    if inserted == 1 {
-                        sequences.push(meta.next);
-                        new.push(i);
-                        *grown.entry(log_id).or_default() += e.encrypted_entry.len() as u64;
-                        let span = appended.entry(log_id).or_insert((meta.next, meta.next, 0));
-                        span.1 = meta.next;
-                        span.2 += 1;
-                        meta.next += 1;
-                    } else {
-                        let original: i64 = existing
-                            .query_row(params![log_id, &e.entry_id[..]], |r| r.get(0))
-                            .optional()?
-                            .ok_or_else(|| {
-                                StoreError::Corrupt(format!("sequence {seq} taken twice"))
-                            })?;
-                        sequences.push(original as u64);
-                    }
-                }
-                outcomes.push(Outcome::Written {
-                    sequences,
-                    new,
-                    iv_reused,
-                });
-            }
-            let mut add_bytes =
-                tx.prepare_cached("UPDATE logs SET bytes = bytes + ?2 WHERE id = ?1")?;
-            for (log_id, bytes) in &grown {
-                add_bytes.execute(params![log_id, i64::try_from(*bytes).unwrap_or(i64::MAX)])?;
-            }
-            outbox::enqueue_notifications(&tx, &rules.webhooks, &appended, rules.now_ms)?;
-        }
-        tx.commit()?;
-        // Durable: now the in-memory state may move on.
-        for (pk, meta) in metas {
-            self.logs.insert(pk.to_owned(), meta);
-        }
-        if let Some(t) = self.totals.as_mut() {
-            t.bytes += grown.values().sum::<u64>();
-            t.logs += new_logs;
-        }
-        Ok(outcomes)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{RetentionLimits, SnapshotRefusal, StoredSnapshot};
+    use crate::model::{
+        CommitRules, Outcome, RetentionLimits, SnapshotRefusal, StoredSnapshot, WriteReq,
+    };
     use wharf_protocol::EncryptedEntry;
 
     fn req(pk: &str, iv: &[u8], ids: &[u8]) -> WriteReq {

@@ -348,7 +348,7 @@ async fn export(args: &AdminArgs, tenant: &str, output: &PathBuf) -> anyhow::Res
         .filter(|v: &serde_json::Value| v["end"] == true)
         .context("the export has no end line: it was cut short; nothing written")?;
     let (from, to) = (partial.clone(), output.clone());
-    tokio::task::spawn_blocking(move || wharf_store::durable::rename(&from, &to)).await??;
+    tokio::task::spawn_blocking(move || wharf_durable::rename(&from, &to)).await??;
     done(
         args,
         serde_json::json!({ "tenant": tenant, "entries": end["entries"], "bytes": total, "file": output }),

@@ -14,6 +14,7 @@ use crate::policy::{Effective, Quota, Retention, TenantSettings, TenantTables};
 use crate::webhook::settings::WebhooksConfig;
 use wharf_store::config::StoreConfig;
 pub use wharf_store::config::{Durability, PostgresConfig, TenantId};
+pub use wharf_token::config::{AuthConfig, AuthMode, IssuerAlgorithm, TrustedIssuer};
 
 /// How the relay writes its logs (to stderr).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -194,86 +195,6 @@ impl Default for LimitsConfig {
             bytes_per_second_per_tenant: 128 * 1024 * 1024,
         }
     }
-}
-
-/// Whether connections need a token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthMode {
-    /// Every connection presents a valid token (loopback included).
-    Token,
-    /// Anyone who can reach the relay may read and append (refused on non-loopback
-    /// addresses unless `insecure_no_auth` is set).
-    None,
-}
-
-/// The `[auth]` section.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// `token` or `none`. Unset: `none` while listening on a loopback address, `token` on any
-    /// other. Env: `WHARF_AUTH`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<AuthMode>,
-    /// Allow `mode = "none"` on a non-loopback address.
-    pub insecure_no_auth: bool,
-    /// `iss` of the tokens the relay mints, and the one they must carry.
-    pub issuer: String,
-    /// `aud` every token must carry.
-    pub audience: String,
-    /// Clock skew tolerated on `exp`.
-    #[serde(with = "humantime_serde")]
-    pub leeway: Duration,
-    /// The relay's Ed25519 signing key (PKCS#8 PEM). Default: `{data}/auth/signing-key.pem`,
-    /// created on first use with mode 0600.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-    /// How often the revocation list is re-read (revocations reach open connections within this).
-    #[serde(with = "humantime_serde")]
-    pub revocation_poll: Duration,
-    /// Other issuers whose tokens are accepted (an orchestrator minting per-task tokens).
-    pub trusted_issuers: Vec<TrustedIssuer>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            mode: None,
-            insecure_no_auth: false,
-            issuer: "wharf-relay".to_owned(),
-            audience: "wharf".to_owned(),
-            leeway: Duration::from_secs(30),
-            key_file: None,
-            revocation_poll: Duration::from_millis(250),
-            trusted_issuers: Vec::new(),
-        }
-    }
-}
-
-/// The algorithms a trusted issuer may sign with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum IssuerAlgorithm {
-    EdDSA,
-    ES256,
-}
-
-/// One `[[auth.trusted_issuers]]` entry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrustedIssuer {
-    /// The `iss` its tokens carry.
-    pub iss: String,
-    /// The `kid` its tokens carry in their header; several entries with one `iss` and distinct
-    /// `kid`s let an issuer rotate keys.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kid: Option<String>,
-    pub alg: IssuerAlgorithm,
-    /// SPKI PEM public key, inline…
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key: Option<String>,
-    /// …or in a file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {

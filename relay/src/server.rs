@@ -92,7 +92,7 @@ impl Relay {
         // between its mkdir and the sync left it so), and the Postgres schema is brought up to
         // date (the database proven reachable), before anything is served.
         let data = config.data.clone();
-        tokio::task::spawn_blocking(move || wharf_store::durable::create_dir_all(&data))
+        tokio::task::spawn_blocking(move || wharf_durable::create_dir_all(&data))
             .await
             .map_err(std::io::Error::other)
             .and_then(|made| made)

@@ -19,7 +19,7 @@ pub fn open_writer(
     migrations: &[&[&str]],
 ) -> Result<Connection, DbError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        crate::durable::create_dir_all(dir).map_err(|source| DbError::CreateDir {
+        wharf_durable::create_dir_all(dir).map_err(|source| DbError::CreateDir {
             path: dir.to_path_buf(),
             source,
         })?;

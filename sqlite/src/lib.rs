@@ -9,9 +9,8 @@
 //!   transaction; a database from a newer program is refused.
 //! - [`blocking`] (feature `blocking`): the same for rusqlite connections, for code that runs
 //!   its SQLite work as synchronous calls on threads of its own.
-//! - [`durable`]: durable names. Directories made, files renamed, linked and removed, each
-//!   followed by the fsync of the directory holding the name; every file the relay, the CLI
-//!   and the SDK depend on is created through it.
+//! - [`durable`] (`wharf-durable`): durable names, which the directories of databases are
+//!   made with.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -39,7 +38,7 @@ pub enum DbError {
 
 #[cfg(feature = "blocking")]
 pub mod blocking;
-pub mod durable;
+pub use wharf_durable as durable;
 
 /// How to open a database.
 #[derive(Clone, Debug)]

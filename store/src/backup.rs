@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wharf_sqlite::durable;
+use wharf_durable as durable;
 
 use crate::error::StoreError;
 pub use crate::model::LogState;

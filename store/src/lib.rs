@@ -47,4 +47,4 @@ pub use postgres::feed::Ring;
 pub use sqlite::pool::{PoolError, StorePool};
 pub use tenant::{Store, Writer};
 /// Durable names (a directory's fsync after every name change), for the relay's own files.
-pub use wharf_sqlite::durable;
+pub use wharf_durable as durable;

@@ -410,7 +410,7 @@ fn write_secret(path: &Path, contents: &str, force: bool) -> Result<()> {
     f.write_all(contents.as_bytes())?;
     f.sync_all()?;
     // The identity holds the only copy of its keys: its name must survive a power cut too.
-    wharf_sqlite::durable::sync_name(path)
+    wharf_durable::sync_name(path)
         .with_context(|| format!("cannot sync the directory of {}", path.display()))?;
     Ok(())
 }

@@ -73,12 +73,7 @@ pub fn effective_mode(config: &Config, addr: SocketAddr) -> Result<AuthMode, Aut
     }
 }
 
-/// Seconds since the epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use wharf_token::unix_now;
 
 /// Decides admission for every connection of a relay.
 #[derive(Debug)]

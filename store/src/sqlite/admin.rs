@@ -157,7 +157,7 @@ pub fn import(path: &Path, input: &mut dyn BufRead) -> Result<Imported, ImportEr
     let result = import_into(&partial, input);
     match result {
         Ok(imported) => {
-            wharf_sqlite::durable::rename(&partial, path)?;
+            wharf_durable::rename(&partial, path)?;
             Ok(imported)
         }
         Err(e) => {
@@ -403,7 +403,7 @@ impl Backend {
                     Err(e) => return Err(io_error(e)),
                 }
             }
-            wharf_sqlite::durable::sync_name(&path).map_err(io_error)?;
+            wharf_durable::sync_name(&path).map_err(io_error)?;
             Ok(existed)
         })
         .await
@@ -518,7 +518,7 @@ impl Backend {
                 };
                 let path = backend.config.tenant_path(&tenant);
                 if !path.exists() {
-                    let _ = wharf_sqlite::durable::remove_file(&dir.join(&name));
+                    let _ = wharf_durable::remove_file(&dir.join(&name));
                     continue;
                 }
                 match outbox_pending(&path) {
@@ -546,7 +546,7 @@ fn replace_files(staged: &Path, target: &Path) -> Result<(), ImportError> {
             Err(e) => return Err(e.into()),
         }
     }
-    wharf_sqlite::durable::rename(staged, target)?;
+    wharf_durable::rename(staged, target)?;
     Ok(())
 }
 

@@ -116,12 +116,12 @@ impl Store {
         let marker = self.shared.webhook_marker.clone();
         tokio::task::spawn_blocking(move || {
             if !endpoints {
-                return wharf_sqlite::durable::remove_file(&marker);
+                return wharf_durable::remove_file(&marker);
             }
             if let Some(dir) = marker.parent() {
-                wharf_sqlite::durable::create_dir_all(dir)?;
+                wharf_durable::create_dir_all(dir)?;
             }
-            wharf_sqlite::durable::touch(&marker)
+            wharf_durable::touch(&marker)
         })
         .await
         .map_err(|e| StoreError::Failed(format!("a storage task failed: {e}")))?

@@ -1,5 +1,5 @@
-//! Durable names: the file operations whose result must survive power loss, each followed by
-//! the `fsync` of the directory that holds the name.
+//! `wharf-durable`: durable names. The file operations whose result must survive power loss,
+//! each followed by the `fsync` of the directory that holds the name.
 //!
 //! POSIX makes a new, renamed or removed name durable only when its directory is fsynced;
 //! syncing the file makes its data durable, not its name. ext4's journal usually hides the

@@ -19,9 +19,7 @@ use base64::Engine;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::Signer;
 use libfuzzer_sys::fuzz_target;
-use wharf_relay::auth::token::{RelayKey, Verifier};
-use wharf_relay::auth::unix_now;
-use wharf_relay::config::AuthConfig;
+use wharf_token::{unix_now, AuthConfig, RelayKey, Verifier};
 
 struct Fixture {
     verifier: Verifier,

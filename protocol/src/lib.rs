@@ -14,6 +14,8 @@
 //!   and its encryption under the log's key.
 //! - [`payload`]: an event payload (msgpack) to and from JSON, for tools and the viewer.
 //! - [`number`]: [`JsNumber`], a JavaScript number as msgpackr writes and reads it.
+//! - [`v4`]: Effect 4.x's protocol (RPC envelope, SchemaBinary, signed challenges), served
+//!   beside v3.
 //! - `msgpack` (private): the frame walker and the primitive writers.
 //!
 //! What real clients need from us is written down in `shared/protocol/effect-v3-wire.md`; the
@@ -28,6 +30,7 @@ mod msgpack;
 pub mod number;
 pub mod payload;
 pub mod snapshot;
+pub mod v4;
 
 pub use chunk::{split_into_chunks, ChunkError, Reassembler, ReassemblerLimits, CHUNK_SIZE};
 pub use codec::{frames, Frames, Inbound, InboundError, Incoming};

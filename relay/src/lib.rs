@@ -41,6 +41,7 @@ pub mod server;
 mod session;
 mod tenant;
 pub mod tls;
+mod v4;
 mod webhook;
 
 pub use config::{Config, Durability, TenantId};

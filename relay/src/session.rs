@@ -46,7 +46,7 @@ pub mod close_code {
     pub const INTERNAL_ERROR: u16 = 1011;
 }
 
-enum Out {
+pub(crate) enum Out {
     Frame(Bytes),
     Frames(Arc<[Bytes]>),
     Close(u16, String),
@@ -523,6 +523,13 @@ impl Session {
     }
 
     fn check_public_key(&self, public_key: &str) -> Result<(), Violation> {
+        if public_key.starts_with(wharf_protocol::v4::stored::LOG_PREFIX) {
+            return Err(Violation::invalid(format!(
+                "publicKey {:?}: keys starting with {:?} are the relay's names for Effect v4 logs",
+                public_key.chars().take(64).collect::<String>(),
+                wharf_protocol::v4::stored::LOG_PREFIX
+            )));
+        }
         let max = self.app.config.max_public_key_bytes;
         if public_key.len() > max {
             return Err(Violation::limit(format!(
@@ -891,7 +898,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn write_loop(
+pub(crate) async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut control: mpsc::Receiver<Out>,
     mut bulk: mpsc::Receiver<Out>,

@@ -197,12 +197,35 @@ impl TenantHandle {
         entries: Vec<EncryptedEntry>,
         origin: ConnId,
     ) -> Result<oneshot::Receiver<Result<Acked, TenantError>>, TenantError> {
+        self.queue(public_key, iv, entries, false, origin).await
+    }
+
+    /// Queues one Effect v4 batch (its rows), stored whole: see [`WriteReq::batch`].
+    pub async fn write_batch(
+        &self,
+        public_key: String,
+        iv: Bytes,
+        entries: Vec<EncryptedEntry>,
+        origin: ConnId,
+    ) -> Result<oneshot::Receiver<Result<Acked, TenantError>>, TenantError> {
+        self.queue(public_key, iv, entries, true, origin).await
+    }
+
+    async fn queue(
+        &self,
+        public_key: String,
+        iv: Bytes,
+        entries: Vec<EncryptedEntry>,
+        batch: bool,
+        origin: ConnId,
+    ) -> Result<oneshot::Receiver<Result<Acked, TenantError>>, TenantError> {
         self.send(|reply| {
             Msg::Write(Write {
                 req: WriteReq {
                     public_key,
                     iv,
                     entries,
+                    batch,
                 },
                 origin,
                 reply,

@@ -19,6 +19,25 @@ pub struct WriteReq {
     pub public_key: String,
     pub iv: Bytes,
     pub entries: Vec<EncryptedEntry>,
+    /// The entries are one Effect v4 batch, stored whole or not at all: when the log holds
+    /// every entry id, nothing is stored and each gets its original sequence; otherwise every
+    /// entry gets a new one (an id the log already holds is stored under [`repeat_id`], as
+    /// Effect's own server stores a partly known batch again).
+    pub batch: bool,
+}
+
+/// The entry id a batch's entry is stored under when the log already holds its own id: unique
+/// per log and sequence, and never a real client's id (a random UUID would have to equal a
+/// SHA-256 prefix).
+pub fn repeat_id(sequence: u64) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"wharf-v4-repeat\0")
+        .chain_update(sequence.to_be_bytes())
+        .finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
 }
 
 /// What a group commit did with one write.

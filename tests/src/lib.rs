@@ -3,6 +3,7 @@
 
 pub mod postgres;
 pub mod proxy;
+pub mod v4;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,8 @@
 //! - [`eventlog`]: `Hello`, `Authenticate`, `WriteSingle`/`WriteChunked`, `Changes`, their
 //!   results, and the batch plaintext.
 //! - [`identity`]: the signed challenge, [`V4Identity`] and its AES-256-GCM batches.
+//! - [`stored`]: how a relay keeps v4 logs beside v3 ones (storage keys, batches as rows,
+//!   pinned signing keys).
 //!
 //! The golden vectors in `tests/vectors/effect-v4.json` are written by Effect's own codec
 //! (`tests/effect-v4/vectors.mjs` at the repository root); `docs/protocol.md` has the layout.
@@ -16,6 +18,7 @@ pub mod envelope;
 mod error;
 pub mod eventlog;
 pub mod identity;
+pub mod stored;
 
 pub use binary::{field_id, variant_tag, DEFAULT_MODE, ENVELOPE_FINGERPRINT, FINGERPRINT_MODE};
 pub use envelope::{FrameBuffer, FromClient, FromServer, Request, RequestId, MAX_ENVELOPE_BYTES};

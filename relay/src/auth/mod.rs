@@ -243,6 +243,13 @@ fn presented_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// What a request does to a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogAction {
+    Read,
+    Write,
+}
+
 /// What one connection may do, decided once at admission.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -324,6 +331,35 @@ impl Grant {
                 "token does not cover log {:?}",
                 truncated(log)
             )));
+        }
+        Ok(())
+    }
+
+    /// Whether this connection may `action` the Effect v4 log `(public_key, store_id)`: a
+    /// token's `logs` names it as `publicKey` (every store) or `publicKey/storeId`.
+    pub fn authorize_log(
+        &self,
+        action: LogAction,
+        public_key: &str,
+        store_id: &str,
+    ) -> Result<(), Refusal> {
+        let Some(scope) = &self.scope else {
+            return Ok(());
+        };
+        let (name, allowed) = match action {
+            LogAction::Read => (Action::Read, scope.read),
+            LogAction::Write => (Action::Write, scope.write),
+        };
+        if !allowed {
+            return Err(Refusal::Forbidden(format!("token does not allow {name}")));
+        }
+        if let Some(logs) = &scope.logs {
+            if !logs.contains(public_key) && !logs.contains(&format!("{public_key}/{store_id}")) {
+                return Err(Refusal::Forbidden(format!(
+                    "token does not cover log {:?}",
+                    truncated(&format!("{public_key}/{store_id}"))
+                )));
+            }
         }
         Ok(())
     }

@@ -42,6 +42,7 @@ pub(crate) fn router(state: HttpState, with_metrics: bool) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/t/{tenant}", get(ws::connect))
+        .route("/v4/t/{tenant}", get(ws::connect_v4))
         .merge(admin::routes(state.clone()))
         .merge(viewer);
     let router = if with_metrics {

@@ -1,5 +1,6 @@
-//! `GET /t/{tenant}`: admission (token, then connection limits), then the WebSocket upgrade
-//! that hands the socket to a session.
+//! `GET /t/{tenant}` (Effect v3) and `GET /v4/t/{tenant}` (Effect v4): admission (token, then
+//! connection limits), then the WebSocket upgrade that hands the socket to a session of that
+//! protocol. Both take tokens the same ways and count against the same limits.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -9,6 +10,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use tracing::warn;
 use wharf_protocol::EXTENSION_SUBPROTOCOL;
 
@@ -21,6 +23,13 @@ use crate::session::{self, SessionInit};
 /// Bytes a connection reads from its socket at a time (and holds while idle).
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    V3,
+    V4,
+}
+
 pub(crate) async fn connect(
     State(state): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -28,6 +37,29 @@ pub(crate) async fn connect(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, HttpError> {
+    upgrade(state, peer, tenant, query, headers, ws, Protocol::V3)
+}
+
+pub(crate) async fn connect_v4(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(tenant): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, HttpError> {
+    upgrade(state, peer, tenant, query, headers, ws, Protocol::V4)
+}
+
+fn upgrade(
+    state: HttpState,
+    peer: SocketAddr,
+    tenant: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    protocol: Protocol,
 ) -> Result<Response, HttpError> {
     let tenant = TenantId::parse(&tenant).ok_or_else(|| {
         HttpError::BadRequest(
@@ -86,8 +118,12 @@ pub(crate) async fn connect(
     let config = &app.config;
     let conn = app.conn_ids.fetch_add(1, Ordering::Relaxed);
     app.metrics.connections.inc();
+    let offered: &[&str] = match protocol {
+        Protocol::V3 => &[EXTENSION_SUBPROTOCOL],
+        Protocol::V4 => &[],
+    };
     let response = ws
-        .protocols([EXTENSION_SUBPROTOCOL])
+        .protocols(offered.iter().copied())
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
         // tungstenite allocates its read buffer up front (128 KiB by default), per connection;
@@ -107,6 +143,13 @@ pub(crate) async fn connect(
             grant,
             slot,
         };
-        sessions.track_future(session::run(socket, init, app))
+        match protocol {
+            Protocol::V3 => sessions
+                .track_future(session::run(socket, init, app))
+                .boxed(),
+            Protocol::V4 => sessions
+                .track_future(crate::v4::run(socket, init, app))
+                .boxed(),
+        }
     }))
 }

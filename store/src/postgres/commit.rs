@@ -281,6 +281,26 @@ impl Writer {
             let log = logs
                 .get_mut(w.public_key.as_str())
                 .ok_or_else(|| StoreError::Corrupt("log state missing".into()))?;
+            // A v4 batch whose every entry id the log holds is a retry: acked where it was
+            // stored, before the iv check (its iv is stored, with it).
+            if w.batch
+                && !w.entries.is_empty()
+                && w.entries
+                    .iter()
+                    .all(|e| log.known.contains_key(&e.entry_id))
+            {
+                let sequences = w
+                    .entries
+                    .iter()
+                    .filter_map(|e| log.known.get(&e.entry_id).copied())
+                    .collect();
+                outcomes.push(Outcome::Written {
+                    sequences,
+                    new: Vec::new(),
+                    iv_reused: false,
+                });
+                continue;
+            }
             let iv_reused = w.iv.len() == 12 && !w.entries.is_empty() && log.ivs.contains(&w.iv);
             if iv_reused && rules.strict_iv {
                 outcomes.push(Outcome::IvRefused);
@@ -291,7 +311,7 @@ impl Writer {
                 let size: u64 = w
                     .entries
                     .iter()
-                    .filter(|e| !log.known.contains_key(&e.entry_id))
+                    .filter(|e| w.batch || !log.known.contains_key(&e.entry_id))
                     .map(|e| e.encrypted_entry.len() as u64)
                     .sum();
                 let new_log = log.created && !counted_new.contains(w.public_key.as_str());
@@ -309,18 +329,29 @@ impl Writer {
             let mut sequences = Vec::with_capacity(w.entries.len());
             let mut new = Vec::new();
             for (i, e) in w.entries.iter().enumerate() {
-                if let Some(seq) = log.known.get(&e.entry_id) {
-                    sequences.push(*seq);
-                    continue;
-                }
+                let repeat = match log.known.get(&e.entry_id) {
+                    Some(seq) if !w.batch => {
+                        sequences.push(*seq);
+                        continue;
+                    }
+                    Some(_) => true,
+                    None => false,
+                };
                 let seq = log.next;
                 log.next += 1;
-                log.known.insert(e.entry_id.clone(), seq);
+                // A batch stored whole keeps an id the log holds under a repeat id; the id's
+                // first sequence stays the one retries are acked at.
+                let entry_id = if repeat {
+                    crate::model::repeat_id(seq).to_vec()
+                } else {
+                    log.known.insert(e.entry_id.clone(), seq);
+                    e.entry_id.to_vec()
+                };
                 log.bytes += e.encrypted_entry.len() as u64;
                 columns.push(
                     log.id,
                     to_i64(seq),
-                    e.entry_id.to_vec(),
+                    entry_id,
                     w.iv.to_vec(),
                     e.encrypted_entry.to_vec(),
                 );

@@ -102,6 +102,30 @@ impl Writer {
                 let meta = metas
                     .get_mut(w.public_key.as_str())
                     .ok_or_else(|| StoreError::Corrupt("log state missing".into()))?;
+                // A v4 batch whose every entry id the log holds is a retry: acked where it
+                // was stored, before the iv check (its iv is stored, with it).
+                if w.batch && !w.entries.is_empty() {
+                    if let Some(id) = meta.id {
+                        let mut originals = Vec::with_capacity(w.entries.len());
+                        for e in &w.entries {
+                            match existing
+                                .query_row(params![id, &e.entry_id[..]], |r| r.get::<_, i64>(0))
+                                .optional()?
+                            {
+                                Some(seq) => originals.push(seq as u64),
+                                None => break,
+                            }
+                        }
+                        if originals.len() == w.entries.len() {
+                            outcomes.push(Outcome::Written {
+                                sequences: originals,
+                                new: Vec::new(),
+                                iv_reused: false,
+                            });
+                            continue;
+                        }
+                    }
+                }
                 let iv_reused = match meta.id {
                     Some(id) if w.iv.len() == 12 && !w.entries.is_empty() => {
                         iv_used.exists(params![id, &w.iv[..]])?
@@ -117,9 +141,12 @@ impl Writer {
                     // lost Ack) add nothing, so they do not count.
                     let mut size = 0u64;
                     for e in &w.entries {
+                        // A batch not skipped above is stored whole.
                         let stored = match meta.id {
-                            Some(id) => existing.exists(params![id, &e.entry_id[..]])?,
-                            None => false,
+                            Some(id) if !w.batch => {
+                                existing.exists(params![id, &e.entry_id[..]])?
+                            }
+                            _ => false,
                         };
                         if !stored {
                             size += e.encrypted_entry.len() as u64;
@@ -151,7 +178,7 @@ impl Writer {
                 for (i, e) in w.entries.iter().enumerate() {
                     let seq = i64::try_from(meta.next)
                         .map_err(|_| StoreError::Corrupt("sequence overflow".into()))?;
-                    let inserted = insert.execute(params![
+                    let mut inserted = insert.execute(params![
                         log_id,
                         seq,
                         &e.entry_id[..],
@@ -159,6 +186,16 @@ impl Writer {
                         &e.encrypted_entry[..],
                         rules.now_ms,
                     ])?;
+                    if inserted == 0 && w.batch {
+                        inserted = insert.execute(params![
+                            log_id,
+                            seq,
+                            &crate::model::repeat_id(meta.next)[..],
+                            &w.iv[..],
+                            &e.encrypted_entry[..],
+                            rules.now_ms,
+                        ])?;
+                    }
                     if inserted == 1 {
                         sequences.push(meta.next);
                         new.push(i);

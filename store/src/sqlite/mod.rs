@@ -414,6 +414,7 @@ mod tests {
 
     fn req(pk: &str, iv: &[u8], ids: &[u8]) -> WriteReq {
         WriteReq {
+            batch: false,
             public_key: pk.into(),
             iv: Bytes::copy_from_slice(iv),
             entries: ids

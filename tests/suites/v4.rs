@@ -581,3 +581,187 @@ async fn bad_input_gets_a_clear_answer_and_the_relay_serves_others() {
     let _ = RequestId::Int(0);
     relay.shutdown().await;
 }
+
+/// The impostor's answer: `victim`'s publicKey, a key of its own, a valid signature with it.
+async fn impostor_refused(url: &str, public_key: &str) -> bool {
+    let mut c = V4Client::connect(url).await.expect("connect");
+    let hello = c.hello().await.expect("hello");
+    let impostor = wharf_protocol::v4::V4Identity::new(public_key.to_owned(), [9; 32]);
+    let answer = c
+        .authenticate_with(Authenticate {
+            public_key: public_key.to_owned(),
+            signing_public_key: impostor.signing_public_key().to_vec(),
+            signature: impostor
+                .sign_challenge(&hello.remote_id, &hello.challenge)
+                .to_vec(),
+        })
+        .await
+        .expect("answer");
+    matches!(answer, Exit::Failure(e) if e.code == ErrorCode::Forbidden)
+}
+
+#[tokio::test]
+async fn v4_logs_and_pins_survive_export_and_import() {
+    let relay = TestRelay::start_with_tokens(|_| {}).await;
+    let rw = relay.mint(&claims("acme", &[Action::Read, Action::Write]));
+    let url = format!("{}?token={rw}", v4_url(&relay, "acme"));
+    let id = identity();
+    let mut c = V4Client::connect(&url).await.expect("connect");
+    c.authenticate(&id).await.expect("auth");
+    let written = vec![
+        batch(&id, "default", 3, 50),
+        batch(&id, "default", 1, 700_000),
+    ];
+    assert_eq!(
+        acks(c.write(&id, "default", written.clone()).await.expect("w")),
+        vec![0, 1, 2, 3]
+    );
+
+    let admin = relay.mint(&claims("*", &[Action::Admin]));
+    let auth = format!("Bearer {admin}");
+    let headers = [("authorization", auth.as_str())];
+    let export = wharf_tests::http_request(
+        relay.addr,
+        "GET",
+        "/admin/v1/tenants/acme/export",
+        &headers,
+        Vec::new(),
+    )
+    .await
+    .expect("export");
+    assert_eq!(export.status, 200);
+    let imported = wharf_tests::http_request(
+        relay.addr,
+        "POST",
+        "/admin/v1/tenants/copy/import",
+        &headers,
+        export.body,
+    )
+    .await
+    .expect("import");
+    assert_eq!(imported.status, 201);
+
+    let copy_token = relay.mint(&claims("copy", &[Action::Read, Action::Write]));
+    let copy_url = format!("{}?token={copy_token}", v4_url(&relay, "copy"));
+    let mut r = V4Client::connect(&copy_url).await.expect("connect");
+    assert!(matches!(
+        r.authenticate(&id).await.expect("auth"),
+        Exit::Success(())
+    ));
+    let s = r
+        .changes(&id.public_key, "default", 0)
+        .await
+        .expect("changes");
+    let got = r.collect(&s, 4).await.expect("batches");
+    assert_eq!(
+        got,
+        vec![
+            RemoteBatch {
+                sequence: 0,
+                batch: written[0].clone()
+            },
+            RemoteBatch {
+                sequence: 3,
+                batch: written[1].clone()
+            },
+        ]
+    );
+    // The pin came along: the copy refuses another key for the identity.
+    assert!(impostor_refused(&copy_url, &id.public_key).await);
+    // A retry into the copy is acked where the original stored it.
+    assert_eq!(
+        acks(
+            r.write(&id, "default", vec![written[0].clone()])
+                .await
+                .expect("w")
+        ),
+        vec![0, 1, 2]
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_batches_and_pins_hold_across_relays() {
+    let pg = wharf_tests::postgres::PgServer::start()
+        .expect("a PostgreSQL server (scripts/prereqs installs it)");
+    let db = pg.database().await.expect("a database");
+    let (s1, s2) = (db.clone(), db.clone());
+    let a = TestRelay::start_with(move |c| c.store = Some(s1)).await;
+    let b = TestRelay::start_with(move |c| c.store = Some(s2)).await;
+    let id = identity();
+    let mut ca = V4Client::connect(&v4_url(&a, "acme"))
+        .await
+        .expect("connect");
+    let mut cb = V4Client::connect(&v4_url(&b, "acme"))
+        .await
+        .expect("connect");
+    ca.authenticate(&id).await.expect("auth");
+    assert!(
+        matches!(cb.authenticate(&id).await.expect("auth"), Exit::Success(())),
+        "one pin for both relays"
+    );
+    assert!(impostor_refused(&v4_url(&b, "acme"), &id.public_key).await);
+    assert_eq!(
+        ca.hello.as_ref().map(|h| h.remote_id),
+        cb.hello.as_ref().map(|h| h.remote_id)
+    );
+
+    let s = cb
+        .changes(&id.public_key, "default", 0)
+        .await
+        .expect("changes");
+    let first = batch(&id, "default", 2, 10);
+    assert_eq!(
+        acks(
+            ca.write(&id, "default", vec![first.clone()])
+                .await
+                .expect("w")
+        ),
+        vec![0, 1]
+    );
+    // The retry through the other relay: the same sequences.
+    assert_eq!(
+        acks(
+            cb.write(&id, "default", vec![first.clone()])
+                .await
+                .expect("w")
+        ),
+        vec![0, 1]
+    );
+    let mut regrouped = batch(&id, "default", 3, 10);
+    regrouped.entry_ids[1] = first.entry_ids[0];
+    assert_eq!(
+        acks(
+            cb.write(&id, "default", vec![regrouped.clone()])
+                .await
+                .expect("w")
+        ),
+        vec![2, 3, 4]
+    );
+    // The reader on relay b gets relay a's batch live (its own write is not echoed to it).
+    let got = cb.collect(&s, 2).await.expect("live");
+    assert_eq!(
+        got,
+        vec![RemoteBatch {
+            sequence: 0,
+            batch: first
+        }]
+    );
+    let mut fresh = V4Client::connect(&v4_url(&a, "acme"))
+        .await
+        .expect("connect");
+    fresh.authenticate(&id).await.expect("auth");
+    let s = fresh
+        .changes(&id.public_key, "default", 2)
+        .await
+        .expect("changes");
+    assert_eq!(
+        fresh.batches(&s).await.expect("batches"),
+        vec![RemoteBatch {
+            sequence: 2,
+            batch: regrouped
+        }]
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -61,6 +61,23 @@ impl ConnectOptions {
 
     /// The tenant's WebSocket URL.
     pub fn url(&self) -> Result<Url, Error> {
+        self.url_under(&["t"])
+    }
+
+    /// The tenant's Effect v4 URL (`/v4/t/{tenant}`); a tenant URL given whole (`…/t/{tenant}`)
+    /// is moved under `/v4`.
+    pub fn v4_url(&self) -> Result<Url, Error> {
+        let mut url = self.url_under(&["v4", "t"])?;
+        let path = url.path().to_owned();
+        if !path.contains("/v4/t/") {
+            if let Some(i) = path.rfind("/t/") {
+                url.set_path(&format!("{}/v4{}", &path[..i], &path[i..]));
+            }
+        }
+        Ok(url)
+    }
+
+    fn url_under(&self, prefix: &[&str]) -> Result<Url, Error> {
         let bad = |reason: &str| Error::Url {
             url: self.relay.clone(),
             reason: reason.to_owned(),
@@ -83,7 +100,7 @@ impl ConnectOptions {
             url.path_segments_mut()
                 .map_err(|_| bad("cannot be a base URL"))?
                 .pop_if_empty()
-                .extend(["t", &self.tenant]);
+                .extend(prefix.iter().copied().chain([self.tenant.as_str()]));
         }
         if let (Some(token), TokenPlacement::Query) = (&self.token, self.token_placement) {
             url.query_pairs_mut().append_pair("token", token);
@@ -162,6 +179,40 @@ pub(crate) fn redacted(url: &Url) -> String {
     shown.to_string()
 }
 
+/// The WebSocket handshake to `url` (TLS and the token as `opts` say), offering `subprotocol`.
+pub(crate) async fn dial(
+    opts: &ConnectOptions,
+    url: &Url,
+    subprotocol: Option<&'static str>,
+) -> Result<
+    (
+        WebSocketStream<MaybeTlsStream<TcpStream>>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    Error,
+> {
+    let connector = opts.connector(url)?;
+    let mut request = url.as_str().into_client_request().map_err(|e| Error::Url {
+        url: redacted(url),
+        reason: e.to_string(),
+    })?;
+    let headers = request.headers_mut();
+    if let Some(p) = subprotocol {
+        headers.insert("sec-websocket-protocol", HeaderValue::from_static(p));
+    }
+    if let (Some(token), TokenPlacement::Header) = (&opts.token, opts.token_placement) {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| Error::Connect("the token is not a valid header value".into()))?;
+        headers.insert("authorization", value);
+    }
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(128 << 20))
+        .max_frame_size(Some(128 << 20));
+    tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector)
+        .await
+        .map_err(|e| refused(url, e))
+}
+
 /// An open connection that has received `Hello`.
 #[derive(Debug)]
 pub struct Connection {
@@ -176,33 +227,8 @@ impl Connection {
     /// Connects, negotiates `wharf.v1` when the relay offers it, and waits for `Hello`.
     pub async fn open(opts: &ConnectOptions) -> Result<Connection, Error> {
         let url = opts.url()?;
-        let connector = opts.connector(&url)?;
-        let mut request = url.as_str().into_client_request().map_err(|e| Error::Url {
-            url: redacted(&url),
-            reason: e.to_string(),
-        })?;
-        let headers = request.headers_mut();
-        headers.insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static(EXTENSION_SUBPROTOCOL),
-        );
-        if let (Some(token), TokenPlacement::Header) = (&opts.token, opts.token_placement) {
-            let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| Error::Connect("the token is not a valid header value".into()))?;
-            headers.insert("authorization", value);
-        }
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(128 << 20))
-            .max_frame_size(Some(128 << 20));
         let handshake = async {
-            let (ws, response) = tokio_tungstenite::connect_async_tls_with_config(
-                request,
-                Some(config),
-                true,
-                connector,
-            )
-            .await
-            .map_err(|e| refused(&url, e))?;
+            let (ws, response) = dial(opts, &url, Some(EXTENSION_SUBPROTOCOL)).await?;
             let extension = response
                 .headers()
                 .get("sec-websocket-protocol")

@@ -9,7 +9,8 @@
 //!   sees log names, entry ids and ciphertext only.
 //!
 //! Module map: [`client`] (the public [`Client`]), [`journal`] (the SQLite journal),
-//! [`connection`] (one WebSocket connection), `sync` (the background task).
+//! [`connection`] (one WebSocket connection), `sync` (the background task), [`v4`] (one
+//! Effect v4 connection, for v4 logs).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -50,6 +51,7 @@ pub mod connection;
 mod error;
 pub mod journal;
 mod sync;
+pub mod v4;
 
 pub use client::{
     Client, ClientBuilder, Delivered, EntryStream, NewEvent, Record, Status, SyncConfig, View,
@@ -58,4 +60,5 @@ pub use connection::{ConnectOptions, Connection, TokenPlacement};
 pub use error::Error;
 pub use journal::Journal;
 pub use sync::backoff;
+pub use v4::V4Connection;
 pub use wharf_protocol::{EffectIdentity, Entry, Grant, GrantKeyPair, Identity, ReadKey, Suite};

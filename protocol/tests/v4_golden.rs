@@ -409,6 +409,13 @@ fn every_vector_of_effect_4_1_0_encodes_and_decodes_byte_for_byte() {
                     assert_eq!(hex::encode(ours), hex::encode(&v.bytes), "{}", v.name);
                 }
             }
+            "Payload" => {
+                let ours = wharf_protocol::v4::payload::encode(val).expect("encodes");
+                assert_eq!(hex::encode(ours), hex::encode(&v.bytes), "{}", v.name);
+                let read =
+                    wharf_protocol::v4::payload::decode(&v.bytes, &["steps"]).expect("decodes");
+                assert_eq!(&read, val, "{}", v.name);
+            }
             "Identity" => identity(v),
             other => panic!("a vector of unknown schema {other}"),
         }

@@ -986,7 +986,7 @@ fn truncate_reason(mut reason: String) -> String {
     reason
 }
 
-fn capacity_error(e: &axum::Error) -> Option<String> {
+pub(crate) fn capacity_error(e: &axum::Error) -> Option<String> {
     let text = e.to_string();
     // axum wraps tungstenite's `Error::Capacity`; its message names the limit.
     (text.contains("Space limit exceeded")

@@ -206,6 +206,19 @@ add("Identity", "a root secret, its signed challenge and an encrypted batch", {
 }, encryptedBatch)
 add("AuthPayload", "the identity's", { remoteId, challenge, publicKey, signingPublicKey }, signed)
 
+// --- Event payloads: what an app's payload schema writes (the CLI and the viewer read and
+// write these without the schema) ------------------------------------------------------------
+const payloads = [
+  ["strings", Schema.Struct({ id: Schema.String, text: Schema.String }), { id: "n1", text: "hello" }],
+  ["every scalar", Schema.Struct({ id: Schema.String, done: Schema.Boolean, count: Schema.Number, score: Schema.Number, priority: Schema.Int }),
+    { id: "t", done: false, count: 42, score: 1.5, priority: -3 }],
+  ["nested and arrays", Schema.Struct({ title: Schema.String, author: Schema.Struct({ name: Schema.String }), tags: Schema.Array(Schema.String), steps: Schema.Array(Schema.Struct({ title: Schema.String, done: Schema.Boolean })) }),
+    { title: "plan", author: { name: "ada" }, tags: ["a", "b"], steps: [{ title: "one", done: true }, { title: "two", done: false }] }]
+]
+for (const [name, schema, value] of payloads) {
+  add("Payload", name, value, run(Schema.encodeEffect(SchemaBinary.toCodec(schema))(value)))
+}
+
 const text = JSON.stringify({ generator: "tests/effect-v4/vectors.mjs", effect: "4.1.0", vectors }, null, 1) + "\n"
 if (process.argv.includes("--check")) {
   const committed = fs.readFileSync(target, "utf8")

@@ -14,6 +14,7 @@ use wharf_client::{
     Client, Connection, EffectIdentity, Grant, Identity, NewEvent, ReadKey, Status,
 };
 use wharf_protocol::crypto::parse_public_key;
+use wharf_protocol::v4::V4Identity;
 use wharf_protocol::{payload, ClientMsg, Entry, RelayMsg};
 
 #[derive(Parser, Debug)]
@@ -35,8 +36,12 @@ enum Command {
     /// Make a new identity (a log and the keys to it).
     Keygen {
         /// An Effect v3 identity (AES-256-GCM, readable by Effect clients) instead of a native one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "effect_v4")]
         effect: bool,
+        /// An Effect v4 identity (`EventLog.encodeIdentityString`: a UUID and a root secret), for
+        /// `push --v4` and `tail --v4`; a v4 app's own identity string works the same.
+        #[arg(long)]
+        effect_v4: bool,
         /// Write it to this file (mode 0600) instead of stdout.
         #[arg(short, long)]
         out: Option<PathBuf>,
@@ -143,10 +148,24 @@ struct LogArgs {
     journal: JournalArgs,
 }
 
+/// Effect v4 logs: the identity is a v4 identity string, the log is (its publicKey, the store).
+#[derive(Args, Debug, Clone)]
+struct V4Args {
+    /// Read or write an Effect v4 log (`/v4/t/{tenant}`) with a v4 identity
+    /// (`wharf keygen --effect-v4`, or the app's `EventLog.encodeIdentityString`).
+    #[arg(long)]
+    v4: bool,
+    /// The v4 store id (Effect's `CurrentStoreId`).
+    #[arg(long, default_value = "default", requires = "v4")]
+    store: String,
+}
+
 #[derive(Args, Debug)]
 struct PushArgs {
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    v4: V4Args,
     /// Event name (without it, NDJSON lines {"event", "primaryKey", "payload"} are read from stdin).
     #[arg(long)]
     event: Option<String>,
@@ -189,6 +208,16 @@ struct TailArgs {
     /// identity's own log.
     #[arg(long)]
     grant: Option<String>,
+    #[command(flatten)]
+    v4: V4Args,
+    /// v4: payload field names to show by name (a v4 payload carries only their hashes; common
+    /// names like id, text or title are tried anyway).
+    #[arg(long, value_delimiter = ',', requires = "v4")]
+    fields: Vec<String>,
+    /// v4 without --follow: stop once nothing has arrived for this long (a v4 relay does not
+    /// say where a backlog ends).
+    #[arg(long, default_value = "2s", value_parser = humantime_duration, requires = "v4")]
+    idle: Duration,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -248,9 +277,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let out = Output { json: cli.json };
     match cli.command {
         Command::Keygen {
+            effect_v4: true,
+            out: file,
+            force,
+            ..
+        } => {
+            let identity = V4Identity::generate(&mut rand::rngs::OsRng);
+            emit_v4_identity(&out, &identity, file.as_deref(), force)?;
+        }
+        Command::Keygen {
             effect,
             out: file,
             force,
+            ..
         } => {
             let identity = if effect {
                 Identity::Effect(EffectIdentity::generate(&mut rand::rngs::OsRng))
@@ -527,6 +566,9 @@ async fn snapshot(out: &Output, args: SnapshotArgs) -> Result<ExitCode> {
 }
 
 async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
+    if args.v4.v4 {
+        return push_v4(out, args).await;
+    }
     let identity = load_identity(&args.log.identity)?;
     let log = identity.log().to_owned();
     let journal = journal_path(&args.log, &identity)?;
@@ -667,6 +709,16 @@ async fn push(out: &Output, args: PushArgs) -> Result<ExitCode> {
 }
 
 fn parse_event(line: &str) -> Result<NewEvent> {
+    let (event, primary_key, payload) = parse_event_json(line)?;
+    Ok(NewEvent {
+        event,
+        primary_key,
+        payload: payload::from_json(&payload)?,
+    })
+}
+
+/// An NDJSON event line: `{"event", "primaryKey"?, "payload"?}`.
+fn parse_event_json(line: &str) -> Result<(String, String, Value)> {
     let v: Value = serde_json::from_str(line).context("not JSON")?;
     let event = v
         .get("event")
@@ -681,11 +733,7 @@ fn parse_event(line: &str) -> Result<NewEvent> {
         .get("payload")
         .cloned()
         .unwrap_or(Value::Object(Default::default()));
-    Ok(NewEvent {
-        event: event.to_owned(),
-        primary_key: primary_key.to_owned(),
-        payload: payload::from_json(&payload)?,
-    })
+    Ok((event.to_owned(), primary_key.to_owned(), payload))
 }
 
 fn describe(status: &Status) -> String {
@@ -723,6 +771,9 @@ fn format_time(ms: u64) -> String {
 }
 
 async fn tail(out: &Output, args: TailArgs) -> Result<ExitCode> {
+    if args.v4.v4 {
+        return tail_v4(out, args).await;
+    }
     let identity = load_identity(&args.identity)?;
     let key: ReadKey = match &args.grant {
         Some(g) => {
@@ -971,4 +1022,219 @@ async fn status(out: &Output, args: &LogArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn load_v4_identity(args: &IdentityArgs) -> Result<V4Identity> {
+    let text = match (&args.identity, std::env::var("WHARF_IDENTITY")) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read identity file {}", path.display()))?,
+        (None, Ok(s)) if !s.trim().is_empty() => s,
+        _ => bail!("no identity: pass --identity FILE, or set WHARF_IDENTITY (make one with `wharf keygen --effect-v4`)"),
+    };
+    V4Identity::parse(&text).context("loading the v4 identity")
+}
+
+fn emit_v4_identity(
+    out: &Output,
+    identity: &V4Identity,
+    file: Option<&Path>,
+    force: bool,
+) -> Result<()> {
+    let text = identity.encode_string();
+    if let Some(path) = file {
+        write_secret(path, &format!("{text}\n"), force)?;
+    }
+    if out.json {
+        outln!(
+            "{}",
+            json!({"identity": file.is_none().then_some(&text), "publicKey": identity.public_key, "suite": "effect-v4", "file": file.map(|p| p.display().to_string())})
+        );
+    } else {
+        if file.is_none() {
+            outln!("{text}");
+        }
+        let w = &mut std::io::stderr();
+        let _ = writeln!(w, "publicKey: {}", identity.public_key);
+        let _ = writeln!(w, "suite:     effect-v4 (push --v4, tail --v4)");
+        if let Some(p) = file {
+            let _ = writeln!(w, "saved:     {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// Connects to the tenant's v4 endpoint and authenticates `identity` (signs the challenge).
+async fn open_v4(relay: &RelayArgs, identity: &V4Identity) -> Result<wharf_client::V4Connection> {
+    let mut conn = wharf_client::V4Connection::open(&connect_options(relay)).await?;
+    match conn.authenticate(identity).await? {
+        wharf_protocol::v4::Exit::Success(()) => Ok(conn),
+        wharf_protocol::v4::Exit::Failure(e) => bail!(
+            "the relay refused the identity {}: {}: {}",
+            identity.public_key,
+            e.code.as_str(),
+            e.message
+        ),
+        other => bail!("Authenticate failed: {other:?}"),
+    }
+}
+
+async fn push_v4(out: &Output, args: PushArgs) -> Result<ExitCode> {
+    let identity = load_v4_identity(&args.log.identity)?;
+    let mut lines: Vec<(String, String, Value)> = Vec::new();
+    if let Some(event) = &args.event {
+        let payload: Value =
+            serde_json::from_str(&args.payload).context("--payload is not JSON")?;
+        lines.push((
+            event.clone(),
+            args.primary_key.clone().unwrap_or_default(),
+            payload,
+        ));
+    } else {
+        if std::io::stdin().is_terminal() {
+            eprintln!("reading NDJSON events from stdin (Ctrl-D to end); or use --event");
+        }
+        for (n, line) in std::io::stdin().lock().lines().enumerate() {
+            let line = line.context("reading stdin")?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            lines.push(parse_event_json(&line).with_context(|| format!("stdin line {}", n + 1))?);
+        }
+    }
+    let events = lines
+        .into_iter()
+        .map(|(event, primary_key, payload)| {
+            let payload = wharf_protocol::v4::payload::encode(&payload)
+                .with_context(|| format!("event {event:?}: its payload"))?;
+            Ok(wharf_client::v4::V4Event {
+                event,
+                primary_key,
+                payload: payload.into(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let store = &args.v4.store;
+    let batches =
+        wharf_client::v4::encrypt_events(&identity, store, &events, &mut rand::rngs::OsRng)?;
+    let mut acked = Vec::new();
+    let mut conn = None;
+    if !batches.is_empty() {
+        let c = tokio::time::timeout(args.timeout, open_v4(&args.log.relay, &identity))
+            .await
+            .map_err(|_| anyhow!("connecting took longer than {:?}", args.timeout))??;
+        let conn = conn.insert(c);
+        // One request per 100 batches keeps each well under a frame.
+        for chunk in batches.chunks(100) {
+            let exit =
+                tokio::time::timeout(args.timeout, conn.write(&identity, store, chunk.to_vec()))
+                    .await
+                    .map_err(|_| anyhow!("no acknowledgement within {:?}", args.timeout))??;
+            match exit {
+                wharf_protocol::v4::Exit::Success(acks) => acked.extend(acks),
+                wharf_protocol::v4::Exit::Failure(e) => {
+                    bail!(
+                        "the relay refused the write: {}: {}",
+                        e.code.as_str(),
+                        e.message
+                    )
+                }
+                other => bail!("the write failed: {other:?}"),
+            }
+        }
+    }
+    if let Some(conn) = conn {
+        conn.close().await;
+    }
+    let sequences: Vec<u64> = acked.iter().map(|a| a.sequence).collect();
+    if out.json {
+        outln!(
+            "{}",
+            json!({"publicKey": identity.public_key, "store": store, "appended": events.len(), "acked": true, "sequences": sequences})
+        );
+    } else {
+        eprintln!(
+            "wrote {} events to {}/{store}; acknowledged at {}",
+            events.len(),
+            identity.public_key,
+            match (sequences.first(), sequences.last()) {
+                (Some(a), Some(b)) if a == b => format!("sequence {a}"),
+                (Some(a), Some(b)) => format!("sequences {a}..={b}"),
+                _ => "nothing (no events)".into(),
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tail_v4(out: &Output, args: TailArgs) -> Result<ExitCode> {
+    let identity = load_v4_identity(&args.identity)?;
+    let store = args.v4.store.clone();
+    let names: Vec<&str> = args.fields.iter().map(String::as_str).collect();
+    let mut next = args.from;
+    let mut attempt = 0u32;
+    loop {
+        let result = async {
+            let mut conn = open_v4(&args.relay, &identity).await?;
+            let stream = conn.changes(&identity.public_key, &store, next).await?;
+            loop {
+                let batches = if args.follow {
+                    conn.batches(&stream).await?
+                } else {
+                    match tokio::time::timeout(args.idle, conn.batches(&stream)).await {
+                        Ok(b) => b?,
+                        Err(_) => {
+                            conn.close().await;
+                            return Ok::<(), anyhow::Error>(());
+                        }
+                    }
+                };
+                let mut lock = std::io::stdout().lock();
+                for batch in &batches {
+                    let entries = match wharf_client::v4::decrypt_batch(&identity, &store, batch) {
+                        Ok(e) => e,
+                        Err(err) => {
+                            writeln!(lock, "{}", json!({"sequence": batch.sequence, "locked": true, "error": err.to_string()}))?;
+                            continue;
+                        }
+                    };
+                    for (sequence, entry) in entries {
+                        if sequence < next {
+                            continue;
+                        }
+                        next = sequence + 1;
+                        let payload = wharf_protocol::v4::payload::decode(&entry.payload, &names)
+                            .unwrap_or_else(|e| json!({"$error": e.to_string()}));
+                        if out.json {
+                            writeln!(lock, "{}", json!({
+                                "publicKey": identity.public_key,
+                                "store": store,
+                                "sequence": sequence,
+                                "id": uuid::Uuid::from_bytes(entry.id).to_string(),
+                                "event": entry.event,
+                                "primaryKey": entry.primary_key,
+                                "payload": payload,
+                            }))?;
+                        } else {
+                            writeln!(lock, "#{sequence:<6} {}  {}  {payload}", entry.event, entry.primary_key)?;
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(ExitCode::SUCCESS),
+            Err(e) if args.follow && is_transient(&e) => {
+                attempt += 1;
+                let delay = wharf_client::backoff(
+                    Duration::from_millis(100),
+                    Duration::from_secs(5),
+                    attempt,
+                );
+                eprintln!("connection lost ({e:#}); reconnecting in {delay:?}");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

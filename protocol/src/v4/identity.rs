@@ -95,6 +95,32 @@ impl V4Identity {
         }
     }
 
+    /// A new identity: a random UUID for its public key and a random root secret.
+    pub fn generate(rng: &mut impl rand_core::CryptoRngCore) -> Self {
+        let effect = crate::crypto::EffectIdentity::generate(rng);
+        Self::new(
+            effect.read_key().log().to_owned(),
+            *effect.read_key().key().as_bytes(),
+        )
+    }
+
+    /// Reads Effect's identity string (`EventLog.encodeIdentityString`): base64url of
+    /// `{"publicKey", "privateKey": base64 of the root secret}`. v3 identity strings have the
+    /// same form (their key is the AES key itself): which one a string is, its user says.
+    pub fn parse(s: &str) -> Result<Self, V4Error> {
+        let effect = crate::crypto::EffectIdentity::parse(s)
+            .map_err(|e| V4Error::Crypto(format!("not an Effect identity string: {e}")))?;
+        Ok(Self::new(
+            effect.read_key().log().to_owned(),
+            *effect.read_key().key().as_bytes(),
+        ))
+    }
+
+    /// Effect's identity string, as `EventLog.encodeIdentityString` writes it.
+    pub fn encode_string(&self) -> String {
+        crate::crypto::EffectIdentity::new(self.public_key.clone(), *self.secret).encode_string()
+    }
+
     pub fn secret(&self) -> &[u8; 32] {
         &self.secret
     }

@@ -7,6 +7,7 @@
 //! - [`eventlog`]: `Hello`, `Authenticate`, `WriteSingle`/`WriteChunked`, `Changes`, their
 //!   results, and the batch plaintext.
 //! - [`identity`]: the signed challenge, [`V4Identity`] and its AES-256-GCM batches.
+//! - [`payload`]: an event payload to and from JSON without its schema (tools, the viewer).
 //! - [`stored`]: how a relay keeps v4 logs beside v3 ones (storage keys, batches as rows,
 //!   pinned signing keys).
 //!
@@ -18,6 +19,7 @@ pub mod envelope;
 mod error;
 pub mod eventlog;
 pub mod identity;
+pub mod payload;
 pub mod stored;
 
 pub use binary::{field_id, variant_tag, DEFAULT_MODE, ENVELOPE_FINGERPRINT, FINGERPRINT_MODE};

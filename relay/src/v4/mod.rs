@@ -39,7 +39,7 @@ use wharf_protocol::EncryptedEntry;
 
 use crate::app::App;
 use crate::auth::{Grant, LogAction};
-use crate::session::{close_code, write_loop, Out, SessionInit};
+use crate::session::{capacity_error, close_code, write_loop, Out, SessionInit};
 use crate::tenant::{Acked, TenantError, TenantHandle};
 use wharf_store::Store;
 
@@ -212,10 +212,16 @@ impl Session {
                             ).await;
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                        Some(Err(e)) => {
-                            debug!(error = %e, "read failed");
-                            return Some((close_code::MESSAGE_TOO_BIG, format!("read failed: {e}")));
-                        }
+                        Some(Err(e)) => match capacity_error(&e) {
+                            Some(reason) => {
+                                self.app.metrics.closed_too_big.inc();
+                                return Some((close_code::MESSAGE_TOO_BIG, reason));
+                            }
+                            None => {
+                                debug!(error = %e, "read failed");
+                                return None;
+                            }
+                        },
                     };
                     self.throttle.charge_bytes(data.len());
                     self.app.metrics.received_bytes.inc_by(data.len() as u64);

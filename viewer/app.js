@@ -46,6 +46,8 @@ const state = {
 }
 
 const conn = { ws: null, want: false, attempt: 0, retryTimer: null, countdown: null, pingTimer: null, pingId: 0, awaitingPong: null, lastClose: "" }
+// The Effect v4 connection (/v4/t/{tenant}), opened when a v4 log is followed.
+const v4conn = { ws: null, attempt: 0, retryTimer: null, pingTimer: null }
 
 function logState(name) {
   let s = state.logs.get(name)
@@ -108,9 +110,11 @@ function connect() {
   $("where").textContent = `${$("relay").value.trim()} · ${$("tenant").value.trim()}`
   store.set("wharf.viewer.relay", { relay: $("relay").value.trim(), tenant: $("tenant").value.trim() })
   open()
+  for (const l of state.logs.values()) if (state.reader.isV4(l.name)) subscribe(l)
 }
 
 function disconnect() {
+  closeV4()
   conn.want = false
   clearTimeout(conn.retryTimer)
   clearInterval(conn.countdown)
@@ -193,6 +197,7 @@ function startPings() {
 }
 
 function subscribe(l) {
+  if (state.reader.isV4(l.name)) return subscribeV4(l)
   if (!conn.ws || state.remoteId === null || !l.follow) return
   l.subscribed = true
   l.caughtUp = false
@@ -208,8 +213,90 @@ function subscribe(l) {
 }
 
 function unsubscribe(l) {
+  if (state.reader.isV4(l.name)) {
+    if (l.subscribed) for (const f of state.reader.v4Stop(l.name)) sendV4(f)
+    return Object.assign(l, { subscribed: false, caughtUp: false, probing: false })
+  }
   if (l.subscribed) send(encodeStopChanges(l.name))
   Object.assign(l, { subscribed: false, caughtUp: false, probing: false })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Effect v4 logs: one more WebSocket to /v4/t/{tenant}. Each log's identity signs the relay's
+// challenge (the grant carries its secret), then its Changes stream is followed; the wasm
+// Reader keeps the RPC state and says what to send.
+
+function v4Url() {
+  const base = $("relay").value.trim().replace(/\/+$/, "")
+  return `${base}/v4/t/${encodeURIComponent($("tenant").value.trim())}`
+}
+
+function sendV4(bytes) {
+  if (v4conn.ws && v4conn.ws.readyState === WebSocket.OPEN) v4conn.ws.send(bytes)
+}
+
+function subscribeV4(l) {
+  if (!conn.want || !l.follow || (l.subscribed && v4conn.ws)) return
+  l.subscribed = true
+  l.caughtUp = false
+  if (!v4conn.ws) return openV4()
+  if (v4conn.ws.readyState === WebSocket.OPEN) for (const f of state.reader.v4Follow(l.name, l.next ?? 0)) sendV4(f)
+}
+
+function openV4() {
+  clearTimeout(v4conn.retryTimer)
+  let ws
+  try {
+    ws = new WebSocket(v4Url(), subprotocols())
+  } catch (e) {
+    return setStatus("error", "Invalid address", String(e.message ?? e))
+  }
+  ws.binaryType = "arraybuffer"
+  v4conn.ws = ws
+  ws.onopen = () => {
+    v4conn.attempt = 0
+    state.reader.v4Reset()
+    for (const l of state.logs.values()) {
+      if (l.subscribed && state.reader.isV4(l.name)) for (const f of state.reader.v4Follow(l.name, l.next ?? 0)) sendV4(f)
+    }
+    clearInterval(v4conn.pingTimer)
+    v4conn.pingTimer = setInterval(() => sendV4(state.reader.v4Ping()), 5000)
+  }
+  ws.onmessage = (ev) => onV4Message(new Uint8Array(ev.data))
+  ws.onclose = (ev) => {
+    clearInterval(v4conn.pingTimer)
+    v4conn.ws = null
+    if (!conn.want) return
+    v4conn.attempt += 1
+    const delay = 250 + Math.random() * Math.min(10_000, 250 * 2 ** Math.min(v4conn.attempt, 10))
+    v4conn.retryTimer = setTimeout(openV4, delay)
+    if (ev.code === 1008) setStatus("error", "Refused by the relay · check the token", `v4: ${ev.code}: ${ev.reason}`)
+  }
+}
+
+function closeV4() {
+  clearTimeout(v4conn.retryTimer)
+  clearInterval(v4conn.pingTimer)
+  if (v4conn.ws) { const ws = v4conn.ws; v4conn.ws = null; ws.onclose = null; ws.close(1000) }
+}
+
+function onV4Message(bytes) {
+  state.stats.frames += 1
+  const t0 = performance.now()
+  const out = state.reader.v4Handle(bytes)
+  state.stats.decryptMs += performance.now() - t0
+  for (const f of out.send) sendV4(f)
+  for (const { log, rows } of out.rows) {
+    const l = state.logs.get(log)
+    if (!l || !l.subscribed) continue
+    addRows(l, rows)
+    l.caughtUp = true
+  }
+  for (const e of out.errors) {
+    conn.lastClose = e.log ? `${e.log}: ${e.message}` : e.message
+    setStatus("error", "Effect v4 log refused", conn.lastClose)
+  }
+  if (out.rows.length) updateProgressStatus()
 }
 
 function onFrame(bytes) {

@@ -18,7 +18,7 @@ use wharf_protocol::v4::{
 };
 
 use crate::connection::{dial, redacted, ConnectOptions};
-use crate::Error;
+use crate::error::Error;
 
 fn v4(e: V4Error) -> Error {
     Error::Protocol(e.to_string())

@@ -61,7 +61,8 @@ export class GrantKeys {
 if (Symbol.dispose) GrantKeys.prototype[Symbol.dispose] = GrantKeys.prototype.free;
 
 /**
- * The viewer's protocol state: keys by log name and chunk reassembly.
+ * The viewer's protocol state: keys by log name and chunk reassembly, and the Effect v4
+ * connection's state for v4 logs.
  */
 export class Reader {
     __destroy_into_raw() {
@@ -128,11 +129,76 @@ export class Reader {
         }
         return takeFromExternrefTable0(ret[0]);
     }
+    /**
+     * Whether `log` is an Effect v4 log (read over `/v4/t/{tenant}` with the `v4*` methods).
+     * @param {string} log
+     * @returns {boolean}
+     */
+    isV4(log) {
+        const ptr0 = passStringToWasm0(log, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.reader_isV4(this.__wbg_ptr, ptr0, len0);
+        return ret !== 0;
+    }
     constructor() {
         const ret = wasm.reader_new();
         this.__wbg_ptr = ret;
         ReaderFinalization.register(this, this.__wbg_ptr, this);
         return this;
+    }
+    /**
+     * Follows a v4 log from `from`: the frames to send now (Hello, unless another log is
+     * authenticating, in which case it comes after).
+     * @param {string} log
+     * @param {number} from
+     * @returns {Array<any>}
+     */
+    v4Follow(log, from) {
+        const val2 = +from;
+        const ptr0 = passStringToWasm0(log, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.reader_v4Follow(this.__wbg_ptr, ptr0, len0, val2);
+        return ret;
+    }
+    /**
+     * Reads a message of the v4 connection. Returns `{send: [frames to send], rows: [{log,
+     * rows}], errors: [{log (null: the connection), message}]}`; rows as `handle` gives them.
+     * @param {Uint8Array | number[]} message
+     * @returns {object}
+     */
+    v4Handle(message) {
+        const ptr0 = passArray8ToWasm0(message, wasm.__wbindgen_malloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.reader_v4Handle(this.__wbg_ptr, ptr0, len0);
+        if (ret[2]) {
+            throw takeFromExternrefTable0(ret[1]);
+        }
+        return takeFromExternrefTable0(ret[0]);
+    }
+    /**
+     * `Ping` on the v4 connection.
+     * @returns {Uint8Array}
+     */
+    v4Ping() {
+        const ret = wasm.reader_v4Ping(this.__wbg_ptr);
+        return ret;
+    }
+    /**
+     * A new v4 connection: forget what the last one had pending.
+     */
+    v4Reset() {
+        wasm.reader_v4Reset(this.__wbg_ptr);
+    }
+    /**
+     * Stops following a v4 log: the frames to send (an `Interrupt` of its stream).
+     * @param {string} log
+     * @returns {Array<any>}
+     */
+    v4Stop(log) {
+        const ptr0 = passStringToWasm0(log, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.reader_v4Stop(this.__wbg_ptr, ptr0, len0);
+        return ret;
     }
 }
 if (Symbol.dispose) Reader.prototype[Symbol.dispose] = Reader.prototype.free;
@@ -185,6 +251,10 @@ function __wbg_get_imports() {
         __wbg___wbindgen_throw_4c88d8bf264fd984: function(arg0, arg1) {
             throw new Error(getStringFromWasm0(arg0, arg1));
         },
+        __wbg_new_37eb45aaf5eeb820: function() {
+            const ret = new Array();
+            return ret;
+        },
         __wbg_new_cd4348290afae586: function() {
             const ret = new Object();
             return ret;
@@ -199,6 +269,10 @@ function __wbg_get_imports() {
         },
         __wbg_of_027eb15371aac932: function(arg0) {
             const ret = Array.of(arg0);
+            return ret;
+        },
+        __wbg_push_c9f4893fc209f768: function(arg0, arg1) {
+            const ret = arg0.push(arg1);
             return ret;
         },
         __wbg_set_2793479888329cb6: function() { return handleError(function (arg0, arg1, arg2) {

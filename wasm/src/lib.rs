@@ -1,16 +1,23 @@
 //! `wharf-wasm`: what the browser viewer needs from `wharf-protocol`, as wasm-bindgen bindings.
 //! Read-only by construction: it decodes relay frames, encodes only the messages a reader sends
-//! (`RequestChanges`, `StopChanges`, `Ping`), and decrypts entries and snapshots; it cannot build
-//! a `WriteEntries` or a `WriteSnapshot`.
+//! (`RequestChanges`, `StopChanges`, `Ping`; for Effect v4 logs `Hello`, `Authenticate`,
+//! `Changes`, `Ack`, `Ping`), and decrypts entries and snapshots; it cannot build a
+//! `WriteEntries`, a `WriteSnapshot` or a v4 write.
 //!
 //! The logic lives in plain Rust ([`Reader`], [`Row`]), tested natively; the `#[wasm_bindgen]`
 //! layer only converts to JavaScript values.
+
+mod row;
+mod v4;
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use js_sys::{Array, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
+
+use row::entry_id;
+pub use row::{Opened, Row};
 use wharf_protocol::{
     payload, ClientMsg, Entry, Grant, GrantKeyPair, Inbound, JsNumber, ReadKey, ReassemblerLimits,
     RelayMsg, RemoteEntry, SnapshotEntry,
@@ -18,30 +25,6 @@ use wharf_protocol::{
 
 /// The cipher of snapshots (whatever the log's entry suite).
 const SNAPSHOT_SUITE: &str = "xchacha20poly1305";
-
-/// One entry as the viewer shows it: decrypted, or locked with what is visible without a key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub sequence: u64,
-    /// The writer's clock (ms since the epoch), from the UUIDv7 entry id.
-    pub time_ms: u64,
-    pub entry_id: String,
-    /// Bytes stored on the relay.
-    pub size: usize,
-    pub suite: &'static str,
-    pub content: Result<Opened, String>,
-    /// `Some(s)`: the entry was kept by a snapshot covering every entry up to and including `s`
-    /// (its `size` is then the plaintext's); `None`: an entry from `Changes`.
-    pub snapshot: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Opened {
-    pub event: String,
-    pub primary_key: String,
-    /// The payload rendered as JSON text.
-    pub payload: String,
-}
 
 /// A relay message, reduced to what the viewer acts on.
 #[derive(Debug, Clone, PartialEq)]
@@ -244,13 +227,6 @@ fn opened(entry: Entry) -> Opened {
     }
 }
 
-/// A v3 entry id is 16 bytes, shown as a UUID; anything else is shown as hex.
-fn entry_id(id: &[u8]) -> String {
-    uuid::Uuid::from_slice(id)
-        .map(|u| u.to_string())
-        .unwrap_or_else(|_| hex::encode(id))
-}
-
 // ---------------------------------------------------------------------------------------------
 // JavaScript bindings
 
@@ -287,11 +263,21 @@ fn row_to_js(r: &Row) -> Result<Object, JsError> {
     Ok(o)
 }
 
-/// The viewer's protocol state: keys by log name and chunk reassembly.
+/// The viewer's protocol state: keys by log name and chunk reassembly, and the Effect v4
+/// connection's state for v4 logs.
 #[wasm_bindgen(js_name = Reader)]
 #[derive(Debug, Default)]
 pub struct JsReader {
     inner: Reader,
+    v4: v4::V4Reader,
+}
+
+fn bytes_array(frames: Vec<Vec<u8>>) -> Array {
+    let arr = Array::new_with_length(frames.len() as u32);
+    for (i, f) in frames.iter().enumerate() {
+        arr.set(i as u32, Uint8Array::from(f.as_slice()).into());
+    }
+    arr
 }
 
 #[wasm_bindgen(js_class = Reader)]
@@ -309,7 +295,74 @@ impl JsReader {
             .inner
             .open(&grant)
             .map_err(|e| JsError::new(&e.to_string()))?;
+        // A v4 grant names its log `v4:publicKey/storeId` and carries the identity's secret.
+        self.v4.add(key.log(), *key.key().as_bytes());
         Ok(self.inner.add_key(key))
+    }
+
+    /// Whether `log` is an Effect v4 log (read over `/v4/t/{tenant}` with the `v4*` methods).
+    #[wasm_bindgen(js_name = isV4)]
+    pub fn is_v4(&self, log: &str) -> bool {
+        self.v4.has(log)
+    }
+
+    /// A new v4 connection: forget what the last one had pending.
+    #[wasm_bindgen(js_name = v4Reset)]
+    pub fn v4_reset(&mut self) {
+        self.v4.reset();
+    }
+
+    /// Follows a v4 log from `from`: the frames to send now (Hello, unless another log is
+    /// authenticating, in which case it comes after).
+    #[wasm_bindgen(js_name = v4Follow)]
+    pub fn v4_follow(&mut self, log: &str, from: f64) -> Array {
+        bytes_array(self.v4.follow(log, from.max(0.0) as u64))
+    }
+
+    /// Stops following a v4 log: the frames to send (an `Interrupt` of its stream).
+    #[wasm_bindgen(js_name = v4Stop)]
+    pub fn v4_stop(&mut self, log: &str) -> Array {
+        bytes_array(self.v4.stop(log))
+    }
+
+    /// `Ping` on the v4 connection.
+    #[wasm_bindgen(js_name = v4Ping)]
+    pub fn v4_ping(&self) -> Uint8Array {
+        Uint8Array::from(v4::V4Reader::ping().as_slice())
+    }
+
+    /// Reads a message of the v4 connection. Returns `{send: [frames to send], rows: [{log,
+    /// rows}], errors: [{log (null: the connection), message}]}`; rows as `handle` gives them.
+    #[wasm_bindgen(js_name = v4Handle)]
+    pub fn v4_handle(&mut self, message: &[u8]) -> Result<Object, JsError> {
+        let actions = self.v4.handle(message);
+        let o = Object::new();
+        set(&o, "send", bytes_array(actions.send))?;
+        let rows = Array::new();
+        for (log, rs) in &actions.rows {
+            let entry = Object::new();
+            set(&entry, "log", log.as_str())?;
+            let arr = Array::new_with_length(rs.len() as u32);
+            for (i, r) in rs.iter().enumerate() {
+                arr.set(i as u32, row_to_js(r)?.into());
+            }
+            set(&entry, "rows", arr)?;
+            rows.push(&entry);
+        }
+        set(&o, "rows", rows)?;
+        let errors = Array::new();
+        for (log, message) in &actions.errors {
+            let e = Object::new();
+            set(
+                &e,
+                "log",
+                log.as_deref().map_or(JsValue::NULL, JsValue::from_str),
+            )?;
+            set(&e, "message", message.as_str())?;
+            errors.push(&e);
+        }
+        set(&o, "errors", errors)?;
+        Ok(o)
     }
 
     /// Decodes one binary frame. Returns `{type, ...}`: `Hello{remoteId}`,

@@ -77,6 +77,11 @@ enum Command {
         /// The tenant the link opens (with --viewer).
         #[arg(long, env = "WHARF_TENANT")]
         tenant: Option<String>,
+        /// Grant an Effect v4 log (the identity is a v4 identity string). Effect v4 reads need
+        /// the identity's signature, so the grant carries its root secret: whoever opens it
+        /// could also write (the viewer never does).
+        #[command(flatten)]
+        v4: V4Args,
     },
 }
 
@@ -327,11 +332,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             to,
             viewer,
             tenant,
+            v4,
         } => {
-            let identity = load_identity(&identity)?;
             let recipient = parse_public_key(&to)?;
-            let grant =
-                Grant::seal(identity.read_key(), &recipient, &mut rand::rngs::OsRng)?.to_string();
+            let key = if v4.v4 {
+                let id = load_v4_identity(&identity)?;
+                ReadKey::new(
+                    wharf_protocol::v4::stored::log_key(&id.public_key, &v4.store),
+                    wharf_protocol::crypto::EntryKey::from_bytes(*id.secret()),
+                )
+            } else {
+                load_identity(&identity)?.read_key().clone()
+            };
+            let grant = Grant::seal(&key, &recipient, &mut rand::rngs::OsRng)?.to_string();
             let link = viewer.map(|v| {
                 let mut fragment = url::form_urlencoded::Serializer::new(String::new());
                 if let Some(t) = &tenant {
@@ -343,14 +356,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if out.json {
                 outln!(
                     "{}",
-                    json!({"log": identity.log(), "grant": grant, "viewer": link})
+                    json!({"log": key.log(), "grant": grant, "viewer": link})
                 );
             } else {
                 outln!("{grant}");
                 if let Some(link) = link {
                     eprintln!("viewer link: {link}");
                 }
-                eprintln!("grants read access to log {} to {to}", identity.log());
+                eprintln!("grants read access to log {} to {to}", key.log());
             }
         }
     }

@@ -118,12 +118,10 @@ fn upgrade(
     let config = &app.config;
     let conn = app.conn_ids.fetch_add(1, Ordering::Relaxed);
     app.metrics.connections.inc();
-    let offered: &[&str] = match protocol {
-        Protocol::V3 => &[EXTENSION_SUBPROTOCOL],
-        Protocol::V4 => &[],
-    };
+    // On /v4 `wharf.v1` means nothing, but a browser that offers subprotocols (to carry a
+    // token) fails the upgrade unless one is chosen: the viewer offers it on both.
     let response = ws
-        .protocols(offered.iter().copied())
+        .protocols([EXTENSION_SUBPROTOCOL])
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
         // tungstenite allocates its read buffer up front (128 KiB by default), per connection;

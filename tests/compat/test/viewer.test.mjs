@@ -182,3 +182,36 @@ test("jump to a sequence and scroll back through history with a bounded window",
   assert.deepEqual(await range(), [400, 599, 200])
   assert.equal(id.suite, "xchacha20poly1305")
 })
+
+test("the viewer reads an Effect v4 log live, with a v4 grant, and never writes", async () => {
+  const file = join(dir, "v4.id")
+  const id = JSON.parse(await wharf(["keygen", "--effect-v4", "--json", "-o", file]))
+  const v4 = (args, input) => cli([...args, "--v4", "-i", file], input)
+  const notes = Array.from({ length: 12 }, (_, i) =>
+    JSON.stringify({ event: "NoteAdded", primaryKey: `n${i}`, payload: { id: `n${i}`, text: `note ${i}`, count: i } })).join("\n")
+  await v4(["push"], notes + "\n")
+
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } })
+  const errors = []
+  page.on("pageerror", (e) => errors.push(e.message))
+  const sent = []
+  page.on("websocket", (ws) => { if (ws.url().includes("/v4/")) ws.on("framesent", (f) => sent.push(Buffer.from(f.payload))) })
+  await page.goto(`${relay.http}/viewer/`)
+  await page.waitForFunction(() => /^[A-Za-z0-9_-]{43}$/.test((document.querySelector("#pubkey")?.textContent ?? "").trim()))
+  const publicKey = (await page.locator("#pubkey").textContent()).trim()
+  const grant = JSON.parse(await wharf(["grant", "--json", "--v4", "-i", file, "--to", publicKey])).grant
+  await page.goto(`${relay.http}/viewer/#${new URLSearchParams({ tenant, grant, token: viewerToken })}`)
+  const log = `v4:${id.publicKey}/default`
+  await page.waitForFunction((log) => window.wharfViewer?.state.rows.filter((r) => r.log === log).length === 12, log, { timeout: 20_000 })
+  const rows = await page.evaluate((log) => window.wharfViewer.state.rows.filter((r) => r.log === log).map((r) => ({ seq: r.sequence, event: r.event, key: r.primaryKey, locked: r.locked, suite: r.suite, payload: r.payload })), log)
+  assert.deepEqual(rows.map((r) => r.seq), [...Array(12).keys()])
+  assert.ok(rows.every((r) => !r.locked && r.suite === "effect-v4" && r.event === "NoteAdded"))
+  assert.deepEqual(JSON.parse(rows[7].payload), { id: "n7", text: "note 7", count: 7 })
+  // Live: a new event reaches the page.
+  await v4(["push", "--event", "NoteAdded", "--key", "live", "--payload", JSON.stringify({ id: "live", text: "arrived live" })])
+  await page.waitForFunction((log) => window.wharfViewer.state.rows.some((r) => r.log === log && r.primaryKey === "live"), log, { timeout: 10_000 })
+  // Read-only: the v4 socket carried Hello, Authenticate, Changes, Acks and Pings, never a write.
+  assert.ok(sent.length > 0)
+  for (const frame of sent) assert.ok(!frame.includes(Buffer.from("EventLog.Write")), "no write left the page")
+  assert.deepEqual(errors, [])
+})

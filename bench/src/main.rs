@@ -1,4 +1,5 @@
-//! `wharf-bench`: Wharf and Effect's own v3 servers, side by side, over the same wire protocol.
+//! `wharf-bench`: Wharf and Effect's own servers (v3, and 4.x on `/v4`), side by side, over the
+//! same wire protocols.
 //!
 //! Each server runs as a child process pinned to one core; this load generator pins itself to
 //! the other. Every scenario gets a fresh server; rounds alternate the order of the servers;
@@ -6,7 +7,7 @@
 //!
 //! ```text
 //! cargo build --release -p wharf-relay -p wharf-bench
-//! (cd bench/effect && npm ci)
+//! (cd bench/effect && npm ci) && (cd bench/effect-v4 && npm ci)
 //! target/release/wharf-bench                      # full run, ~15 min: writes target/bench/
 //! target/release/wharf-bench --docs docs/benchmarks.md
 //! target/release/wharf-bench --smoke              # seconds; what CI runs
@@ -16,6 +17,7 @@ mod report;
 mod scenarios;
 mod servers;
 mod sys;
+mod v4;
 mod wire;
 
 use std::path::PathBuf;
@@ -31,19 +33,22 @@ use crate::servers::{Kind, Programs, Server};
 #[derive(Parser, Debug)]
 #[command(
     name = "wharf-bench",
-    about = "Wharf against Effect's v3 servers, over the wire"
+    about = "Wharf against Effect's own servers (v3 and v4), over the wire"
 )]
 struct Cli {
-    /// Servers to measure: any of wharf, effect-memory, effect-sql.
+    /// Servers to measure: any of wharf, effect-memory, effect-sql (Effect v3), effect-v4-memory,
+    /// effect-v4-sql (Effect 4.x). The `v4-` scenarios run on Wharf's /v4 endpoint and the v4
+    /// servers, the others on Wharf's /t endpoint and the v3 servers.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "wharf,effect-memory,effect-sql"
+        default_value = "wharf,effect-memory,effect-sql,effect-v4-memory,effect-v4-sql"
     )]
     servers: Vec<String>,
     /// Scenarios to run (default: all): serial, pipelined-1x8, concurrent-64, pipelined-100x8,
     /// tenants, fanout-lockstep, fanout-flat, catchup-small, catchup-large, idle,
-    /// active-tenants, cold-open.
+    /// active-tenants, cold-open, hibernated-tenants, v4-serial, v4-pipelined-1x8, v4-fanout,
+    /// v4-catchup.
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Rounds (medians and spread are over these).
@@ -67,6 +72,9 @@ struct Cli {
     /// Effect's server script [default: bench/effect/server.mjs of this repository].
     #[arg(long)]
     effect_server: Option<PathBuf>,
+    /// Effect v4's server script [default: bench/effect-v4/server.mjs of this repository].
+    #[arg(long)]
+    effect_v4_server: Option<PathBuf>,
     /// Where servers keep their data (the disk under test) [default: the system temp dir].
     #[arg(long)]
     data: Option<PathBuf>,
@@ -89,6 +97,10 @@ const ALL: &[&str] = &[
     "active-tenants",
     "cold-open",
     "hibernated-tenants",
+    "v4-serial",
+    "v4-pipelined-1x8",
+    "v4-fanout",
+    "v4-catchup",
 ];
 
 /// A Wharf tenant with no connections closes its database after this long.
@@ -165,6 +177,9 @@ fn main() -> Result<()> {
             .effect_server
             .clone()
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("effect/server.mjs")),
+        effect_v4_server: cli.effect_v4_server.clone().unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("effect-v4/server.mjs")
+        }),
         cpu: 0,
     };
     if !programs.relay.exists() {
@@ -173,7 +188,26 @@ fn main() -> Result<()> {
             programs.relay.display()
         );
     }
-    if kinds.iter().any(|k| *k != Kind::Wharf)
+    if kinds
+        .iter()
+        .any(|k| matches!(k, Kind::EffectV4Memory | Kind::EffectV4Sql))
+        && !programs
+            .effect_v4_server
+            .with_file_name("node_modules")
+            .exists()
+    {
+        bail!(
+            "Effect v4's server needs its packages: (cd {} && npm ci)",
+            programs
+                .effect_v4_server
+                .parent()
+                .unwrap_or(&programs.effect_v4_server)
+                .display()
+        );
+    }
+    if kinds
+        .iter()
+        .any(|k| matches!(k, Kind::EffectMemory | Kind::EffectSql))
         && !programs
             .effect_server
             .with_file_name("node_modules")
@@ -214,6 +248,11 @@ fn main() -> Result<()> {
             for kind in order {
                 let mut kib_per_connection = 0.0;
                 for scenario in &scenarios {
+                    // Each protocol's scenarios run on the servers that speak it.
+                    let v4 = scenario.starts_with("v4-");
+                    if (v4 && !kind.speaks_v4()) || (!v4 && !kind.speaks_v3()) {
+                        continue;
+                    }
                     let wharf_only = ["cold-open", "hibernated-tenants"];
                     if wharf_only.contains(&scenario.as_str()) && kind != Kind::Wharf {
                         if round == 0 {
@@ -303,6 +342,10 @@ async fn run(
             scenarios::hibernated_tenants(server, z, HIBERNATED_AFTER).await?,
             None,
         ),
+        "v4-serial" => (v4::serial(server, z).await?, None),
+        "v4-pipelined-1x8" => (v4::pipelined(server, z).await?, None),
+        "v4-fanout" => (v4::fanout(server, z).await?, None),
+        "v4-catchup" => (v4::catch_up(server, z, z.catch_up[0]).await?, None),
         other => bail!("unknown scenario {other}"),
     })
 }

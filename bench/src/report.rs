@@ -229,6 +229,38 @@ const ROWS: &[Row] = &[
         higher_is_better: false,
         target: "",
     },
+    Row {
+        scenario: "v4-serial",
+        title: "v4: write, batch 1, one at a time",
+        figure: "entries_per_s",
+        unit: "entries/s",
+        higher_is_better: true,
+        target: "reported against fdatasync/s",
+    },
+    Row {
+        scenario: "v4-pipelined-1x8",
+        title: "v4: write, batch 1, 8 in flight, 1 connection",
+        figure: "entries_per_s",
+        unit: "entries/s",
+        higher_is_better: true,
+        target: "≥ 2 × Effect v4 memory",
+    },
+    Row {
+        scenario: "v4-fanout",
+        title: "v4: fanout, delivery p99",
+        figure: "delivery_p99_ms",
+        unit: "ms",
+        higher_is_better: false,
+        target: "≤ ½ × Effect v4 memory",
+    },
+    Row {
+        scenario: "v4-catchup",
+        title: "v4: catch-up, all entries",
+        figure: "all_ms",
+        unit: "ms",
+        higher_is_better: false,
+        target: "≤ ½ × Effect v4 memory",
+    },
 ];
 
 fn fmt_num(v: f64) -> String {
@@ -258,11 +290,16 @@ fn verdict(r: &Results, row: &Row) -> Option<bool> {
     let sql = r
         .stat(row.scenario, Kind::EffectSql, row.figure)
         .map(|s| s.median);
+    let v4mem = r
+        .stat(row.scenario, Kind::EffectV4Memory, row.figure)
+        .map(|s| s.median);
     Some(match (row.scenario, row.figure) {
         ("serial", "entries_per_s") => {
             w >= 0.8 * r.fdatasync()? && sql.is_none_or(|s| w >= 3.0 * s)
         }
         ("pipelined-1x8", _) => w >= 1.5 * mem?,
+        ("v4-pipelined-1x8", _) => w >= 2.0 * v4mem?,
+        ("v4-fanout", _) | ("v4-catchup", _) => 2.0 * w <= v4mem?,
         ("concurrent-64", _) => w >= 25_000.0,
         ("pipelined-100x8", _) => w >= 2.0 * mem?,
         ("tenants", _) => w >= 15_000.0,
@@ -389,8 +426,8 @@ const COLORS: [RGBColor; 3] = [
 fn color(k: Kind) -> RGBColor {
     match k {
         Kind::Wharf => COLORS[0],
-        Kind::EffectMemory => COLORS[1],
-        Kind::EffectSql => COLORS[2],
+        Kind::EffectMemory | Kind::EffectV4Memory => COLORS[1],
+        Kind::EffectSql | Kind::EffectV4Sql => COLORS[2],
     }
 }
 

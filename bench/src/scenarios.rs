@@ -40,15 +40,15 @@ pub struct Sizes {
     pub awake_tenants: usize,
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn histogram() -> Result<Histogram<u64>> {
+pub(crate) fn histogram() -> Result<Histogram<u64>> {
     Ok(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?)
 }
 
-fn percentiles(figures: &mut Figures, prefix: &str, h: &Histogram<u64>) {
+pub(crate) fn percentiles(figures: &mut Figures, prefix: &str, h: &Histogram<u64>) {
     for (name, q) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
         figures.insert(
             format!("{prefix}{name}_ms"),

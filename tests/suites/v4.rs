@@ -765,3 +765,121 @@ async fn on_postgres_batches_and_pins_hold_across_relays() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+async fn admin(
+    relay: &TestRelay,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(&body).expect("json")
+    };
+    let answer = wharf_tests::http_request(
+        relay.addr,
+        method,
+        path,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+    .expect("admin request");
+    (
+        answer.status,
+        serde_json::from_slice(&answer.body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn retention_cuts_whole_batches_and_spares_the_pins_and_quotas_refuse_whole_batches() {
+    let relay = TestRelay::start_with(|c| c.quota.max_bytes = Some(200_000)).await;
+    let url = v4_url(&relay, "acme");
+    // Five identities pinned (more than the retention below keeps of any log).
+    let ids: Vec<_> = (0..5).map(|_| identity()).collect();
+    let mut c = V4Client::connect(&url).await.expect("connect");
+    for id in &ids {
+        assert!(matches!(
+            c.authenticate(id).await.expect("auth"),
+            Exit::Success(())
+        ));
+    }
+    let id = &ids[0];
+    let written: Vec<_> = (0..4).map(|_| batch(id, "default", 2, 10)).collect();
+    for (i, b) in written.iter().enumerate() {
+        let at = 2 * i as u64;
+        assert_eq!(
+            acks(c.write(id, "default", vec![b.clone()]).await.expect("w")),
+            vec![at, at + 1]
+        );
+    }
+    // Keep 3 entries a log: sequences 5, 6, 7 stay; 5 is the second half of a batch whose first
+    // half is gone, so readers get the batch at 6 only.
+    let (status, body) = admin(
+        &relay,
+        "PUT",
+        "/admin/v1/tenants/acme/settings",
+        serde_json::json!({"retention": {"max_entries": 3}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, report) = admin(
+        &relay,
+        "POST",
+        "/admin/v1/tenants/acme/retention",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    let mut r = V4Client::connect(&url).await.expect("connect");
+    r.authenticate(id).await.expect("auth");
+    let s = r
+        .changes(&id.public_key, "default", 0)
+        .await
+        .expect("changes");
+    assert_eq!(
+        r.batches(&s).await.expect("batches"),
+        vec![RemoteBatch {
+            sequence: 6,
+            batch: written[3].clone()
+        }]
+    );
+    // Every pin survived: no other key can take any of the identities.
+    for id in &ids {
+        assert!(
+            impostor_refused(&url, &id.public_key).await,
+            "{}'s pin was kept",
+            id.public_key
+        );
+    }
+
+    // Over the byte quota: the batch that would pass it is refused whole (nothing of it is
+    // stored); a batch before it in the same request is stored, and the client's retry of the
+    // request is acked there, as any retry is.
+    let small = batch(id, "default", 1, 10);
+    let big = batch(id, "default", 1, 300_000);
+    let refused = c
+        .write(id, "default", vec![small.clone(), big.clone()])
+        .await
+        .expect("w");
+    assert_eq!(failure_code(refused), ErrorCode::InvalidRequest);
+    let refused = c
+        .write(id, "default", vec![small.clone(), big])
+        .await
+        .expect("w");
+    assert_eq!(failure_code(refused), ErrorCode::InvalidRequest);
+    assert_eq!(
+        acks(c.write(id, "default", vec![small]).await.expect("w")),
+        vec![8]
+    );
+    assert_eq!(
+        acks(
+            c.write(id, "default", vec![batch(id, "default", 1, 10)])
+                .await
+                .expect("w")
+        ),
+        vec![9]
+    );
+    relay.shutdown().await;
+}

@@ -32,6 +32,10 @@ impl Writer {
                 .await?;
         let mut budget = RetainBudget::new(budget);
         for (log_id, public_key) in logs {
+            // The signing keys pinned for v4 identities are not history: never deleted.
+            if public_key == wharf_protocol::v4::stored::PINS_LOG {
+                continue;
+            }
             let mut tx = self.pool.begin().await?;
             let row: Option<(i64, i64, i64)> = sqlx::query_as(
                 "SELECT first_seq, next_seq, bytes FROM logs WHERE id = $1 FOR NO KEY UPDATE",

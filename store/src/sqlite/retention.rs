@@ -47,6 +47,10 @@ impl Writer {
             .unwrap_or(0);
         let mut budget = RetainBudget::new(budget);
         for (log_id, public_key, first, bytes) in logs {
+            // The signing keys pinned for v4 identities are not history: never deleted.
+            if public_key == wharf_protocol::v4::stored::PINS_LOG {
+                continue;
+            }
             let first = to_u64(first);
             let Some(window) = budget.window(first) else {
                 break;

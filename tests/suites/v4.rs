@@ -883,3 +883,48 @@ async fn retention_cuts_whole_batches_and_spares_the_pins_and_quotas_refuse_whol
     );
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn open_chunked_writes_are_bounded_together_per_connection() {
+    let relay = TestRelay::start_with(|c| c.max_message_bytes = 1 << 20).await;
+    let id = identity();
+    let mut c = V4Client::connect(&v4_url(&relay, "acme"))
+        .await
+        .expect("connect");
+    c.authenticate(&id).await.expect("auth");
+    let part = |n: i64| wharf_protocol::v4::Chunked {
+        id: n,
+        index: 0,
+        total: 2,
+        data: Bytes::from(vec![0u8; 500_000]),
+    };
+    // Two unfinished writes of 500 kB each fit in 1 MiB; a third does not.
+    for n in 0..2 {
+        let exit = c
+            .call(tag::WRITE_CHUNKED, part(n).encode_payload())
+            .await
+            .expect("exit");
+        assert_eq!(
+            Exit::<Vec<WriteAck>>::decode(&exit).expect("exit"),
+            Exit::Success(vec![])
+        );
+    }
+    let exit = c
+        .call(tag::WRITE_CHUNKED, part(2).encode_payload())
+        .await
+        .expect("exit");
+    assert_eq!(
+        failure_code(Exit::<Vec<WriteAck>>::decode(&exit).expect("exit")),
+        ErrorCode::InvalidRequest
+    );
+    // The connection goes on, and so do whole writes.
+    assert_eq!(
+        acks(
+            c.write(&id, "default", vec![batch(&id, "default", 1, 10)])
+                .await
+                .expect("w")
+        ),
+        vec![0]
+    );
+    relay.shutdown().await;
+}

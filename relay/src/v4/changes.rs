@@ -24,9 +24,6 @@ use crate::session::Out;
 use crate::tenant::{Subscribed, TenantError, TenantHandle};
 use wharf_store::Store;
 
-/// Rows read from storage at a time.
-const PAGE_ROWS: usize = 4096;
-
 /// What a stream needs.
 pub(super) struct Feed {
     pub request_id: RequestId,
@@ -141,11 +138,13 @@ impl Feed {
 
     /// Sends the batches stored with `from <= sequence < to`; returns `to`.
     async fn catch_up(&self, acks: &Semaphore, from: u64, to: u64) -> Result<u64, Ended> {
+        // Pages as the v3 feed reads them (a row holds at most one batch).
+        let page = self.app.config.changes_max_entries.max(1) * 4;
         let mut from = from;
         while from < to {
             let rows = self
                 .store
-                .read(&self.log, from, to, PAGE_ROWS)
+                .read(&self.log, from, to, page)
                 .await
                 .map_err(|e| Some(TenantError::from(e)))?;
             let Some(last) = rows.last() else { break };

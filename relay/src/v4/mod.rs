@@ -509,6 +509,14 @@ impl Session {
                 config.max_open_chunked.max(1)
             )));
         }
+        // Bounded per connection: every open join together holds at most max_message_bytes.
+        let held: usize = self.joins.values().map(|j| j.bytes).sum();
+        if held + part.data.len() > max_bytes {
+            self.joins.remove(&part.id);
+            return Err(invalid(format!(
+                "chunked writes past {max_bytes} bytes open on one connection"
+            )));
+        }
         let join = self.joins.entry(part.id).or_insert_with(|| Join {
             parts: vec![None; part.total as usize],
             count: 0,
@@ -526,10 +534,6 @@ impl Session {
             return Ok(None);
         }
         join.bytes += part.data.len();
-        if join.bytes > max_bytes {
-            self.joins.remove(&part.id);
-            return Err(invalid(format!("a chunked write past {max_bytes} bytes")));
-        }
         *slot = Some(part.data);
         join.count += 1;
         if join.count < join.parts.len() {

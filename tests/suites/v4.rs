@@ -885,8 +885,12 @@ async fn retention_cuts_whole_batches_and_spares_the_pins_and_quotas_refuse_whol
 }
 
 #[tokio::test]
-async fn open_chunked_writes_are_bounded_together_per_connection() {
-    let relay = TestRelay::start_with(|c| c.max_message_bytes = 1 << 20).await;
+async fn open_chunked_writes_and_streams_are_bounded_per_connection() {
+    let relay = TestRelay::start_with(|c| {
+        c.max_message_bytes = 1 << 20;
+        c.max_subscriptions_per_connection = 2;
+    })
+    .await;
     let id = identity();
     let mut c = V4Client::connect(&v4_url(&relay, "acme"))
         .await
@@ -925,6 +929,24 @@ async fn open_chunked_writes_are_bounded_together_per_connection() {
                 .expect("w")
         ),
         vec![0]
+    );
+    // Two Changes streams, not three (max_subscriptions_per_connection).
+    let first = c
+        .changes(&id.public_key, "default", 0)
+        .await
+        .expect("changes");
+    assert_eq!(c.batches(&first).await.expect("batches").len(), 1);
+    c.changes(&id.public_key, "other", 0)
+        .await
+        .expect("changes");
+    let third = c
+        .changes(&id.public_key, "third", 0)
+        .await
+        .expect("changes");
+    let exit = c.exit_of(&third).await.expect("exit");
+    assert_eq!(
+        failure_code(Exit::<()>::decode(&exit).expect("exit")),
+        ErrorCode::InvalidRequest
     );
     relay.shutdown().await;
 }

@@ -674,6 +674,19 @@ impl Session {
         ) {
             return self.exit(id, Exit::<()>::Failure(e)).await;
         }
+        let max = self.app.config.max_subscriptions_per_connection;
+        if !self.streams.contains_key(&key(&id)) && self.streams.len() >= max {
+            let e = ProtocolError {
+                public_key: Some(request.public_key),
+                store_id: Some(request.store_id),
+                ..error(
+                    "Changes",
+                    ErrorCode::InvalidRequest,
+                    format!("more than {max} Changes streams on one connection"),
+                )
+            };
+            return self.exit(id, Exit::<()>::Failure(e)).await;
+        }
         let stream = changes::Stream::start(changes::Feed {
             request_id: id.clone(),
             log: stored::log_key(&request.public_key, &request.store_id),

@@ -27,16 +27,12 @@ pub struct WriteReq {
 }
 
 /// The entry id a batch's entry is stored under when the log already holds its own id: unique
-/// per log and sequence, and never a real client's id (a random UUID would have to equal a
-/// SHA-256 prefix).
-pub fn repeat_id(sequence: u64) -> [u8; 16] {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(b"wharf-v4-repeat\0")
-        .chain_update(sequence.to_be_bytes())
-        .finalize();
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&digest[..16]);
+/// per log and sequence (`wharf-repeat` and the sequence), and 20 bytes long, so never a v4
+/// client's id (those are 16 bytes, and v3 clients cannot write v4 logs).
+pub fn repeat_id(sequence: u64) -> [u8; 20] {
+    let mut id = [0u8; 20];
+    id[..12].copy_from_slice(b"wharf-repeat");
+    id[12..].copy_from_slice(&sequence.to_be_bytes());
     id
 }
 

@@ -950,3 +950,61 @@ async fn open_chunked_writes_and_streams_are_bounded_per_connection() {
     );
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_scoped_token_pins_no_key_for_another_identity_and_long_store_ids_are_refused() {
+    let relay = TestRelay::start_with_tokens(|_| {}).await;
+    let (mine, victim) = (identity(), identity());
+    let mut scoped = claims("acme", &[Action::Read, Action::Write]);
+    scoped.logs = Some(vec![format!("{}/notes", mine.public_key)]);
+    let url = format!("{}?token={}", v4_url(&relay, "acme"), relay.mint(&scoped));
+    let mut c = V4Client::connect(&url).await.expect("connect");
+    // Its own identity: yes. Another one, even with a valid signature of a key of its own: no
+    // (it would pin that key for the victim).
+    assert!(matches!(
+        c.authenticate(&mine).await.expect("auth"),
+        Exit::Success(())
+    ));
+    let impostor = wharf_protocol::v4::V4Identity::new(victim.public_key.clone(), [9; 32]);
+    assert_eq!(
+        failure_code(c.authenticate(&impostor).await.expect("auth")),
+        ErrorCode::Unauthorized
+    );
+    // So the victim, with a token of its own, is not locked out.
+    let full = relay.mint(&claims("acme", &[Action::Read, Action::Write]));
+    let mut v = V4Client::connect(&format!("{}?token={full}", v4_url(&relay, "acme")))
+        .await
+        .expect("connect");
+    assert!(matches!(
+        v.authenticate(&victim).await.expect("auth"),
+        Exit::Success(())
+    ));
+    // A storeId past max_public_key_bytes is refused; nothing chunked is joined before Authenticate.
+    let long = "s".repeat(300);
+    assert_eq!(
+        failure_code(
+            v.write(&victim, &long, vec![batch(&victim, &long, 1, 1)])
+                .await
+                .expect("w")
+        ),
+        ErrorCode::InvalidRequest
+    );
+    let mut anon = V4Client::connect(&format!("{}?token={full}", v4_url(&relay, "acme")))
+        .await
+        .expect("connect");
+    let part = wharf_protocol::v4::Chunked {
+        id: 1,
+        index: 0,
+        total: 2,
+        data: Bytes::from_static(b"x"),
+    };
+    let exit = anon
+        .call(tag::WRITE_CHUNKED, part.encode_payload())
+        .await
+        .expect("exit");
+    assert_eq!(
+        failure_code(Exit::<Vec<WriteAck>>::decode(&exit).expect("exit")),
+        ErrorCode::Forbidden
+    );
+    relay.shutdown().await;
+}

@@ -140,7 +140,8 @@ impl V4Reader {
         let mut out = Vec::new();
         for k in running {
             self.pending.remove(&k);
-            self.parts.remove(&k);
+            let prefix = format!("{k}/");
+            self.parts.retain(|p, _| !p.starts_with(&prefix));
             if let Ok(serde_json::Value::Number(n)) = serde_json::from_str::<serde_json::Value>(&k)
             {
                 if let Some(id) = n.as_i64() {
@@ -244,6 +245,8 @@ impl V4Reader {
                     other => self.failed(log, format!("Authenticate failed: {other:?}"), out),
                 },
                 Some(Pending::Changes(log)) => {
+                    let prefix = format!("{}/", key(&request_id));
+                    self.parts.retain(|k, _| !k.starts_with(&prefix));
                     let why = match Exit::<()>::decode(&exit) {
                         Ok(Exit::Failure(e)) => format!("{}: {}", e.code.as_str(), e.message),
                         other => format!("the stream ended: {other:?}"),
@@ -268,10 +271,17 @@ impl V4Reader {
                     let payload = match element {
                         StreamElement::Single(data) => Some(data.to_vec()),
                         StreamElement::Chunked(c) => {
+                            // Parts of one payload, by stream and chunk id; a part that does
+                            // not fit its payload's count restarts it.
+                            let part_key = format!("{k}/{}", c.id);
+                            let total = c.total.min(4096) as usize;
                             let parts = self
                                 .parts
-                                .entry(k.clone())
-                                .or_insert_with(|| vec![None; c.total.min(4096) as usize]);
+                                .entry(part_key.clone())
+                                .or_insert_with(|| vec![None; total]);
+                            if parts.len() != total {
+                                *parts = vec![None; total];
+                            }
                             if let Some(slot) = parts.get_mut(c.index as usize) {
                                 *slot = Some(c.data);
                             }
@@ -281,7 +291,7 @@ impl V4Reader {
                                     .flatten()
                                     .flat_map(|p| p.iter().copied())
                                     .collect();
-                                self.parts.remove(&k);
+                                self.parts.remove(&part_key);
                                 Some(joined)
                             } else {
                                 None

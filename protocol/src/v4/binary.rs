@@ -27,6 +27,13 @@ pub(crate) const KIND_UNDEFINED: u8 = 3;
 pub(crate) const KIND_NUMBER: u8 = 4;
 pub(crate) const KIND_STRING: u8 = 5;
 
+/// The most fields a struct may have (the EventLog schemas have at most six; unknown ones are
+/// skipped, but not without end).
+pub(crate) const MAX_FIELDS: usize = 256;
+/// The most rows an array of structs may have (a `WriteEntries` of that many batches is far
+/// past any client's).
+pub(crate) const MAX_ROWS: usize = 1 << 16;
+
 /// The largest integer a JavaScript number holds exactly.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
@@ -269,7 +276,13 @@ pub(crate) enum FieldValue<'a> {
 pub(crate) fn struct_fields(region: &[u8]) -> Result<Vec<(u32, FieldValue<'_>)>, V4Error> {
     let mut r = Reader::new(region);
     let mut fields: Vec<(u32, FieldValue<'_>)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     while !r.is_empty() {
+        if fields.len() >= MAX_FIELDS {
+            return Err(V4Error::Invalid(format!(
+                "a struct of more than {MAX_FIELDS} fields"
+            )));
+        }
         let key = r.uvarint()?;
         let id = u32::try_from(key >> 3)
             .map_err(|_| V4Error::Invalid(format!("field key {key} is past 32 bits")))?;
@@ -292,7 +305,7 @@ pub(crate) fn struct_fields(region: &[u8]) -> Result<Vec<(u32, FieldValue<'_>)>,
             }
             _ => FieldValue::Other,
         };
-        if fields.iter().any(|(seen, _)| *seen == id) {
+        if !seen.insert(id) {
             return Err(V4Error::Invalid(format!("field {id:#010x} appears twice")));
         }
         fields.push((id, value));
@@ -389,16 +402,17 @@ impl<'a> RowRun<'a> {
     /// refused.
     pub(crate) fn read(r: &mut Reader<'a>, interned: &[u32]) -> Result<Self, V4Error> {
         let count = r.len()?;
-        // Every row takes at least one byte: a count past the bytes left is a lie.
-        if count > r.remaining() {
+        // Every row takes at least two bytes: a count past that is a lie.
+        if count > r.remaining() / 2 || count > MAX_ROWS {
             return Err(V4Error::Invalid(format!(
-                "an array of {count} rows in {} bytes",
+                "an array of {count} rows in {} bytes (at most {MAX_ROWS})",
                 r.remaining()
             )));
         }
         let mut shapes: Vec<Vec<u32>> = Vec::new();
         let mut tables: Vec<(u32, Vec<&'a [u8]>)> = Vec::new();
-        let mut rows = Vec::with_capacity(count);
+        // Grown as rows arrive, not from the declared count.
+        let mut rows = Vec::new();
         for _ in 0..count {
             let mut row = Reader::new(r.sized()?);
             let code = row.len()?;
@@ -432,6 +446,11 @@ impl<'a> RowRun<'a> {
                 while !row.is_empty() {
                     let id = u32::try_from(row.uvarint()?)
                         .map_err(|_| V4Error::Invalid("a field id past 32 bits".into()))?;
+                    if shape.len() >= MAX_FIELDS {
+                        return Err(V4Error::Invalid(format!(
+                            "a row of more than {MAX_FIELDS} fields"
+                        )));
+                    }
                     if shape.contains(&id) {
                         return Err(V4Error::Invalid(format!(
                             "field {id:#010x} appears twice in a row"
@@ -439,6 +458,9 @@ impl<'a> RowRun<'a> {
                     }
                     shape.push(id);
                     values.push((id, slot(&mut row, id)?));
+                }
+                if shape.is_empty() {
+                    return Err(V4Error::Invalid("a row without fields".into()));
                 }
                 shapes.push(shape);
             } else {

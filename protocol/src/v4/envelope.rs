@@ -7,6 +7,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::binary::{Reader, Writer, ENVELOPE_FINGERPRINT, FINGERPRINT_MODE};
 use super::error::V4Error;
 
+/// The most headers a request may carry.
+const MAX_HEADERS: usize = 256;
+
 /// The largest envelope frame Effect's peers accept (its body, in bytes).
 pub const MAX_ENVELOPE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -304,13 +307,13 @@ impl FromClient {
                 }
                 let mut headers_region = Reader::new(r.sized()?);
                 let count = headers_region.len()?;
-                if count > headers_region.remaining() {
+                if count > headers_region.remaining() / 3 || count > MAX_HEADERS {
                     return Err(V4Error::Invalid(format!(
-                        "{count} headers in {} bytes",
+                        "{count} headers in {} bytes (at most {MAX_HEADERS})",
                         headers_region.remaining()
                     )));
                 }
-                let mut headers = Vec::with_capacity(count);
+                let mut headers = Vec::new();
                 for _ in 0..count {
                     let mut pair = Reader::new(headers_region.sized()?);
                     let k = super::binary::utf8(pair.sized()?, "a header name")?;

@@ -440,13 +440,14 @@ impl StreamElement {
     pub fn decode_all(frame: &[u8]) -> Result<Vec<StreamElement>, V4Error> {
         let mut r = Reader::new(default_frame(frame)?);
         let count = r.len()?;
-        if count == 0 || count > r.remaining() {
+        // Each element is at least a length and a variant (6 bytes).
+        if count == 0 || count > r.remaining() / 6 {
             return Err(V4Error::Invalid(format!(
                 "{count} stream elements in {} bytes",
                 r.remaining()
             )));
         }
-        let mut out = Vec::with_capacity(count);
+        let mut out = Vec::new();
         for _ in 0..count {
             let mut e = Reader::new(r.sized()?);
             if e.byte()? != VARIANT {

@@ -364,6 +364,25 @@ impl Grant {
         Ok(())
     }
 
+    /// Whether this connection's token covers any log of the v4 identity `public_key` (an
+    /// identity it may authenticate, and so pin a signing key for).
+    pub fn covers_identity(&self, public_key: &str) -> Result<(), Refusal> {
+        let Some(logs) = self.scope.as_ref().and_then(|s| s.logs.as_ref()) else {
+            return Ok(());
+        };
+        let prefix = format!("{public_key}/");
+        if logs
+            .iter()
+            .any(|l| l == public_key || l.starts_with(&prefix))
+        {
+            return Ok(());
+        }
+        Err(Refusal::Forbidden(format!(
+            "token does not cover identity {:?}",
+            truncated(public_key)
+        )))
+    }
+
     /// Resolves when the connection must end: its token expired or was revoked. Never
     /// resolves for a relay without access control.
     pub async fn ended(&mut self) -> Refusal {

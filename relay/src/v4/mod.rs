@@ -159,9 +159,9 @@ struct Session {
     evicted: tokio_util::sync::CancellationToken,
 }
 
-/// A request id as a map key.
+/// A request id as a map key (its form too: 1, 1.0 and "1" are three ids).
 fn key(id: &RequestId) -> String {
-    id.as_json().to_string()
+    format!("{id:?}")
 }
 
 fn error(request_tag: &str, code: ErrorCode, message: impl Into<String>) -> ProtocolError {
@@ -230,6 +230,13 @@ impl Session {
                         match self.frames.next_frame() {
                             Ok(Some(body)) => match FromClient::decode(&body) {
                                 Ok(msg) => {
+                                    // Many frames in one message: the cap on writes waiting
+                                    // for the tenant holds between them too.
+                                    while self.pending.len() >= max_pending {
+                                        if let Some((id, reply)) = self.pending.next().await {
+                                            self.reply(id, reply).await;
+                                        }
+                                    }
                                     if let Some(end) = self.on_message(msg).await {
                                         return Some(end);
                                     }
@@ -327,6 +334,15 @@ impl Session {
                     .await
                 }
             },
+            tag::WRITE_CHUNKED if self.authenticated.is_empty() => {
+                // Nothing is joined for a connection with no identity.
+                let e = error(
+                    "WriteEntries",
+                    ErrorCode::Forbidden,
+                    "Identity is not authenticated",
+                );
+                self.exit(id, Exit::<Vec<WriteAck>>::Failure(e)).await;
+            }
             tag::WRITE_CHUNKED => match Chunked::decode_payload(&req.payload) {
                 Ok(part) => match self.join(part) {
                     Ok(Some(data)) => self.write(id, &data).await,
@@ -389,6 +405,14 @@ impl Session {
         if auth.public_key.len() > self.app.config.max_public_key_bytes {
             return Err(forbidden("publicKey is too long"));
         }
+        // A token scoped to some identities' logs pins no key for another identity.
+        if let Err(refusal) = self.grant.covers_identity(&auth.public_key) {
+            self.app.metrics.refused_forbidden.inc();
+            return Err(ProtocolError {
+                code: ErrorCode::Unauthorized,
+                ..forbidden(&refusal.to_string())
+            });
+        }
         // The signature first: a key that does not sign is never pinned.
         if verify_auth(
             &self.remote_id,
@@ -402,6 +426,8 @@ impl Session {
             self.app.metrics.refused_forbidden.inc();
             return Err(forbidden("Session auth signature verification failed"));
         }
+        // A pin is a durable write: it pays like one.
+        self.throttle.charge_write();
         let pinned = self
             .pin(&auth.public_key, &auth.signing_public_key)
             .await
@@ -474,6 +500,14 @@ impl Session {
                 request_tag,
                 ErrorCode::Forbidden,
                 "Identity is not authenticated",
+            )));
+        }
+        let max = self.app.config.max_public_key_bytes;
+        if store_id.len() > max {
+            return Err(with_log(error(
+                request_tag,
+                ErrorCode::InvalidRequest,
+                format!("storeId is {} bytes; the limit is {max}", store_id.len()),
             )));
         }
         if let Err(refusal) = self.grant.authorize_log(action, public_key, store_id) {

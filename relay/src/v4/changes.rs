@@ -117,16 +117,21 @@ impl Feed {
                     continue;
                 }
                 TailRead::Batches(batches) => {
-                    for batch in batches {
-                        // The writer gets its acks, not an echo of its own batches.
-                        let rows = batch
-                            .entries
-                            .iter()
-                            .zip(&batch.origins)
-                            .filter(|(e, origin)| e.sequence >= cursor && **origin != self.conn)
-                            .map(|(e, _)| e);
-                        self.send_rows(acks, rows).await?;
-                        cursor = cursor.max(batch.end());
+                    // Everything committed since the last look goes out together (in payloads
+                    // of up to 512,000 bytes): one Chunk and one Ack for many commits, not one
+                    // each, so a subscriber that fell behind catches up at once.
+                    let mut rows: Vec<&RemoteEntry> = Vec::new();
+                    for batch in &batches {
+                        for (e, origin) in batch.entries.iter().zip(&batch.origins) {
+                            // The writer gets its acks, not an echo of its own batches.
+                            if e.sequence >= cursor && *origin != self.conn {
+                                rows.push(e);
+                            }
+                        }
+                    }
+                    self.send_rows(acks, rows.into_iter()).await?;
+                    if let Some(last) = batches.last() {
+                        cursor = cursor.max(last.end());
                     }
                 }
             }

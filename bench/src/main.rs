@@ -386,11 +386,13 @@ fn write_docs(r: &Results, cli: &Cli, path: &std::path::Path) -> Result<()> {
          ## Run it again\n\n\
          ```sh\n\
          cargo build --release -p wharf-relay -p wharf-bench\n\
-         (cd bench/effect && npm ci)      # Effect's servers (better-sqlite3 builds from source if needed)\n\
+         (cd bench/effect && npm ci)      # Effect's v3 servers (better-sqlite3 builds from source if needed)\n\
+         (cd bench/effect-v4 && npm ci)   # Effect 4.x's servers, and the Node 24 they run on\n\
          target/release/wharf-bench --docs docs/benchmarks.md     # ~15 minutes\n\
          target/release/wharf-bench --smoke --rounds 1             # seconds: checks it all works\n\
          ```\n\n\
-         What each scenario does is documented in `bench/src/scenarios.rs`. Figures move between \
+         What each scenario does is documented in `bench/src/scenarios.rs` (the `v4-` ones in \
+         `bench/src/v4.rs`). Figures move between \
          machines and runs: compare only within one run.\n",
         machine = r.machine,
         pinning = r.pinning,

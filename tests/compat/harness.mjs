@@ -8,6 +8,7 @@ import { EventGroup, EventJournal, EventLog, EventLogEncryption, EventLogRemote 
 import { NodeSocket } from "@effect/platform-node"
 import { Effect, Layer, ManagedRuntime, Schema } from "effect"
 import { startRelay } from "../relay.mjs"
+import { agentPool as sharedPool, seenLog } from "../agents.mjs"
 
 export { startRelay }
 
@@ -41,14 +42,10 @@ export const schema = EventLog.schema(Todos)
  * for, in order (own writes and remote ones).
  */
 export function makeAgent({ url, identity, journal = EventJournal.layerMemory }) {
-  const seen = []
-  let wake = () => {}
+  const log = seenLog(20_000)
   const HandlersLive = EventLog.group(Todos, (handlers) =>
     handlers.handle("TodoCreated", ({ payload }) =>
-      Effect.sync(() => {
-        seen.push(payload)
-        wake()
-      })))
+      Effect.sync(() => log.push(payload))))
   const EventLogLive = EventLog.layer(schema).pipe(
     Layer.provide(HandlersLive),
     Layer.provideMerge(journal),
@@ -60,7 +57,7 @@ export function makeAgent({ url, identity, journal = EventJournal.layerMemory })
   )
   const runtime = ManagedRuntime.make(RemoteLive.pipe(Layer.provideMerge(EventLogLive)))
   return {
-    seen,
+    seen: log.seen,
     start: () => runtime.runPromise(Effect.void),
     write: (todo) =>
       runtime.runPromise(Effect.gen(function*() {
@@ -69,37 +66,13 @@ export function makeAgent({ url, identity, journal = EventJournal.layerMemory })
       })),
     /** The entries in this agent's own journal (written after its handlers ran). */
     journalEntries: () => runtime.runPromise(Effect.flatMap(EventJournal.EventJournal, (journal) => journal.entries)),
-    /** Resolves once `predicate(seen)` holds; fails after `ms`. */
-    waitFor(predicate, ms = 20_000) {
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`timed out; seen ${JSON.stringify(seen.map((t) => t.id))}`)), ms)
-        const check = () => {
-          if (predicate(seen)) {
-            clearTimeout(timer)
-            wake = () => {}
-            resolve(seen)
-          }
-        }
-        wake = check
-        check()
-      })
-    },
+    waitFor: log.waitFor,
     dispose: () => runtime.dispose()
   }
 }
 
-/** Agents a test file makes, to dispose of together (in its `after`). */
-export function agentPool() {
-  const agents = []
-  return {
-    agent(opts) {
-      const a = makeAgent(opts)
-      agents.push(a)
-      return a
-    },
-    dispose: () => Promise.allSettled(agents.map((a) => a.dispose()))
-  }
-}
+/** Agents a test makes, to dispose of together. */
+export const agentPool = () => sharedPool(makeAgent)
 
 export const ids = (seen) => seen.map((t) => t.id).sort()
 export const newIdentity = () => EventLog.Identity.makeRandom()

@@ -6,6 +6,7 @@ import { RpcClient, RpcSerialization } from "effect/rpc"
 import { EventGroup, EventJournal, EventLog, EventLogMessage, EventLogRemote } from "effect/eventlog"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { startRelay } from "../relay.mjs"
+import { agentPool as sharedPool, seenLog } from "../agents.mjs"
 
 export { startRelay }
 
@@ -27,14 +28,10 @@ export const newIdentity = () => ({
  * payload its handler ran for (own writes and remote ones).
  */
 export function makeAgent({ url, identity, storeId = "default" }) {
-  const seen = []
-  let wake = () => {}
+  const log = seenLog(30_000)
   const Handlers = EventLog.group(Notes, (handlers) =>
     handlers.handle("NoteAdded", ({ payload }) =>
-      Effect.sync(() => {
-        seen.push(payload)
-        wake()
-      })))
+      Effect.sync(() => log.push(payload))))
   const Remote = EventLogRemote.layerEncrypted.pipe(
     Layer.provide(RpcClient.layerProtocolSocket({ retryTransientErrors: false })),
     Layer.provide(RpcSerialization.layerSchemaBinary()),
@@ -47,43 +44,19 @@ export function makeAgent({ url, identity, storeId = "default" }) {
   )
   const runtime = ManagedRuntime.make(Remote.pipe(Layer.provideMerge(Log)))
   return {
-    seen,
+    seen: log.seen,
     start: () => runtime.runPromise(Effect.void),
     write: (note) =>
       runtime.runPromise(Effect.gen(function*() {
         const client = yield* EventLog.makeClient(schema)
         yield* client({ event: "NoteAdded", payload: note })
       })),
-    /** Resolves once `predicate(seen)` holds; fails after `ms`. */
-    waitFor(predicate, ms = 30_000) {
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`timed out; seen ${seen.length}: ${JSON.stringify(seen.slice(-5).map((n) => n.id))}`)), ms)
-        const check = () => {
-          if (predicate(seen)) {
-            clearTimeout(timer)
-            wake = () => {}
-            resolve(seen)
-          }
-        }
-        wake = check
-        check()
-      })
-    },
+    waitFor: log.waitFor,
     dispose: () => runtime.dispose()
   }
 }
 
-/** Agents a test makes, disposed of together. */
-export function agentPool() {
-  const agents = []
-  return {
-    agent(opts) {
-      const a = makeAgent(opts)
-      agents.push(a)
-      return a
-    },
-    dispose: () => Promise.allSettled(agents.map((a) => a.dispose()))
-  }
-}
+/** Agents a test makes, to dispose of together. */
+export const agentPool = () => sharedPool(makeAgent)
 
 export const ids = (seen) => [...new Set(seen.map((n) => n.id))].sort()

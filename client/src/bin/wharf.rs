@@ -467,14 +467,21 @@ fn write_secret(path: &Path, contents: &str, force: bool) -> Result<()> {
     Ok(())
 }
 
-fn load_identity(args: &IdentityArgs) -> Result<Identity> {
-    let text = match (&args.identity, std::env::var("WHARF_IDENTITY")) {
+/// The identity's text: the file `--identity` names, or `WHARF_IDENTITY`. `keygen` is the
+/// command that makes one, for the error.
+fn identity_text(args: &IdentityArgs, keygen: &str) -> Result<String> {
+    match (&args.identity, std::env::var("WHARF_IDENTITY")) {
         (Some(path), _) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read identity file {}", path.display()))?,
-        (None, Ok(s)) if !s.trim().is_empty() => s,
-        _ => bail!("no identity: pass --identity FILE, or set WHARF_IDENTITY (make one with `wharf keygen`)"),
-    };
-    Identity::parse(&text).context("loading the identity")
+            .with_context(|| format!("cannot read identity file {}", path.display())),
+        (None, Ok(s)) if !s.trim().is_empty() => Ok(s),
+        _ => bail!(
+            "no identity: pass --identity FILE, or set WHARF_IDENTITY (make one with `{keygen}`)"
+        ),
+    }
+}
+
+fn load_identity(args: &IdentityArgs) -> Result<Identity> {
+    Identity::parse(&identity_text(args, "wharf keygen")?).context("loading the identity")
 }
 
 fn connect_options(relay: &RelayArgs) -> ConnectOptions {
@@ -805,19 +812,22 @@ async fn tail(out: &Output, args: TailArgs) -> Result<ExitCode> {
         let result = tail_once(out, &opts, &key, &mut next, args.follow, &stdout).await;
         match result {
             Ok(()) => return Ok(ExitCode::SUCCESS),
-            Err(e) if args.follow && is_transient(&e) => {
-                attempt += 1;
-                let delay = wharf_client::backoff(
-                    Duration::from_millis(100),
-                    Duration::from_secs(5),
-                    attempt,
-                );
-                eprintln!("connection lost ({e:#}); reconnecting in {delay:?}");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e),
+            Err(e) => reconnect_or_fail(args.follow, &mut attempt, e).await?,
         }
     }
+}
+
+/// `tail --follow` after a connection failed: waits (backoff) and returns, so the caller
+/// reconnects, when the failure is transient; otherwise returns it.
+async fn reconnect_or_fail(follow: bool, attempt: &mut u32, e: anyhow::Error) -> Result<()> {
+    if !(follow && is_transient(&e)) {
+        return Err(e);
+    }
+    *attempt += 1;
+    let delay = wharf_client::backoff(Duration::from_millis(100), Duration::from_secs(5), *attempt);
+    eprintln!("connection lost ({e:#}); reconnecting in {delay:?}");
+    tokio::time::sleep(delay).await;
+    Ok(())
 }
 
 fn is_transient(e: &anyhow::Error) -> bool {
@@ -1038,13 +1048,8 @@ async fn status(out: &Output, args: &LogArgs) -> Result<ExitCode> {
 }
 
 fn load_v4_identity(args: &IdentityArgs) -> Result<V4Identity> {
-    let text = match (&args.identity, std::env::var("WHARF_IDENTITY")) {
-        (Some(path), _) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read identity file {}", path.display()))?,
-        (None, Ok(s)) if !s.trim().is_empty() => s,
-        _ => bail!("no identity: pass --identity FILE, or set WHARF_IDENTITY (make one with `wharf keygen --effect-v4`)"),
-    };
-    V4Identity::parse(&text).context("loading the v4 identity")
+    V4Identity::parse(&identity_text(args, "wharf keygen --effect-v4")?)
+        .context("loading the v4 identity")
 }
 
 fn emit_v4_identity(
@@ -1181,73 +1186,83 @@ async fn push_v4(out: &Output, args: PushArgs) -> Result<ExitCode> {
 
 async fn tail_v4(out: &Output, args: TailArgs) -> Result<ExitCode> {
     let identity = load_v4_identity(&args.identity)?;
-    let store = args.v4.store.clone();
-    let names: Vec<&str> = args.fields.iter().map(String::as_str).collect();
     let mut next = args.from;
     let mut attempt = 0u32;
     loop {
-        let result = async {
-            let mut conn = open_v4(&args.relay, &identity).await?;
-            let stream = conn.changes(&identity.public_key, &store, next).await?;
-            loop {
-                let batches = if args.follow {
-                    conn.batches(&stream).await?
-                } else {
-                    match tokio::time::timeout(args.idle, conn.batches(&stream)).await {
-                        Ok(b) => b?,
-                        Err(_) => {
-                            conn.close().await;
-                            return Ok::<(), anyhow::Error>(());
-                        }
-                    }
-                };
-                let mut lock = std::io::stdout().lock();
-                for batch in &batches {
-                    let entries = match wharf_client::v4::decrypt_batch(&identity, &store, batch) {
-                        Ok(e) => e,
-                        Err(err) => {
-                            writeln!(lock, "{}", json!({"sequence": batch.sequence, "locked": true, "error": err.to_string()}))?;
-                            continue;
-                        }
-                    };
-                    for (sequence, entry) in entries {
-                        if sequence < next {
-                            continue;
-                        }
-                        next = sequence + 1;
-                        let payload = wharf_protocol::v4::payload::decode(&entry.payload, &names)
-                            .unwrap_or_else(|e| json!({"$error": e.to_string()}));
-                        if out.json {
-                            writeln!(lock, "{}", json!({
-                                "publicKey": identity.public_key,
-                                "store": store,
-                                "sequence": sequence,
-                                "id": uuid::Uuid::from_bytes(entry.id).to_string(),
-                                "event": entry.event,
-                                "primaryKey": entry.primary_key,
-                                "payload": payload,
-                            }))?;
-                        } else {
-                            writeln!(lock, "#{sequence:<6} {}  {}  {payload}", entry.event, entry.primary_key)?;
-                        }
-                    }
-                }
-            }
-        }
-        .await;
+        let result = tail_v4_once(out, &args, &identity, &mut next).await;
         match result {
             Ok(()) => return Ok(ExitCode::SUCCESS),
-            Err(e) if args.follow && is_transient(&e) => {
-                attempt += 1;
-                let delay = wharf_client::backoff(
-                    Duration::from_millis(100),
-                    Duration::from_secs(5),
-                    attempt,
-                );
-                eprintln!("connection lost ({e:#}); reconnecting in {delay:?}");
-                tokio::time::sleep(delay).await;
+            Err(e) => reconnect_or_fail(args.follow, &mut attempt, e).await?,
+        }
+    }
+}
+
+/// One connection of `tail --v4`: prints the log from `next` on, until it is quiet for
+/// `--idle` (or, with `--follow`, until the connection fails).
+async fn tail_v4_once(
+    out: &Output,
+    args: &TailArgs,
+    identity: &V4Identity,
+    next: &mut u64,
+) -> Result<()> {
+    let store = &args.v4.store;
+    let names: Vec<&str> = args.fields.iter().map(String::as_str).collect();
+    let mut conn = open_v4(&args.relay, identity).await?;
+    let stream = conn.changes(&identity.public_key, store, *next).await?;
+    loop {
+        let batches = if args.follow {
+            conn.batches(&stream).await?
+        } else {
+            match tokio::time::timeout(args.idle, conn.batches(&stream)).await {
+                Ok(b) => b?,
+                Err(_) => {
+                    conn.close().await;
+                    return Ok(());
+                }
             }
-            Err(e) => return Err(e),
+        };
+        let mut lock = std::io::stdout().lock();
+        for batch in &batches {
+            let entries = match wharf_client::v4::decrypt_batch(identity, store, batch) {
+                Ok(e) => e,
+                Err(err) => {
+                    writeln!(
+                        lock,
+                        "{}",
+                        json!({"sequence": batch.sequence, "locked": true, "error": err.to_string()})
+                    )?;
+                    continue;
+                }
+            };
+            for (sequence, entry) in entries {
+                if sequence < *next {
+                    continue;
+                }
+                *next = sequence + 1;
+                let payload = wharf_protocol::v4::payload::decode(&entry.payload, &names)
+                    .unwrap_or_else(|e| json!({"$error": e.to_string()}));
+                if out.json {
+                    writeln!(
+                        lock,
+                        "{}",
+                        json!({
+                            "publicKey": identity.public_key,
+                            "store": store,
+                            "sequence": sequence,
+                            "id": uuid::Uuid::from_bytes(entry.id).to_string(),
+                            "event": entry.event,
+                            "primaryKey": entry.primary_key,
+                            "payload": payload,
+                        })
+                    )?;
+                } else {
+                    writeln!(
+                        lock,
+                        "#{sequence:<6} {}  {}  {payload}",
+                        entry.event, entry.primary_key
+                    )?;
+                }
+            }
         }
     }
 }

@@ -267,8 +267,16 @@ pub(crate) fn default_frame(bytes: &[u8]) -> Result<&[u8], V4Error> {
 pub(crate) enum FieldValue<'a> {
     Sized(&'a [u8]),
     Varint(i64),
-    /// Wire types the EventLog schemas never use for a known field (skipped, like Effect).
-    Other,
+    Bool(bool),
+    Float(f64),
+    /// `mantissa / 10^scale`.
+    Decimal {
+        mantissa: i64,
+        scale: u64,
+    },
+    /// Wire types no schema writes (skipped, like Effect).
+    Fixed32,
+    Empty,
 }
 
 /// The fields of a default-mode struct: in any order, unknown ids skipped, a duplicate id
@@ -290,20 +298,21 @@ pub(crate) fn struct_fields(region: &[u8]) -> Result<Vec<(u32, FieldValue<'_>)>,
             WIRE_SIZED => FieldValue::Sized(r.sized()?),
             WIRE_VARINT => FieldValue::Varint(r.svarint()?),
             WIRE_FIXED64 => {
-                r.take(8)?;
-                FieldValue::Other
+                let mut f = [0u8; 8];
+                f.copy_from_slice(r.take(8)?);
+                FieldValue::Float(f64::from_le_bytes(f))
             }
-            WIRE_FALSE | WIRE_TRUE => FieldValue::Other,
-            WIRE_DECIMAL => {
-                r.svarint()?;
-                r.uvarint()?;
-                FieldValue::Other
-            }
+            WIRE_FALSE => FieldValue::Bool(false),
+            WIRE_TRUE => FieldValue::Bool(true),
+            WIRE_DECIMAL => FieldValue::Decimal {
+                mantissa: r.svarint()?,
+                scale: r.uvarint()?,
+            },
             WIRE_FIXED32 => {
                 r.take(4)?;
-                FieldValue::Other
+                FieldValue::Fixed32
             }
-            _ => FieldValue::Other,
+            _ => FieldValue::Empty,
         };
         if !seen.insert(id) {
             return Err(V4Error::Invalid(format!("field {id:#010x} appears twice")));

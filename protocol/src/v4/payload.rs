@@ -13,7 +13,7 @@ use serde_json::{Map, Number, Value};
 
 use super::binary::{
     default_frame, field_id, struct_fields, FieldValue, Reader, RowRun, Writer, WIRE_FALSE,
-    WIRE_FIXED64, WIRE_SIZED, WIRE_TRUE,
+    WIRE_FIXED64, WIRE_TRUE,
 };
 use super::error::V4Error;
 
@@ -216,54 +216,21 @@ fn as_struct(region: &[u8], known: &[(u32, &str)], depth: usize) -> Option<Value
         let v = match value {
             FieldValue::Varint(n) => Value::from(n),
             FieldValue::Sized(b) => sized(b, known, depth + 1),
-            FieldValue::Other => raw_field(region, id)?,
+            FieldValue::Bool(b) => Value::Bool(b),
+            FieldValue::Float(f) => number(f),
+            FieldValue::Decimal { mantissa, scale } => {
+                number(mantissa as f64 / 10f64.powi(i32::try_from(scale).ok()?))
+            }
+            FieldValue::Fixed32 => return None,
+            FieldValue::Empty => Value::Null,
         };
         map.insert(key, v);
     }
     Some(Value::Object(map))
 }
 
-/// A field the generic walk does not read as a value (bool, decimal, float): read again here.
-fn raw_field(region: &[u8], wanted: u32) -> Option<Value> {
-    let mut r = Reader::new(region);
-    while !r.is_empty() {
-        let key = r.uvarint().ok()?;
-        let id = u32::try_from(key >> 3).ok()?;
-        let wire = (key & 7) as u8;
-        let value = match wire {
-            WIRE_SIZED => {
-                r.sized().ok()?;
-                None
-            }
-            1 => {
-                r.svarint().ok()?;
-                None
-            }
-            WIRE_FIXED64 => {
-                let b = r.take(8).ok()?;
-                let mut f = [0u8; 8];
-                f.copy_from_slice(b);
-                Some(Number::from_f64(f64::from_le_bytes(f)).map_or(Value::Null, Value::Number))
-            }
-            WIRE_FALSE => Some(Value::Bool(false)),
-            WIRE_TRUE => Some(Value::Bool(true)),
-            5 => {
-                let m = r.svarint().ok()?;
-                let scale = r.uvarint().ok()?;
-                let v = m as f64 / 10f64.powi(i32::try_from(scale).ok()?);
-                Some(Number::from_f64(v).map_or(Value::Null, Value::Number))
-            }
-            6 => {
-                r.take(4).ok()?;
-                None
-            }
-            _ => Some(Value::Null),
-        };
-        if id == wanted {
-            return value;
-        }
-    }
-    None
+fn number(f: f64) -> Value {
+    Number::from_f64(f).map_or(Value::Null, Value::Number)
 }
 
 fn printable(b: &[u8]) -> Option<&str> {
